@@ -1,0 +1,59 @@
+"""Figures of the loss itself: Balanced L1 beside smooth L1, value and gradient against |x|."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from balanced_l1.params import BalancedL1Params
+from balanced_l1.reference import balanced_l1, balanced_l1_grad, smooth_l1, smooth_l1_grad
+
+
+def save_figure_atomically(fig: object, out: str | os.PathLike[str]) -> Path:
+    """Save a matplotlib figure to ``out`` through a temporary file and an atomic rename."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_beta: float = 1.0) -> Path:
+    """Draw loss and gradient against ``|x|`` for ``params`` and for smooth L1, and save a PNG.
+
+    The x-axis spans ``[0, 3 * max(beta, smooth_l1_beta)]`` so the inflection points are visible.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    span = 3.0 * max(params.beta, smooth_l1_beta)
+    x = np.linspace(0.0, span, 601)
+    fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(11, 4.2))
+    label = f"Balanced L1 ({params.formulation}, α={params.alpha:g}, γ={params.gamma:g}, β={params.beta:g})"
+    ax_loss.plot(x, balanced_l1(x, params), label=label, color="tab:red")
+    ax_loss.plot(x, smooth_l1(x, smooth_l1_beta), label=f"smooth L1 (β={smooth_l1_beta:g})", color="tab:blue")
+    ax_grad.plot(x, balanced_l1_grad(x, params), label=label, color="tab:red")
+    ax_grad.plot(x, smooth_l1_grad(x, smooth_l1_beta), label=f"smooth L1 (β={smooth_l1_beta:g})", color="tab:blue")
+    ax_grad.axhline(params.gamma, color="tab:red", lw=0.8, ls=":", label=f"γ = {params.gamma:g} (outlier gradient)")
+    for ax, title in ((ax_loss, "loss L(x)"), (ax_grad, "gradient dL/d|x|")):
+        ax.axvline(params.beta, color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("|x| = |pred - target|")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax_grad.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Balanced L1 raises the inliers' gradient and caps the outliers' (Libra R-CNN)")
+    try:
+        return save_figure_atomically(fig, out)
+    finally:
+        plt.close(fig)

@@ -30,8 +30,8 @@ class _BalancedL1Function(torch.autograd.Function):
     ``u`` never exceeds ``b``, so no branch can overflow (the classic ``torch.where`` NaN: the
     unused branch of ``b * |x|`` overflowing float16), and for the ``scaled`` formulation no
     ``torch.where`` is needed at all. Forward returns the gradient too: it is the only tensor saved
-    for backward, so backward is one multiply. The gradient output is differentiable only so that
-    an attempt at a second derivative reaches :meth:`backward` and raises a clear error.
+    for backward, so backward is one multiply. The gradient output stays differentiable so that a
+    second derivative is routed through :class:`_FirstOrderOnly` and raises a clear error.
     """
 
     generate_vmap_rule = True
@@ -48,36 +48,60 @@ class _BalancedL1Function(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         diff = pred - target
         a = diff.abs()
-        u = torch.mul(a, b / beta).clamp_(max=b)
+        if b / beta <= torch.finfo(a.dtype).max:
+            u = torch.mul(a, b / beta).clamp_max_(b)
+        else:  # tiny beta: b / beta itself would overflow the dtype
+            u = torch.div(a, beta).clamp_max_(1.0).mul_(b)
         log_u = torch.log1p(u)
         grad = log_u.mul(alpha)
-        if q != 1.0:  # mmdet with beta != 1: the extra inlier term of its gradient
-            inlier = torch.lt(a, beta)
-            grad.add_(torch.where(inlier, (alpha * (q - 1.0)) / (u + 1.0), 0.0))
+        if q != 1.0:  # mmdet with beta != 1: the extra inlier term of its gradient, maybe negative
+            grad.add_(torch.where(torch.lt(a, beta), (alpha * (q - 1.0)) / (u + 1.0), 0.0)).mul_(diff.sign())
+        else:  # scaled: the magnitude is >= 0, so copying the sign is one cheap pass
+            grad.copysign_(diff)
         loss = torch.add(u, q).mul_(log_u).sub_(u).mul_(alpha * beta / b)
         loss.add_(a.sub_(beta).clamp_min_(0.0), alpha=gamma)
-        grad.copysign_(diff)
         return loss, grad
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
         ctx.save_for_backward(output[1])
-        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor | None, grad_of_grad: Tensor | None) -> tuple[Tensor | None, ...]:
-        if grad_of_grad is not None:
-            raise RuntimeError(
-                "balanced_l1_loss does not support second derivatives (double backward, "
-                "torch.autograd.grad(..., create_graph=True) followed by another backward, "
-                "torch.func.hessian, nested torch.func.grad); only first-order gradients are available"
-            )
+    def backward(ctx: Any, grad_loss: Tensor | None, _grad_of_grad: Tensor | None) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         if grad_loss is None:
             return (None,) * 7
         grad_pred = grad_loss * grad
+        if torch.is_grad_enabled():  # create_graph=True: make a later differentiation fail loudly
+            grad_pred = _FirstOrderOnly.apply(grad_pred, grad)
         grad_target = -grad_pred if ctx.needs_input_grad[1] else None
         return (grad_pred if ctx.needs_input_grad[0] else None, grad_target, None, None, None, None, None)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on the gradient that raises if anything differentiates through it.
+
+    The saved gradient is a function of ``pred`` that backward uses as a constant; without this
+    guard a second derivative would silently miss its ``d(grad)/d(pred)`` term and come out zero.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_pred: Tensor, anchor: Tensor) -> Tensor:
+        return grad_pred.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        raise RuntimeError(
+            "balanced_l1_loss does not support second derivatives (a backward through a gradient taken "
+            "with create_graph=True, torch.func.hessian, nested torch.func.grad); only first-order "
+            "gradients are available"
+        )
 
 
 def _check_tensors(pred: object, target: object, weight: object) -> None:
@@ -85,7 +109,9 @@ def _check_tensors(pred: object, target: object, weight: object) -> None:
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
         if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {value.dtype}")
+            raise TypeError(
+                f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {value.dtype}"
+            )
     assert isinstance(pred, Tensor) and isinstance(target, Tensor)
     if pred.shape != target.shape:
         raise ValueError(

@@ -18,6 +18,9 @@ Reduction = Literal["none", "mean", "sum"]
 FORMULATIONS: tuple[str, ...] = ("scaled", "mmdet")
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
 
+#: Largest ``gamma / alpha``: ``b = exp(80) - 1 ~ 5.5e34`` still fits float32 (max ~3.4e38).
+MAX_GAMMA_OVER_ALPHA: float = 80.0
+
 #: float32 machine epsilon, added to ``avg_factor`` as mmdetection does.
 AVG_FACTOR_EPS: float = float.fromhex("0x1p-23")
 
@@ -60,9 +63,8 @@ def check_avg_factor(avg_factor: object, reduction: str) -> None:
         )
     if isinstance(avg_factor, bool):
         raise TypeError(f"avg_factor must be a number or a 0-dim tensor, got {avg_factor!r}")
-    if isinstance(avg_factor, (int, float)):
-        if not (math.isfinite(avg_factor) and avg_factor >= 0):
-            raise ValueError(f"avg_factor must be finite and >= 0, got {avg_factor!r}")
+    if isinstance(avg_factor, (int, float)) and not (math.isfinite(avg_factor) and avg_factor >= 0):
+        raise ValueError(f"avg_factor must be finite and >= 0, got {avg_factor!r}")
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,10 @@ class BalancedL1Params:
         for name in ("alpha", "gamma", "beta"):
             object.__setattr__(self, name, _check_positive_finite(name, getattr(self, name)))
         check_formulation(self.formulation)
-        if not math.isfinite(self.b):
+        if self.gamma / self.alpha > MAX_GAMMA_OVER_ALPHA:
             raise ValueError(
-                f"gamma / alpha = {self.gamma / self.alpha!r} is too large: b = exp(gamma / alpha) - 1 "
-                "overflows float64; keep gamma / alpha below 709"
+                f"gamma / alpha must be at most {MAX_GAMMA_OVER_ALPHA:g} so that b = exp(gamma / alpha) - 1 "
+                f"fits float32, got gamma={self.gamma!r}, alpha={self.alpha!r} (ratio {self.gamma / self.alpha:g})"
             )
 
     @property

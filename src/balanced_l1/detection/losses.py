@@ -1,0 +1,332 @@
+"""Balanced L1 box-regression losses for torchvision detectors, switched on per instance.
+
+:func:`use_balanced_l1` changes how one torchvision Faster / Mask / Keypoint R-CNN or RetinaNet
+*instance* computes its box-regression losses. It swaps the class of the model's RPN, RoI heads or
+RetinaNet regression head for a cached subclass with a mixin (see :mod:`._mixins`); no torchvision
+module global is patched, so every other model in the process keeps torchvision's losses.
+
+The normalisation is torchvision's, so loss magnitudes stay comparable:
+
+- RoI head: sum over positive RoIs of the loss of the ground-truth class's deltas, divided by the
+  number of sampled RoIs (the classification loss is the mean over sampled RoIs, as before);
+- RPN: sum over sampled positive anchors, divided by the number of sampled anchors (objectness:
+  mean over sampled anchors);
+- RetinaNet: per image, sum over foreground anchors divided by ``max(1, num_foreground)``,
+  averaged over images.
+
+In a distributed run (``torch.distributed`` initialised, world size > 1) every count that differs
+between ranks (sampled RoIs, sampled anchors, images) is summed over ranks, so that after DDP's
+gradient averaging the gradients equal those of one process on the global batch (see
+:mod:`._distributed`). Mask and keypoint losses are torchvision's own functions, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import binary_cross_entropy_with_logits, cross_entropy
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressionHead
+from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, maskrcnn_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from balanced_l1.detection._distributed import normalise
+from balanced_l1.detection._mixins import _with_mixin
+from balanced_l1.functional import balanced_l1_loss
+from balanced_l1.params import BalancedL1Params
+
+__all__ = ["BoxLossConfig", "retinanet_box_loss", "roi_head_losses", "rpn_losses", "use_balanced_l1"]
+
+#: The instance attribute that holds a switched module's :class:`BoxLossConfig`.
+CONFIG_ATTRIBUTE = "balanced_l1_config"
+
+_SUPPORTED = (
+    "torchvision FasterRCNN, MaskRCNN, KeypointRCNN (a GeneralizedRCNN whose rpn is a "
+    "RegionProposalNetwork and whose roi_heads is a RoIHeads) and RetinaNet (with a RetinaNetRegressionHead)"
+)
+
+
+@dataclass(frozen=True)
+class BoxLossConfig:
+    """The Balanced L1 box loss a switched module uses: validated parameters and a loss weight.
+
+    Args:
+        params: alpha, gamma, beta and formulation, validated by :class:`BalancedL1Params`.
+        loss_weight: factor applied to the box loss; finite and >= 0.
+    """
+
+    params: BalancedL1Params = field(default_factory=BalancedL1Params)
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        weight = self.loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f"loss_weight must be a real number, got {weight!r} of type {type(weight).__name__}")
+        if not (math.isfinite(weight) and weight >= 0.0):
+            raise ValueError(f"loss_weight must be finite and >= 0, got {weight!r}")
+        object.__setattr__(self, "loss_weight", float(weight))
+
+    def summed(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Return ``loss_weight * sum(balanced_l1(pred - target))`` (0 with a gradient if empty)."""
+        p = self.params
+        total = balanced_l1_loss(
+            pred, target, alpha=p.alpha, gamma=p.gamma, beta=p.beta, reduction="sum", formulation=p.formulation
+        )
+        return total * self.loss_weight if self.loss_weight != 1.0 else total
+
+
+def roi_head_losses(
+    class_logits: Tensor,
+    box_regression: Tensor,
+    labels: list[Tensor],
+    regression_targets: list[Tensor],
+    config: BoxLossConfig,
+) -> tuple[Tensor, Tensor]:
+    """Classification and Balanced L1 box losses of the Fast R-CNN head (torchvision's normalisation).
+
+    Args:
+        class_logits: ``(N, num_classes)`` logits of the N sampled RoIs of all images.
+        box_regression: ``(N, 4 * num_classes)`` predicted deltas.
+        labels: per image, the ``int64`` class of each sampled RoI (0 is background).
+        regression_targets: per image, the ``(n_i, 4)`` encoded target deltas.
+        config: the box loss.
+
+    Returns:
+        ``(cross-entropy summed / N, Balanced L1 of the positives' true-class deltas summed / N)``,
+        with N summed over ranks in a distributed run.
+    """
+    all_labels = torch.cat(labels, dim=0)
+    targets = torch.cat(regression_targets, dim=0)
+    count = all_labels.numel()
+    positive = torch.where(all_labels > 0)[0]
+    deltas = box_regression.reshape(class_logits.shape[0], -1, 4)[positive, all_labels[positive]]
+    classification = cross_entropy(class_logits, all_labels, reduction="sum")
+    box = config.summed(deltas, targets[positive])
+    return normalise(classification, count), normalise(box, count)
+
+
+def rpn_losses(
+    objectness: Tensor,
+    pred_bbox_deltas: Tensor,
+    labels: Tensor,
+    regression_targets: Tensor,
+    sampled_pos_inds: Tensor,
+    sampled_neg_inds: Tensor,
+    config: BoxLossConfig,
+) -> tuple[Tensor, Tensor]:
+    """Objectness and Balanced L1 box losses of the RPN (torchvision's normalisation).
+
+    Args:
+        objectness: objectness logits of all anchors of all images (any shape with one per anchor).
+        pred_bbox_deltas: ``(A, 4)`` predicted deltas.
+        labels: ``(A,)`` anchor labels (1 foreground, 0 background, negative ignored).
+        regression_targets: ``(A, 4)`` encoded target deltas.
+        sampled_pos_inds: indices of the sampled positive anchors.
+        sampled_neg_inds: indices of the sampled negative anchors.
+        config: the box loss.
+
+    Returns:
+        ``(binary cross-entropy summed / S, Balanced L1 of the positives summed / S)`` with S the
+        number of sampled anchors, summed over ranks in a distributed run.
+    """
+    sampled = torch.cat([sampled_pos_inds, sampled_neg_inds], dim=0)
+    logits = objectness.flatten()[sampled]
+    objectness_loss = binary_cross_entropy_with_logits(logits, labels[sampled], reduction="sum")
+    box = config.summed(pred_bbox_deltas[sampled_pos_inds], regression_targets[sampled_pos_inds])
+    return normalise(objectness_loss, sampled.numel()), normalise(box, sampled.numel())
+
+
+def retinanet_box_loss(
+    head: RetinaNetRegressionHead,
+    targets: list[dict[str, Tensor]],
+    bbox_regression: Tensor,
+    anchors: list[Tensor],
+    matched_idxs: list[Tensor],
+    config: BoxLossConfig,
+) -> Tensor:
+    """Balanced L1 box loss of RetinaNet's regression head (torchvision's normalisation).
+
+    Args:
+        head: the regression head, whose ``box_coder`` encodes the targets.
+        targets: per image, a dict with the ground-truth ``"boxes"``.
+        bbox_regression: ``(num_images, A, 4)`` predicted deltas.
+        anchors: per image, the ``(A, 4)`` anchors.
+        matched_idxs: per image, the index of each anchor's ground-truth box (< 0: not foreground).
+        config: the box loss.
+
+    Returns:
+        The mean over images of (sum over foreground anchors / ``max(1, num_foreground)``), the
+        number of images summed over ranks in a distributed run.
+    """
+    total = bbox_regression.new_zeros(())
+    for target, deltas, anchors_per_image, matched in zip(targets, bbox_regression, anchors, matched_idxs, strict=True):
+        foreground = torch.where(matched >= 0)[0]
+        gt_boxes = target["boxes"][matched[foreground]]
+        encoded = head.box_coder.encode_single(gt_boxes, anchors_per_image[foreground])
+        total = total + config.summed(deltas[foreground], encoded) / max(1, foreground.numel())
+    return normalise(total, len(targets))
+
+
+class _BalancedL1RPN(RegionProposalNetwork):
+    """RPN mixin: Balanced L1 for the anchors' box deltas."""
+
+    mixin_label = "BalancedL1"
+
+    def compute_loss(
+        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        return rpn_losses(
+            objectness,
+            pred_bbox_deltas,
+            torch.cat(labels, dim=0),
+            torch.cat(regression_targets, dim=0),
+            torch.where(torch.cat(sampled_pos, dim=0))[0],
+            torch.where(torch.cat(sampled_neg, dim=0))[0],
+            getattr(self, CONFIG_ATTRIBUTE),
+        )
+
+
+def _check_target_dtypes(targets: list[dict[str, Tensor]] | None, keypoints: bool) -> None:
+    for i, target in enumerate(targets or []):
+        if not target["boxes"].is_floating_point():
+            raise TypeError(f"targets[{i}]['boxes'] must be a floating tensor, got {target['boxes'].dtype}")
+        if target["labels"].dtype != torch.int64:
+            raise TypeError(f"targets[{i}]['labels'] must be int64, got {target['labels'].dtype}")
+        if keypoints and target["keypoints"].dtype != torch.float32:
+            raise TypeError(f"targets[{i}]['keypoints'] must be float32, got {target['keypoints'].dtype}")
+
+
+class _BalancedL1RoIHeads(RoIHeads):
+    """RoI heads mixin: the training pass with Balanced L1 box loss; inference is torchvision's.
+
+    The training pass calls ``self.select_training_samples`` (so an overriding sampler mixin is
+    honoured) and torchvision's ``maskrcnn_loss`` / ``keypointrcnn_loss`` for the other branches.
+    """
+
+    mixin_label = "BalancedL1"
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        _check_target_dtypes(targets, self.has_keypoint())
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        assert targets is not None  # select_training_samples raised otherwise
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_classifier, loss_box_reg = roi_head_losses(
+            class_logits, box_regression, labels, regression_targets, getattr(self, CONFIG_ATTRIBUTE)
+        )
+        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        if not (self.has_mask() or self.has_keypoint()):
+            return [], losses
+        positives = [torch.where(image_labels > 0)[0] for image_labels in labels]
+        pos_proposals = [p[pos] for p, pos in zip(proposals, positives, strict=True)]
+        pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positives, strict=True)]
+        if self.has_mask():
+            mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, pos_proposals, image_shapes)))
+            gt_masks = [t["masks"] for t in targets]
+            gt_labels = [t["labels"] for t in targets]
+            losses["loss_mask"] = maskrcnn_loss(mask_logits, pos_proposals, gt_masks, gt_labels, pos_matched_idxs)
+        if self.has_keypoint():
+            keypoint_features = self.keypoint_head(self.keypoint_roi_pool(features, pos_proposals, image_shapes))
+            keypoint_logits = self.keypoint_predictor(keypoint_features)
+            gt_keypoints = [t["keypoints"] for t in targets]
+            losses["loss_keypoint"] = keypointrcnn_loss(keypoint_logits, pos_proposals, gt_keypoints, pos_matched_idxs)
+        return [], losses
+
+
+class _BalancedL1RetinaNetRegression(RetinaNetRegressionHead):
+    """RetinaNet regression head mixin: Balanced L1 on the encoded deltas of foreground anchors."""
+
+    mixin_label = "BalancedL1"
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> Tensor:
+        config = getattr(self, CONFIG_ATTRIBUTE)
+        return retinanet_box_loss(self, targets, head_outputs["bbox_regression"], anchors, matched_idxs, config)
+
+
+def _switch(module: nn.Module, mixin: type, config: BoxLossConfig) -> None:
+    module.__class__ = _with_mixin(type(module), mixin)
+    setattr(module, CONFIG_ATTRIBUTE, config)
+
+
+def use_balanced_l1(
+    model: nn.Module,
+    *,
+    rpn: bool = True,
+    roi_heads: bool = True,
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+    beta: float = 1.0,
+    loss_weight: float = 1.0,
+    formulation: str = "scaled",
+) -> nn.Module:
+    """Switch the box-regression losses of one torchvision detector instance to Balanced L1.
+
+    Only this instance changes: its RPN, RoI heads or RetinaNet regression head gets a subclass
+    with a mixin and keeps its parameters in a :class:`BoxLossConfig` attribute named
+    ``balanced_l1_config``. Weights, ``state_dict``, ``deepcopy`` and pickling are unaffected, and
+    inference (eval mode) is torchvision's. Calling it again replaces the parameters. Call it on
+    the bare model, before wrapping it in ``DistributedDataParallel``.
+
+    Args:
+        model: a torchvision ``FasterRCNN``, ``MaskRCNN``, ``KeypointRCNN`` or ``RetinaNet``.
+        rpn: switch the RPN's box loss (R-CNN models). False leaves the RPN as it is.
+        roi_heads: switch the RoI head's box loss (R-CNN models). False leaves it as it is.
+            RetinaNet has one box loss, its regression head's, which is always switched; since it
+            has neither an RPN nor RoI heads, ``rpn`` and ``roi_heads`` must stay True for it.
+        alpha: inlier gradient scale, finite and > 0.
+        gamma: outlier gradient (cap), finite and > 0.
+        beta: inflection point, finite and > 0 (torchvision's smooth L1 uses 1/9 in both R-CNN stages).
+        loss_weight: factor applied to the box losses, finite and >= 0.
+        formulation: ``"scaled"`` or ``"mmdet"``; see :func:`balanced_l1.balanced_l1_loss`.
+
+    Returns:
+        ``model`` itself, switched in place.
+
+    Raises:
+        TypeError: for an unsupported model (for example FCOS, SSD, a plain ``nn.Module``).
+        ValueError: for invalid parameters, ``rpn=False`` with ``roi_heads=False``, or either False
+            for a RetinaNet.
+    """
+    if isinstance(model, RetinaNet) and isinstance(model.head.regression_head, RetinaNetRegressionHead):
+        if not (rpn and roi_heads):
+            raise ValueError(
+                "RetinaNet has neither an RPN nor RoI heads, its only box loss is the regression head's: "
+                f"leave rpn and roi_heads at True (got rpn={rpn!r}, roi_heads={roi_heads!r})"
+            )
+        config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)
+        _switch(model.head.regression_head, _BalancedL1RetinaNetRegression, config)
+        return model
+    if not (
+        isinstance(model, GeneralizedRCNN)
+        and isinstance(model.rpn, RegionProposalNetwork)
+        and isinstance(model.roi_heads, RoIHeads)
+    ):
+        wrapped = isinstance(getattr(model, "module", None), nn.Module)
+        hint = " (pass the bare model, e.g. ddp_model.module)" if wrapped else ""
+        raise TypeError(f"use_balanced_l1 supports {_SUPPORTED}; got {type(model).__name__}{hint}")
+    if not (rpn or roi_heads):
+        raise ValueError("rpn=False and roi_heads=False would switch nothing; set at least one of them to True")
+    config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)
+    if rpn:
+        _switch(model.rpn, _BalancedL1RPN, config)
+    if roi_heads:
+        _switch(model.roi_heads, _BalancedL1RoIHeads, config)
+    return model

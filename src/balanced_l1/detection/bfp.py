@@ -1,0 +1,206 @@
+"""The Balanced Feature Pyramid of Libra R-CNN (Pang et al., CVPR 2019, arXiv:1904.02701).
+
+An FPN passes information between levels only along its top-down path, so each level mostly sees its
+neighbours. The Balanced Feature Pyramid rescales every level to one intermediate size, averages them
+(every level contributes equally), refines the average, and adds it back to every level as a residual.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import adaptive_max_pool2d, interpolate, max_pool2d
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+
+REFINE_TYPES = ("non_local", "conv", None)
+POOL_LEVEL = "pool"
+
+
+class _EmbeddedGaussianNonLocal(nn.Module):
+    """Non-local block with embedded-Gaussian affinities (Wang et al., CVPR 2018), as a residual.
+
+    ``out = x + W(softmax(theta(x)^T phi(x) / sqrt(d)) g(x))`` over all spatial positions, with 1x1
+    convolutions ``theta``, ``phi``, ``g`` to ``d = channels // 2`` channels and ``W`` back. ``W`` starts
+    at zero, so the block starts as the identity. The ``1/sqrt(d)`` scale keeps the softmax out of
+    saturation at initialisation.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(channels // 2, 1)
+        self.theta = nn.Conv2d(channels, inner, 1)
+        self.phi = nn.Conv2d(channels, inner, 1)
+        self.g = nn.Conv2d(channels, inner, 1)
+        self.out = nn.Conv2d(inner, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has a bias
+        self.scale = inner**-0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        query = self.theta(x).flatten(2).transpose(1, 2)
+        key = self.phi(x).flatten(2)
+        value = self.g(x).flatten(2).transpose(1, 2)
+        attention = torch.softmax(torch.bmm(query, key) * self.scale, dim=-1)
+        y = torch.bmm(attention, value).transpose(1, 2).reshape(n, -1, h, w)
+        return x + self.out(y)
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Adaptive max-pool where ``x`` is larger than ``size``, nearest-neighbour upsampling otherwise."""
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return adaptive_max_pool2d(x, size)
+    return interpolate(x, size=size, mode="nearest")
+
+
+class BalancedFeaturePyramid(nn.Module):
+    """Strengthen every pyramid level with the same balanced, refined semantic feature.
+
+    Every level is rescaled to the size of level ``refine_level`` (adaptive max pooling for larger
+    levels, nearest-neighbour upsampling for smaller ones), the results are averaged, refined, rescaled
+    back to each level's own size the same way, and added to the level. Output shapes equal input
+    shapes exactly, odd sizes included.
+
+    Args:
+        in_channels: channels of every level.
+        num_levels: number of levels the input has, >= 1.
+        refine_level: index of the level whose size the levels are balanced at, in ``[0, num_levels)``.
+        refine_type: ``"non_local"`` (an embedded-Gaussian non-local block, the paper's choice),
+            ``"conv"`` (a 3x3 convolution) or ``None`` (no refinement).
+
+    Raises:
+        ValueError: if an argument is out of range or ``refine_type`` is unknown.
+
+    Example:
+        >>> from collections import OrderedDict
+        >>> import torch
+        >>> bfp = BalancedFeaturePyramid(8, num_levels=3, refine_level=1)
+        >>> levels = OrderedDict((str(i), torch.randn(1, 8, 33 >> i, 17 >> i)) for i in range(3))
+        >>> [tuple(v.shape) for v in bfp(levels).values()]
+        [(1, 8, 33, 17), (1, 8, 16, 8), (1, 8, 8, 4)]
+    """
+
+    def __init__(self, in_channels: int, num_levels: int, refine_level: int = 2, refine_type: str | None = "non_local"):
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+        if not 0 <= refine_level < num_levels:
+            raise ValueError(f"refine_level must be in [0, {num_levels}) (num_levels={num_levels}), got {refine_level}")
+        if refine_type not in REFINE_TYPES:
+            raise ValueError(f"refine_type must be one of {REFINE_TYPES}, got {refine_type!r}")
+        self.num_levels = num_levels
+        self.refine_level = refine_level
+        self.refine_type = refine_type
+        self.refine: nn.Module
+        if refine_type == "non_local":
+            self.refine = _EmbeddedGaussianNonLocal(in_channels)
+        elif refine_type == "conv":
+            self.refine = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        else:
+            self.refine = nn.Identity()
+
+    def forward(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        """Balance the levels.
+
+        Args:
+            features: ``num_levels`` tensors ``(N, C, H_i, W_i)``, finest level first, as an FPN returns.
+
+        Returns:
+            A new ``OrderedDict`` with the same keys and shapes: each level plus the refined balanced feature.
+
+        Raises:
+            ValueError: if the number of levels is not ``num_levels``.
+        """
+        if len(features) != self.num_levels:
+            raise ValueError(
+                f"expected {self.num_levels} feature levels, got {len(features)}: {list(features)}; "
+                "build the BalancedFeaturePyramid with num_levels equal to the number of levels"
+            )
+        levels = list(features.values())
+        size = (levels[self.refine_level].shape[-2], levels[self.refine_level].shape[-1])
+        balanced = torch.stack([_resize(x, size) for x in levels]).mean(dim=0)
+        balanced = self.refine(balanced)
+        return OrderedDict((name, x + _resize(balanced, (x.shape[-2], x.shape[-1]))) for name, x in features.items())
+
+
+def _infer_num_levels(backbone: nn.Module) -> int:
+    fpn = getattr(backbone, "fpn", None)
+    if not isinstance(fpn, FeaturePyramidNetwork):
+        raise TypeError(
+            f"cannot infer the number of pyramid levels of a {type(backbone).__name__} without an `fpn` "
+            "FeaturePyramidNetwork attribute; pass num_levels"
+        )
+    extra = fpn.extra_blocks
+    if extra is None or isinstance(extra, LastLevelMaxPool):
+        return len(fpn.inner_blocks)
+    if isinstance(extra, LastLevelP6P7):
+        return len(fpn.inner_blocks) + 2
+    raise TypeError(
+        f"cannot infer the number of levels added by FPN extra block {type(extra).__name__}; pass num_levels"
+    )
+
+
+class BackboneWithBFP(nn.Module):
+    """Wrap a torchvision backbone-with-FPN so its pyramid goes through a Balanced Feature Pyramid.
+
+    The ``"pool"`` level of torchvision's ``LastLevelMaxPool`` is a parameter-free stride-2 subsample of
+    the last level, so it is not balanced as a level of its own (that would count the last level twice
+    in the average); it is recomputed, the same way torchvision computes it, from the balanced last
+    level. Every other level (including the convolutional ``"p6"``/``"p7"`` of ``LastLevelP6P7``) is
+    balanced. Shapes, key order and ``out_channels`` are unchanged, so it drops in as
+    ``model.backbone = BackboneWithBFP(model.backbone)``.
+
+    Args:
+        backbone: module returning an ``OrderedDict`` of pyramid levels and having ``out_channels``.
+        refine_level: see :class:`BalancedFeaturePyramid`; 2 is stride 16 for torchvision's ResNet-FPN.
+        refine_type: see :class:`BalancedFeaturePyramid`.
+        num_levels: number of balanced levels (``"pool"`` not counted); ``None`` infers it from the
+            backbone's torchvision ``fpn``.
+
+    Raises:
+        TypeError: if ``backbone`` has no integer ``out_channels``, or ``num_levels`` is ``None`` and
+            cannot be inferred.
+        ValueError: if an argument is out of range (see :class:`BalancedFeaturePyramid`).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        refine_level: int = 2,
+        refine_type: str | None = "non_local",
+        num_levels: int | None = None,
+    ) -> None:
+        super().__init__()
+        out_channels = getattr(backbone, "out_channels", None)
+        if not isinstance(out_channels, int):
+            raise TypeError(
+                f"backbone must have an int `out_channels`, got {out_channels!r} on {type(backbone).__name__}"
+            )
+        self.backbone = backbone
+        self.out_channels = out_channels
+        levels = _infer_num_levels(backbone) if num_levels is None else num_levels
+        self.bfp = BalancedFeaturePyramid(out_channels, levels, refine_level, refine_type)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """Run the backbone, then balance its levels.
+
+        Args:
+            x: images ``(N, 3, H, W)``.
+
+        Returns:
+            The backbone's levels, balanced, under the same keys in the same order.
+        """
+        features = self.backbone(x)
+        levels = OrderedDict((name, level) for name, level in features.items() if name != POOL_LEVEL)
+        out = self.bfp(levels)
+        if POOL_LEVEL in features:
+            last = next(reversed(out.values()))
+            out[POOL_LEVEL] = max_pool2d(last, kernel_size=1, stride=2, padding=0)
+        return out

@@ -9,9 +9,9 @@ from torch import Tensor
 
 from balanced_l1.params import (
     AVG_FACTOR_EPS,
-    BalancedL1Params,
     check_avg_factor,
     check_reduction,
+    params_for,
 )
 
 __all__ = ["balanced_l1_loss"]
@@ -205,7 +205,7 @@ def balanced_l1_loss(
         >>> pred.grad
         tensor([ 0.3350,  1.1777, -1.5000])
     """
-    params = BalancedL1Params(alpha, gamma, beta, formulation)
+    params = params_for(alpha, gamma, beta, formulation)
     check_reduction(reduction)
     check_avg_factor(avg_factor, reduction)
     _check_avg_factor_tensor(avg_factor)

@@ -8,6 +8,7 @@ for what is a valid ``alpha``, ``gamma``, ``beta``, ``formulation`` and
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -94,7 +95,7 @@ class BalancedL1Params:
                 f"fits float32, got gamma={self.gamma!r}, alpha={self.alpha!r} (ratio {self.gamma / self.alpha:g})"
             )
 
-    @property
+    @functools.cached_property
     def b(self) -> float:
         """``b = exp(gamma / alpha) - 1``, so that ``alpha * ln(b + 1) = gamma``."""
         return math.expm1(self.gamma / self.alpha)
@@ -112,3 +113,16 @@ class BalancedL1Params:
         ``L = alpha * beta / b * ((u + q) * ln(1 + u) - u) + gamma * max(|x| - beta, 0)``.
         """
         return 1.0 if self.formulation == "scaled" else 1.0 / self.beta
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _cached_params(alpha: object, gamma: object, beta: object, formulation: object) -> BalancedL1Params:
+    return BalancedL1Params(alpha, gamma, beta, formulation)  # type: ignore[arg-type]
+
+
+def params_for(alpha: object, gamma: object, beta: object, formulation: object) -> BalancedL1Params:
+    """Validated :class:`BalancedL1Params`, cached: a loss called every step validates once."""
+    try:
+        return _cached_params(alpha, gamma, beta, formulation)
+    except TypeError:  # unhashable argument: let the constructor raise its own clear error
+        return BalancedL1Params(alpha, gamma, beta, formulation)  # type: ignore[arg-type]

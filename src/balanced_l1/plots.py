@@ -20,6 +20,7 @@ def save_figure_atomically(fig: object, out: str | os.PathLike[str]) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -27,24 +28,29 @@ def save_figure_atomically(fig: object, out: str | os.PathLike[str]) -> Path:
     return path
 
 
-def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_beta: float = 1.0) -> Path:
+def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_beta: float | None = None) -> Path:
     """Draw loss and gradient against ``|x|`` for ``params`` and for smooth L1, and save a PNG.
 
-    The x-axis spans ``[0, 3 * max(beta, smooth_l1_beta)]`` so the inflection points are visible.
+    Smooth L1 uses the same inflection point as ``params`` unless ``smooth_l1_beta`` is given. The
+    x-axis spans ``[0, 3 * max(beta, smooth_l1_beta)]`` so the inflection points are visible; the
+    gradient is drawn for ``|x| > 0`` (at 0 itself it is 0 by the sign convention).
     """
+    smooth_l1_beta = params.beta if smooth_l1_beta is None else smooth_l1_beta
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     span = 3.0 * max(params.beta, smooth_l1_beta)
-    x = np.linspace(0.0, span, 601)
+    x = np.linspace(0.0, span, 3001)
     fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(11, 4.2))
     label = f"Balanced L1 ({params.formulation}, α={params.alpha:g}, γ={params.gamma:g}, β={params.beta:g})"
     ax_loss.plot(x, balanced_l1(x, params), label=label, color="tab:red")
     ax_loss.plot(x, smooth_l1(x, smooth_l1_beta), label=f"smooth L1 (β={smooth_l1_beta:g})", color="tab:blue")
-    ax_grad.plot(x, balanced_l1_grad(x, params), label=label, color="tab:red")
-    ax_grad.plot(x, smooth_l1_grad(x, smooth_l1_beta), label=f"smooth L1 (β={smooth_l1_beta:g})", color="tab:blue")
+    ax_grad.plot(x[1:], balanced_l1_grad(x[1:], params), label=label, color="tab:red")
+    ax_grad.plot(
+        x[1:], smooth_l1_grad(x[1:], smooth_l1_beta), label=f"smooth L1 (β={smooth_l1_beta:g})", color="tab:blue"
+    )
     ax_grad.axhline(params.gamma, color="tab:red", lw=0.8, ls=":", label=f"γ = {params.gamma:g} (outlier gradient)")
     for ax, title in ((ax_loss, "loss L(x)"), (ax_grad, "gradient dL/d|x|")):
         ax.axvline(params.beta, color="gray", lw=0.8, ls="--")

@@ -1,0 +1,34 @@
+"""`balanced-l1 plot`: a PNG for good arguments, a clear message and exit code 2 for bad ones."""
+
+import pytest
+
+from balanced_l1.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_writes_a_png(tmp_path, capsys):
+    out = tmp_path / "fig" / "loss.png"
+    assert main(["plot", "--beta", "0.11", "--formulation", "mmdet", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert str(out) in capsys.readouterr().out
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--beta", "-1"], "beta must be finite and > 0, got -1.0"),
+        (["--alpha", "nan"], "alpha must be finite and > 0, got nan"),
+        (["--gamma", "abc"], "argument --gamma: invalid float value: 'abc'"),
+        (["--formulation", "paper"], "argument --formulation: invalid choice: 'paper'"),
+        (["--out", "loss.pdf"], "--out must name a .png file, got 'loss.pdf'"),
+    ],
+)
+def test_bad_plot_arguments_exit_2_with_a_clear_message(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

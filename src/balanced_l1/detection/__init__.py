@@ -1,7 +1,7 @@
 """torchvision detection adapters: Balanced L1 box losses (and the rest of Libra R-CNN's balance)."""
 
 from balanced_l1.detection.bfp import BackboneWithBFP, BalancedFeaturePyramid
-from balanced_l1.detection.libra import libra_fasterrcnn_resnet50_fpn
+from balanced_l1.detection.libra import libra_fasterrcnn_resnet50_fpn, use_libra
 from balanced_l1.detection.losses import use_balanced_l1
 from balanced_l1.detection.sampling import IoUBalancedNegativeSampler, use_iou_balanced_sampling
 
@@ -12,4 +12,5 @@ __all__ = [
     "libra_fasterrcnn_resnet50_fpn",
     "use_balanced_l1",
     "use_iou_balanced_sampling",
+    "use_libra",
 ]

@@ -1,15 +1,56 @@
-"""Libra R-CNN (Pang et al., CVPR 2019, arXiv:1904.02701) as a torchvision-style model builder."""
+"""Libra R-CNN (Pang et al., CVPR 2019, arXiv:1904.02701): its three parts on any torchvision Faster R-CNN
+with an FPN (:func:`use_libra`), and a torchvision-style ResNet-50-FPN builder."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
 
 from balanced_l1.detection.bfp import BackboneWithBFP
 from balanced_l1.detection.losses import use_balanced_l1
 from balanced_l1.detection.sampling import use_iou_balanced_sampling
+
+
+def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | None = "non_local") -> nn.Module:
+    """Give a torchvision Faster R-CNN with an FPN backbone the three balancing parts of Libra R-CNN, in place.
+
+    * Balanced Feature Pyramid on the backbone: ``model.backbone = BackboneWithBFP(model.backbone, ...)``;
+      the ``"pool"`` level is recomputed from the balanced last level (see :class:`BackboneWithBFP`).
+    * IoU-balanced sampling of the RoI head's negatives: 3 bins, no floor set (mmdetection's Libra
+      config); positives are sampled as torchvision does.
+    * Balanced L1 (alpha 0.5, gamma 1.5, beta 1) for the RoI head's box regression, as in the paper;
+      the RPN keeps torchvision's smooth L1, as the paper's and mmdetection's RPN do.
+
+    Change a part afterwards with :func:`use_iou_balanced_sampling` or
+    :func:`balanced_l1.detection.use_balanced_l1`, which replace their settings when called again.
+
+    Args:
+        model: a torchvision ``FasterRCNN`` (or Mask / Keypoint R-CNN) whose backbone returns FPN levels.
+        refine_level: the level the pyramid is balanced at (see :class:`BalancedFeaturePyramid`);
+            2 is stride 16 for torchvision's ResNet-FPN, the middle of the paper's five levels.
+        refine_type: ``"non_local"`` (the paper's), ``"conv"`` or ``None``.
+
+    Returns:
+        ``model`` itself, modified.
+
+    Raises:
+        TypeError: for a model without an FPN ``backbone`` or one the other parts do not support.
+        ValueError: if ``refine_level`` or ``refine_type`` is invalid for the backbone, or the backbone
+            already has a Balanced Feature Pyramid.
+    """
+    current = getattr(model, "backbone", None)
+    if not isinstance(current, nn.Module):
+        raise TypeError(f"model.backbone must be an FPN backbone module, got {type(current).__name__}")
+    if isinstance(current, BackboneWithBFP):
+        raise ValueError("model.backbone is already a BackboneWithBFP; call use_libra once per model")
+    backbone = BackboneWithBFP(current, refine_level=refine_level, refine_type=refine_type)
+    use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
+    use_balanced_l1(model, rpn=False, roi_heads=True, alpha=0.5, gamma=1.5, beta=1.0)
+    model.backbone = backbone
+    return model
 
 
 def libra_fasterrcnn_resnet50_fpn(
@@ -21,21 +62,14 @@ def libra_fasterrcnn_resnet50_fpn(
 ) -> FasterRCNN:
     """Build a Libra R-CNN: torchvision's Faster R-CNN ResNet-50-FPN with the paper's three balancing parts.
 
-    * Balanced Feature Pyramid on the backbone's FPN: levels balanced at level ``"2"`` (stride 16),
-      refined by an embedded-Gaussian non-local block (the paper's setting); the ``"pool"`` level is
-      recomputed from the balanced last level (see :class:`BackboneWithBFP`).
-    * IoU-balanced sampling of the RoI head's negatives: 3 bins, no floor set (mmdetection's Libra
-      config); positives are sampled as torchvision does.
-    * Balanced L1 (alpha 0.5, gamma 1.5, beta 1) for the RoI head's box regression, as in the paper;
-      the RPN keeps torchvision's smooth L1 (beta 1/9), as the paper's and mmdetection's RPN do.
+    The parts are those of :func:`use_libra` with its defaults: a Balanced Feature Pyramid balanced at
+    level ``"2"`` (stride 16) with a non-local refinement, IoU-balanced sampling of the RoI head's
+    negatives (3 bins), and Balanced L1 for the RoI head's box regression (the RPN keeps smooth L1).
 
     Nothing is downloaded unless ``weights`` or ``weights_backbone`` is given; then torchvision
     downloads them as ``fasterrcnn_resnet50_fpn`` would. ``weights`` are those of a plain Faster
     R-CNN: they are loaded before the Balanced Feature Pyramid is added, whose refinement starts as
     the identity but whose balanced residual still changes the features, so fine-tune before use.
-    Change a part afterwards with :func:`use_iou_balanced_sampling` or
-    :func:`balanced_l1.detection.use_balanced_l1`, which replace their settings when called again.
-
     Args:
         weights: pretrained Faster R-CNN weights for torchvision, or ``None``.
         weights_backbone: pretrained ResNet-50 weights for torchvision, or ``None`` (the default here,
@@ -55,7 +89,5 @@ def libra_fasterrcnn_resnet50_fpn(
     model = fasterrcnn_resnet50_fpn(
         weights=weights, weights_backbone=weights_backbone, num_classes=num_classes, **kwargs
     )
-    model.backbone = BackboneWithBFP(model.backbone, refine_level=2, refine_type="non_local")
-    use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
-    use_balanced_l1(model, rpn=False, roi_heads=True, alpha=0.5, gamma=1.5, beta=1.0)
+    use_libra(model)
     return model

@@ -1,0 +1,113 @@
+"""The arms of a comparison: each names one way to configure the same freshly built detector.
+
+An arm is a name, a one-line description and a ``configure(model)`` function that changes a
+torchvision Faster R-CNN in place (its losses, samplers or feature pyramid). ``balanced-l1 compare``
+builds the model with the same seed for every arm and then calls the arm's ``configure``, so arms
+differ only by what ``configure`` does. To add an arm, write its ``configure`` and call
+:func:`register_arm` next to the built-in ones below; the command line picks it up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a comparison.
+
+    Attributes:
+        name: the name used on the command line (``--arms``) and in reports.
+        description: one line for the report.
+        configure: changes a freshly built torchvision Faster R-CNN in place. It runs right after the model is
+            built under the run's seed, so parameters it creates are reproducible too.
+    """
+
+    name: str
+    description: str
+    configure: Callable[[nn.Module], None]
+
+
+_REGISTRY: dict[str, Arm] = {}
+
+
+def register_arm(arm: Arm) -> Arm:
+    """Add ``arm`` to the registry.
+
+    Args:
+        arm: the arm to add; its name must be new and non-empty, without commas (``--arms`` is comma-separated).
+
+    Returns:
+        The arm, so the call can be used as an expression.
+
+    Raises:
+        ValueError: if the name is empty, holds a comma or whitespace, or is already registered.
+    """
+    if not arm.name or any(ch == "," or ch.isspace() for ch in arm.name):
+        raise ValueError(f"arm name must be non-empty without commas or spaces, got {arm.name!r}")
+    if arm.name in _REGISTRY:
+        raise ValueError(f"arm {arm.name!r} is already registered")
+    _REGISTRY[arm.name] = arm
+    return arm
+
+
+def arm_names() -> tuple[str, ...]:
+    """The registered arm names, in registration order.
+
+    Returns:
+        The names, ``smooth_l1`` (the baseline) first.
+    """
+    return tuple(_REGISTRY)
+
+
+def get_arm(name: str) -> Arm:
+    """Look up a registered arm.
+
+    Args:
+        name: the arm's name.
+
+    Returns:
+        The arm.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+
+    Example:
+        >>> get_arm("smooth_l1").name
+        'smooth_l1'
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown arm {name!r}; valid arms: {', '.join(_REGISTRY)}") from None
+
+
+def _keep_torchvision_losses(model: nn.Module) -> None:
+    """Leave the model as torchvision builds it: smooth L1 (beta 1/9) box losses in the RPN and the RoI heads."""
+
+
+def _use_balanced_l1(model: nn.Module) -> None:
+    from balanced_l1.detection.losses import use_balanced_l1
+
+    use_balanced_l1(model, rpn=True, roi_heads=True, alpha=0.5, gamma=1.5, beta=1.0)
+
+
+BASELINE_ARM = "smooth_l1"
+
+register_arm(
+    Arm(
+        BASELINE_ARM,
+        "torchvision's default box losses (smooth L1 in the RPN and the RoI heads)",
+        _keep_torchvision_losses,
+    )
+)
+register_arm(
+    Arm(
+        "balanced_l1",
+        "Balanced L1 box losses in the RPN and the RoI heads (alpha 0.5, gamma 1.5, beta 1)",
+        _use_balanced_l1,
+    )
+)

@@ -25,29 +25,30 @@ def _world_size() -> int:
     return dist.get_world_size()
 
 
-def normalise(total: Tensor, count: int) -> Tensor:
-    """Divide ``total`` by ``max(count, 1)``, the count summed over ranks in distributed runs.
+def normaliser(count: int, like: Tensor) -> float | Tensor:
+    """Return the factor that turns a rank's summed loss into its share of the global mean.
 
-    Outside a distributed run with more than one process this is ``total / max(count, 1)``. Inside
-    one, the count is all-reduced as a detached tensor on ``total``'s device (no host
-    synchronisation, nothing for autograd to track) and the result is scaled by the world size.
-    Every rank must call this the same number of times, in the same order.
+    Outside a distributed run with more than one process this is ``1 / max(count, 1)``. Inside
+    one, the count is all-reduced as a detached tensor on ``like``'s device (no host
+    synchronisation, nothing for autograd to track) and the factor is
+    ``world_size / max(count_global, 1)``. Every rank must call this the same number of times, in
+    the same order.
 
     Args:
-        total: the summed (unnormalised) loss of this rank's items, a scalar tensor.
         count: how many items this rank contributed to the normaliser.
+        like: a tensor on the device (and of the floating dtype, at least float32) to reduce on.
 
     Returns:
-        ``total * world_size / max(count_global, 1)``.
+        A Python float outside distributed runs, else a 0-dim tensor.
 
     Example:
-        >>> normalise(torch.tensor(6.0), 4)
+        >>> torch.tensor(6.0) * normaliser(4, torch.tensor(0.0))
         tensor(1.5000)
     """
     world_size = _world_size()
     if world_size == 1:
-        return total / max(count, 1)
-    dtype = torch.promote_types(total.dtype, torch.float32)
-    count_global = torch.tensor(float(count), dtype=dtype, device=total.device)
+        return 1.0 / max(count, 1)
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    count_global = torch.tensor(float(count), dtype=dtype, device=like.device)
     dist.all_reduce(count_global, op=dist.ReduceOp.SUM)
-    return total * world_size / count_global.clamp_min(1.0)
+    return world_size / count_global.clamp_min(1.0)

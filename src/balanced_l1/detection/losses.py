@@ -33,7 +33,7 @@ from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressio
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from balanced_l1.detection._distributed import normalise
+from balanced_l1.detection._distributed import normaliser
 from balanced_l1.detection._mixins import _with_mixin
 from balanced_l1.functional import balanced_l1_loss
 from balanced_l1.params import BalancedL1Params
@@ -105,7 +105,8 @@ def roi_head_losses(
     deltas = box_regression.reshape(class_logits.shape[0], -1, 4)[positive, all_labels[positive]]
     classification = cross_entropy(class_logits, all_labels, reduction="sum")
     box = config.summed(deltas, targets[positive])
-    return normalise(classification, count), normalise(box, count)
+    scale = normaliser(count, classification)
+    return classification * scale, box * scale
 
 
 def rpn_losses(
@@ -136,7 +137,8 @@ def rpn_losses(
     logits = objectness.flatten()[sampled]
     objectness_loss = binary_cross_entropy_with_logits(logits, labels[sampled], reduction="sum")
     box = config.summed(pred_bbox_deltas[sampled_pos_inds], regression_targets[sampled_pos_inds])
-    return normalise(objectness_loss, sampled.numel()), normalise(box, sampled.numel())
+    scale = normaliser(sampled.numel(), objectness_loss)
+    return objectness_loss * scale, box * scale
 
 
 def retinanet_box_loss(
@@ -167,7 +169,7 @@ def retinanet_box_loss(
         gt_boxes = target["boxes"][matched[foreground]]
         encoded = head.box_coder.encode_single(gt_boxes, anchors_per_image[foreground])
         total = total + config.summed(deltas[foreground], encoded) / max(1, foreground.numel())
-    return normalise(total, len(targets))
+    return total * normaliser(len(targets), total)
 
 
 class _BalancedL1RPN(RegionProposalNetwork):

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from balanced_l1.params import (
     AVG_FACTOR_EPS,
+    BalancedL1Params,
     check_avg_factor,
     check_reduction,
     params_for,
@@ -205,7 +206,10 @@ def balanced_l1_loss(
         >>> pred.grad
         tensor([ 0.3350,  1.1777, -1.5000])
     """
-    params = params_for(alpha, gamma, beta, formulation)
+    if torch.compiler.is_compiling():  # traced once; dynamo does not look through the cache
+        params = BalancedL1Params(alpha, gamma, beta, formulation)
+    else:
+        params = params_for(alpha, gamma, beta, formulation)
     check_reduction(reduction)
     check_avg_factor(avg_factor, reduction)
     _check_avg_factor_tensor(avg_factor)

@@ -95,7 +95,7 @@ class BalancedL1Params:
                 f"fits float32, got gamma={self.gamma!r}, alpha={self.alpha!r} (ratio {self.gamma / self.alpha:g})"
             )
 
-    @functools.cached_property
+    @property
     def b(self) -> float:
         """``b = exp(gamma / alpha) - 1``, so that ``alpha * ln(b + 1) = gamma``."""
         return math.expm1(self.gamma / self.alpha)

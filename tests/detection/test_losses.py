@@ -23,6 +23,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from balanced_l1 import balanced_l1_loss
 from balanced_l1.detection import use_balanced_l1
+from balanced_l1.detection._mixins import _with_mixin
 from balanced_l1.detection.losses import CONFIG_ATTRIBUTE
 
 SIZE = 64
@@ -275,6 +276,27 @@ def test_second_call_replaces_parameters_without_stacking() -> None:
         assert torch.equal(losses[name], expected[name])
 
 
+class _CountingSampler(tv_roi_heads.RoIHeads):
+    """Stands in for a sampler mixin (IoU-balanced sampling) that overrides select_training_samples."""
+
+    def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> Any:
+        self.sampler_calls = getattr(self, "sampler_calls", 0) + 1
+        return super().select_training_samples(proposals, targets)
+
+
+@pytest.mark.parametrize("sampler_first", [True, False], ids=["sampler-then-balanced", "balanced-then-sampler"])
+def test_roi_heads_honour_a_sampler_mixin_applied_in_either_order(sampler_first: bool) -> None:
+    model = _rcnn()
+    if sampler_first:
+        model.roi_heads.__class__ = _with_mixin(type(model.roi_heads), _CountingSampler)
+    use_balanced_l1(model)
+    if not sampler_first:
+        model.roi_heads.__class__ = _with_mixin(type(model.roi_heads), _CountingSampler)
+    losses, expected = _hand_rcnn_box_losses(model)
+    assert model.roi_heads.sampler_calls == 1
+    torch.testing.assert_close(losses["loss_box_reg"], expected["loss_box_reg"], rtol=1e-6, atol=0.0)
+
+
 def test_deepcopy_and_pickle_keep_the_switch_and_the_weights() -> None:
     model = use_balanced_l1(_rcnn(), beta=0.3, loss_weight=2.0)
     expected = _losses(model)
@@ -294,7 +316,9 @@ def test_state_dict_is_unchanged_and_loads_into_a_torchvision_model() -> None:
     assert str(untouched.load_state_dict(state)) == "<All keys matched successfully>"
 
 
-@pytest.mark.parametrize("build", [lambda: _rcnn("mask"), lambda: _rcnn("keypoint"), _retinanet])
+@pytest.mark.parametrize(
+    "build", [lambda: _rcnn("mask"), lambda: _rcnn("keypoint"), _retinanet], ids=["mask", "keypoint", "retinanet"]
+)
 def test_eval_mode_inference_is_unchanged(build: Any) -> None:
     untouched = build().eval()
     switched = use_balanced_l1(copy.deepcopy(untouched)).eval()

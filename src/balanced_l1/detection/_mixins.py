@@ -42,6 +42,10 @@ def _reduce_ex(self: Any, protocol: int) -> tuple[Any, ...]:
     return _rebuild, (base, mixins), state
 
 
+def _what(value: object) -> str:
+    return f"class {value.__name__}" if isinstance(value, type) else f"a {type(value).__name__} instance"
+
+
 def _label(mixin: type) -> str:
     return mixin.__dict__.get("mixin_label", mixin.__name__.lstrip("_"))
 
@@ -71,7 +75,7 @@ def _with_mixin(base: type, mixin: type) -> type:
         ('HELLO', 'GreeterWithLoud', True)
     """
     if not isinstance(base, type) or not isinstance(mixin, type):
-        raise TypeError(f"base and mixin must be classes, got base={base!r} and mixin={mixin!r}")
+        raise TypeError(f"base and mixin must be classes, got base={_what(base)} and mixin={_what(mixin)}")
     if issubclass(base, mixin):
         return base
     key = (base, mixin)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
-from balanced_l1.detection import BackboneWithBFP, BalancedFeaturePyramid
+from balanced_l1.detection import BackboneWithBFP, BalancedFeaturePyramid, use_balanced_feature_pyramid
 
 REFINE_TYPES = ["non_local", "conv", None]
 
@@ -153,3 +153,28 @@ def test_a_backbone_without_fpn_needs_num_levels() -> None:
 def test_a_backbone_without_out_channels_is_rejected() -> None:
     with pytest.raises(TypeError, match=r"backbone must have an int `out_channels`, got None on Sequential"):
         BackboneWithBFP(nn.Sequential())
+
+
+def _detector_like() -> nn.Module:
+    model = nn.Module()
+    model.backbone = _backbone()
+    return model
+
+
+def test_use_balanced_feature_pyramid_wraps_the_models_backbone() -> None:
+    model = _detector_like()
+    fpn = model.backbone
+    use_balanced_feature_pyramid(model, refine_level=0, refine_type=None)
+    assert isinstance(model.backbone, BackboneWithBFP) and model.backbone.backbone is fpn
+    assert (model.backbone.bfp.refine_level, model.backbone.bfp.refine_type) == (0, None)
+
+
+def test_use_balanced_feature_pyramid_twice_is_rejected() -> None:
+    model = use_balanced_feature_pyramid(_detector_like(), refine_level=1)
+    with pytest.raises(ValueError, match=r"model.backbone is already a BackboneWithBFP"):
+        use_balanced_feature_pyramid(model, refine_level=1)
+
+
+def test_use_balanced_feature_pyramid_needs_a_backbone() -> None:
+    with pytest.raises(TypeError, match=r"model.backbone must be an FPN backbone module, got NoneType"):
+        use_balanced_feature_pyramid(nn.Linear(2, 2))

@@ -1,6 +1,6 @@
 """torchvision detection adapters: Balanced L1 box losses (and the rest of Libra R-CNN's balance)."""
 
-from balanced_l1.detection.bfp import BackboneWithBFP, BalancedFeaturePyramid
+from balanced_l1.detection.bfp import BackboneWithBFP, BalancedFeaturePyramid, use_balanced_feature_pyramid
 from balanced_l1.detection.libra import libra_fasterrcnn_resnet50_fpn, use_libra
 from balanced_l1.detection.losses import use_balanced_l1
 from balanced_l1.detection.sampling import IoUBalancedNegativeSampler, use_iou_balanced_sampling
@@ -10,6 +10,7 @@ __all__ = [
     "BalancedFeaturePyramid",
     "IoUBalancedNegativeSampler",
     "libra_fasterrcnn_resnet50_fpn",
+    "use_balanced_feature_pyramid",
     "use_balanced_l1",
     "use_iou_balanced_sampling",
     "use_libra",

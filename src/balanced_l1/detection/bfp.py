@@ -204,3 +204,35 @@ class BackboneWithBFP(nn.Module):
             last = next(reversed(out.values()))
             out[POOL_LEVEL] = max_pool2d(last, kernel_size=1, stride=2, padding=0)
         return out
+
+
+def use_balanced_feature_pyramid(
+    model: nn.Module, *, refine_level: int = 2, refine_type: str | None = "non_local", num_levels: int | None = None
+) -> nn.Module:
+    """Put a Balanced Feature Pyramid on a torchvision detector's FPN backbone, in place.
+
+    ``model.backbone`` becomes ``BackboneWithBFP(model.backbone, ...)``; nothing else changes.
+
+    Args:
+        model: a torchvision detector whose ``backbone`` returns FPN levels (Faster / Mask / Keypoint
+            R-CNN, RetinaNet, FCOS).
+        refine_level: see :class:`BalancedFeaturePyramid`; 2 is stride 16 for torchvision's ResNet-FPN.
+        refine_type: see :class:`BalancedFeaturePyramid`.
+        num_levels: see :class:`BackboneWithBFP`.
+
+    Returns:
+        ``model`` itself, modified.
+
+    Raises:
+        TypeError: if ``model.backbone`` is missing or not a module, or its levels cannot be counted.
+        ValueError: if the backbone already has a Balanced Feature Pyramid, or an argument is out of range.
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"model.backbone must be an FPN backbone module, got {type(backbone).__name__}")
+    if isinstance(backbone, BackboneWithBFP):
+        raise ValueError("model.backbone is already a BackboneWithBFP; add the Balanced Feature Pyramid once per model")
+    model.backbone = BackboneWithBFP(
+        backbone, refine_level=refine_level, refine_type=refine_type, num_levels=num_levels
+    )
+    return model

@@ -8,8 +8,9 @@ from typing import Any
 from torch import nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
+from torchvision.models.detection.roi_heads import RoIHeads
 
-from balanced_l1.detection.bfp import BackboneWithBFP
+from balanced_l1.detection.bfp import use_balanced_feature_pyramid
 from balanced_l1.detection.losses import use_balanced_l1
 from balanced_l1.detection.sampling import use_iou_balanced_sampling
 
@@ -17,14 +18,14 @@ from balanced_l1.detection.sampling import use_iou_balanced_sampling
 def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | None = "non_local") -> nn.Module:
     """Give a torchvision Faster R-CNN with an FPN backbone the three balancing parts of Libra R-CNN, in place.
 
-    * Balanced Feature Pyramid on the backbone: ``model.backbone = BackboneWithBFP(model.backbone, ...)``;
-      the ``"pool"`` level is recomputed from the balanced last level (see :class:`BackboneWithBFP`).
+    * Balanced Feature Pyramid on the backbone (:func:`use_balanced_feature_pyramid`); the ``"pool"``
+      level is recomputed from the balanced last level (see :class:`BackboneWithBFP`).
     * IoU-balanced sampling of the RoI head's negatives: 3 bins, no floor set (mmdetection's Libra
       config); positives are sampled as torchvision does.
     * Balanced L1 (alpha 0.5, gamma 1.5, beta 1) for the RoI head's box regression, as in the paper;
       the RPN keeps torchvision's smooth L1, as the paper's and mmdetection's RPN do.
 
-    Change a part afterwards with :func:`use_iou_balanced_sampling` or
+    Call it once per model. Change a part afterwards with :func:`use_iou_balanced_sampling` or
     :func:`balanced_l1.detection.use_balanced_l1`, which replace their settings when called again.
 
     Args:
@@ -37,19 +38,15 @@ def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | Non
         ``model`` itself, modified.
 
     Raises:
-        TypeError: for a model without an FPN ``backbone`` or one the other parts do not support.
+        TypeError: for a model without ``RoIHeads`` or an FPN ``backbone``; the model is unchanged then.
         ValueError: if ``refine_level`` or ``refine_type`` is invalid for the backbone, or the backbone
-            already has a Balanced Feature Pyramid.
+            already has a Balanced Feature Pyramid; the model is unchanged then.
     """
-    current = getattr(model, "backbone", None)
-    if not isinstance(current, nn.Module):
-        raise TypeError(f"model.backbone must be an FPN backbone module, got {type(current).__name__}")
-    if isinstance(current, BackboneWithBFP):
-        raise ValueError("model.backbone is already a BackboneWithBFP; call use_libra once per model")
-    backbone = BackboneWithBFP(current, refine_level=refine_level, refine_type=refine_type)
+    if not isinstance(getattr(model, "roi_heads", None), RoIHeads):
+        raise TypeError(f"use_libra needs a torchvision two-stage detector (Faster R-CNN), got {type(model).__name__}")
+    use_balanced_feature_pyramid(model, refine_level=refine_level, refine_type=refine_type)
     use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
     use_balanced_l1(model, rpn=False, roi_heads=True, alpha=0.5, gamma=1.5, beta=1.0)
-    model.backbone = backbone
     return model
 
 

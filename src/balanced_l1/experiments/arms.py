@@ -111,3 +111,44 @@ register_arm(
         _use_balanced_l1,
     )
 )
+
+
+def _use_iou_balanced_sampling(model: nn.Module) -> None:
+    from balanced_l1.detection.sampling import use_iou_balanced_sampling
+
+    use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
+
+
+def _use_balanced_feature_pyramid(model: nn.Module) -> None:
+    from balanced_l1.detection.bfp import use_balanced_feature_pyramid
+
+    use_balanced_feature_pyramid(model, refine_level=1, refine_type="non_local")
+
+
+def _use_libra(model: nn.Module) -> None:
+    from balanced_l1.detection.libra import use_libra
+
+    use_libra(model, refine_level=1, refine_type="non_local")
+
+
+register_arm(
+    Arm(
+        "iou_sampling",
+        "IoU-balanced sampling of the RoI head's negatives (3 IoU bins); smooth L1 box losses",
+        _use_iou_balanced_sampling,
+    )
+)
+register_arm(
+    Arm(
+        "bfp",
+        "Balanced Feature Pyramid (balanced at the stride-8 level, non-local refinement); smooth L1 box losses",
+        _use_balanced_feature_pyramid,
+    )
+)
+register_arm(
+    Arm(
+        "libra",
+        "Libra R-CNN: BFP + IoU-balanced sampling + Balanced L1 in the RoI head (the RPN keeps smooth L1)",
+        _use_libra,
+    )
+)

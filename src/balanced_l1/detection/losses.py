@@ -285,7 +285,10 @@ def use_balanced_l1(
     with a mixin and keeps its parameters in a :class:`BoxLossConfig` attribute named
     ``balanced_l1_config``. Weights, ``state_dict``, ``deepcopy`` and pickling are unaffected, and
     inference (eval mode) is torchvision's. Calling it again replaces the parameters. Call it on
-    the bare model, before wrapping it in ``DistributedDataParallel``.
+    the bare model, before wrapping it in ``DistributedDataParallel``; in a distributed run every
+    rank must run the training forward pass, since the loss normalisers are summed over ranks.
+    RetinaNet's regression loss is replaced whatever its ``_loss_type`` (l1, smooth_l1, giou, ...);
+    Balanced L1 acts on the encoded deltas. The switched modules are not TorchScript-able.
 
     Args:
         model: a torchvision ``FasterRCNN``, ``MaskRCNN``, ``KeypointRCNN`` or ``RetinaNet``.
@@ -306,6 +309,15 @@ def use_balanced_l1(
         TypeError: for an unsupported model (for example FCOS, SSD, a plain ``nn.Module``).
         ValueError: for invalid parameters, ``rpn=False`` with ``roi_heads=False``, or either False
             for a RetinaNet.
+
+    Example:
+        >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+        >>> model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
+        >>> model = use_balanced_l1(model, rpn=False, beta=0.5)
+        >>> type(model.roi_heads).__name__, type(model.rpn).__name__
+        ('RoIHeadsWithBalancedL1', 'RegionProposalNetwork')
+        >>> model.roi_heads.balanced_l1_config.params.beta
+        0.5
     """
     if isinstance(model, RetinaNet) and isinstance(model.head.regression_head, RetinaNetRegressionHead):
         if not (rpn and roi_heads):

@@ -61,11 +61,13 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type
         "evaluate COCO AP with pycocotools, print a table and write results.json and figures to --out. "
         "Exit status: 0 on success, 2 for bad arguments, 1 for bad data or a checkpoint of another run.",
     )
-    compare.add_argument("--arms", default="smooth_l1,balanced_l1", help="comma-separated arms (default smooth_l1,balanced_l1)")
+    compare.add_argument(
+        "--arms", default="smooth_l1,balanced_l1", help="comma-separated arms (default smooth_l1,balanced_l1)"
+    )
     compare.add_argument("--seeds", type=_seed_list, default=(0,), help="comma-separated training seeds (default 0)")
     compare.add_argument("--iters", type=_positive_int, default=300, help="training iterations per run (default 300)")
     compare.add_argument("--batch-size", type=_positive_int, default=8, help="images per global batch (default 8)")
-    compare.add_argument("--lr", type=float, default=0.02, help="peak SGD learning rate (default 0.02)")
+    compare.add_argument("--lr", type=float, default=0.04, help="peak SGD learning rate (default 0.04)")
     compare.add_argument("--warmup-iters", type=int, default=50, help="linear warm-up iterations (default 50)")
     compare.add_argument("--checkpoint-every", type=_positive_int, default=20, help="iterations between checkpoints")
     compare.add_argument("--image-size", type=int, default=128, help="synthetic image side; longer side the model sees")
@@ -73,11 +75,19 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     compare.add_argument("--val-images", type=_positive_int, default=200, help="synthetic held-out images")
     compare.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set (default 0)")
     compare.add_argument(
-        "--data", default=None, help="COCO-format folder: PATH/annotations/{train,val}.json and PATH/images/ (default: synthetic)"
+        "--data",
+        default=None,
+        help="COCO-format folder: PATH/annotations/{train,val}.json and PATH/images/ (default: synthetic)",
     )
     compare.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
     compare.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    compare.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch CPU threads per process (default 1: steady on shared cores; try 2+ on an idle machine)",
+    )
     compare.set_defaults(handler=_run_compare)
 
 
@@ -85,8 +95,8 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from pathlib import Path
 
     from balanced_l1.experiments.arms import arm_names
-    from balanced_l1.experiments.compare import CompareConfig, run_compare
     from balanced_l1.experiments.coco_data import DataError
+    from balanced_l1.experiments.compare import CompareConfig, ConfigError, run_compare
     from balanced_l1.experiments.train import CheckpointMismatchError
 
     arms = tuple(a.strip() for a in args.arms.split(","))
@@ -101,6 +111,7 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error(f"--device: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device!r}: CUDA is not available here; use --device cpu")
+    torch.set_num_threads(args.threads)
     config = CompareConfig(
         out=Path(args.out),
         arms=arms,
@@ -120,10 +131,13 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     )
     try:
         config.validate()
-    except ValueError as err:
+    except ConfigError as err:
         parser.error(str(err))
     try:
         run_compare(config)
+    except ConfigError as err:
+        print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
+        return 2
     except (DataError, CheckpointMismatchError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 1

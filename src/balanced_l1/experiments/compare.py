@@ -16,6 +16,7 @@ Every file is written atomically; ``results.json`` is written last.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +35,10 @@ from balanced_l1.experiments.synthetic import make_synthetic_dataset
 from balanced_l1.experiments.train import TrainConfig, load_checkpoint, train
 
 DEFAULT_ARMS = ("smooth_l1", "balanced_l1")
+
+
+class ConfigError(ValueError):
+    """A comparison setting is out of range; the message names it, its value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0,)
     iters: int = 300
     batch_size: int = 8
-    lr: float = 0.02
+    lr: float = 0.04
     warmup_iters: int = 50
     checkpoint_every: int = 20
     image_size: int = 128
@@ -81,21 +86,30 @@ class CompareConfig:
             world_size: number of processes the global batch is split over.
 
         Raises:
-            ValueError: naming the setting, its value and what is allowed.
+            ConfigError: naming the setting, its value and what is allowed.
         """
-        for arm in self.arms:
-            get_arm(arm)
+        try:
+            for arm in self.arms:
+                get_arm(arm)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"arms must be a non-empty list without repeats, got {list(self.arms)}")
+            raise ConfigError(f"arms must be a non-empty list without repeats, got {list(self.arms)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
-            raise ValueError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
+            raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
         for name in ("iters", "batch_size", "checkpoint_every", "train_images", "val_images"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be finite and > 0, got {self.lr}")
+        if self.warmup_iters < 0:
+            raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
+        if self.image_size < 64:
+            raise ConfigError(f"image_size must be >= 64 pixels, got {self.image_size}")
         if self.batch_size % world_size:
-            raise ValueError(f"batch_size {self.batch_size} must be divisible by the number of processes {world_size}")
+            raise ConfigError(f"batch_size {self.batch_size} must be divisible by the number of processes {world_size}")
         if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"out {self.out} exists and is not a folder")
+            raise ConfigError(f"out {self.out} exists and is not a folder")
 
 
 def _load_data(config: CompareConfig) -> dict[str, DetectionSplit]:
@@ -185,7 +199,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
         The content of ``results.json`` on rank 0, ``None`` on other ranks.
 
     Raises:
-        ValueError: for a bad setting.
+        ConfigError: for a bad setting.
         balanced_l1.experiments.coco_data.DataError: for bad data (a ``ValueError``).
         balanced_l1.experiments.train.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint.
     """

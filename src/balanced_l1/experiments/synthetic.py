@@ -3,14 +3,16 @@
 Every image is a noisy colour gradient with clutter (thin lines and small blobs that are not objects)
 and one to five objects of three classes -- rectangle, ellipse, triangle -- of many sizes (8 pixels
 to 92% of the image side: at 128 pixels COCO's small, medium and large ranges all occur) and aspect
-ratios (1:2.5 to 2.5:1), in random colours. Each shape touches all four sides of its box, so the
-box is tight. Objects are drawn in sequence and may partly hide earlier ones (at most half of an
-earlier box); the box stays the full (amodal) extent. Image ``i`` of a split depends only on
-``(seed, split, i)``, so a larger set starts with the images of a smaller one.
+ratios (1:2.5 to 2.5:1). Each class has a hue (red, green, blue, with jitter) while clutter takes any
+colour, so classifying is easy and the task is mostly localisation. Each shape touches all four
+sides of its box, so the box is tight. Objects are drawn in sequence and may partly hide earlier
+ones (at most half of an earlier box); the box stays the full (amodal) extent. Image ``i`` of a
+split depends only on ``(seed, split, i)``, so a larger set starts with the images of a smaller one.
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
 from typing import Any
 
@@ -22,6 +24,7 @@ from balanced_l1.experiments.coco_data import DetectionSplit
 CATEGORIES = ({"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}, {"id": 3, "name": "triangle"})
 _SPLIT_KEYS = {"train": 1, "val": 2}
 _MAX_OCCLUSION = 0.5
+_CLASS_HUES = {1: 0.0, 2: 1 / 3, 3: 2 / 3}
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -36,6 +39,12 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, size=3))  # type: ignore[return-value]
+
+
+def _class_colour(rng: np.random.Generator, category: int) -> tuple[int, int, int]:
+    hue = (_CLASS_HUES[category] + rng.uniform(-0.07, 0.07)) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.45, 1.0))
+    return round(255 * red), round(255 * green), round(255 * blue)
 
 
 def _add_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
@@ -107,7 +116,7 @@ def _make_image(seed: int, split_key: int, index: int, size: int) -> tuple[np.nd
         else:
             continue
         category = int(rng.integers(1, len(CATEGORIES) + 1))
-        _draw_shape(draw, category, box, int(rng.integers(0, 4)), _colour(rng))
+        _draw_shape(draw, category, box, int(rng.integers(0, 4)), _class_colour(rng, category))
         boxes.append(box)
         objects.append({"category_id": category, "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
     return np.asarray(image, dtype=np.uint8), objects

@@ -59,7 +59,7 @@ class TrainConfig:
 
     iters: int
     batch_size: int
-    lr: float = 0.02
+    lr: float = 0.04
     weight_decay: float = 1e-4
     warmup_iters: int = 50
     grad_clip: float = 10.0

@@ -1,0 +1,131 @@
+"""``balanced-l1 compare`` end to end with tiny settings, and its refusals before any training."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from balanced_l1.cli import main
+from balanced_l1.experiments.coco_data import save_coco_folder
+from balanced_l1.experiments.evaluate import METRICS
+from balanced_l1.experiments.synthetic import make_synthetic_dataset
+
+TINY = ["--iters", "2", "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("compare") / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["compare", *TINY, "--seeds", "0,1", "--out", str(out)])
+    assert code == 0
+    return out, json.loads((out / "results.json").read_text()), stdout.getvalue()
+
+
+def test_results_hold_metrics_per_seed_and_their_mean_for_both_arms(finished: tuple[Path, dict[str, Any], str]) -> None:
+    _, results, _ = finished
+    assert list(results["arms"]) == ["smooth_l1", "balanced_l1"]
+    for arm in results["arms"].values():
+        assert set(arm["per_seed"]) == {"0", "1"}
+        assert set(arm["mean"]) == set(METRICS) and set(arm["std"]) == set(METRICS)
+        for metrics in arm["per_seed"].values():
+            assert len(metrics["ap_per_iou"]) == 10
+            assert all(v == -1.0 or 0.0 <= v <= 1.0 for v in [*(metrics[m] for m in METRICS), *metrics["ap_per_iou"]])
+    assert set(results["paired_difference"]) == {"balanced_l1 - smooth_l1"}
+    assert results["config"]["seeds"] == [0, 1] and results["config"]["iters"] == 2
+
+
+def test_figures_are_valid_pngs(finished: tuple[Path, dict[str, Any], str]) -> None:
+    out, _, _ = finished
+    for name in ("loss_curves.png", "ap_vs_iou.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+            image.verify()
+
+
+def test_table_is_printed_with_a_row_per_arm_and_the_difference(finished: tuple[Path, dict[str, Any], str]) -> None:
+    _, _, printed = finished
+    assert "| arm " in printed and "| smooth_l1 " in printed and "| balanced_l1 - smooth_l1 | 2 " in printed
+
+
+def test_each_run_keeps_its_loss_history(finished: tuple[Path, dict[str, Any], str]) -> None:
+    out, _, _ = finished
+    record = json.loads((out / "runs" / "balanced_l1_seed1.json").read_text())
+    assert len(record["history"]) == 2 and {"loss", "loss_box_reg", "loss_rpn_box_reg"} <= set(record["history"][0])
+
+
+def test_arms_start_from_the_same_weights_and_data_so_first_losses_match_outside_box_terms(
+    finished: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, _, _ = finished
+    first = [
+        json.loads((out / "runs" / f"{arm}_seed0.json").read_text())["history"][0]
+        for arm in ("smooth_l1", "balanced_l1")
+    ]
+    assert first[0]["loss_classifier"] == first[1]["loss_classifier"]
+    assert first[0]["loss_objectness"] == first[1]["loss_objectness"]
+    assert first[0]["loss_box_reg"] != first[1]["loss_box_reg"]
+
+
+def _assert_refused_before_training(out: Path) -> None:
+    assert not (out / "results.json").exists()
+    assert not (out / "checkpoints").exists()
+
+
+def test_unknown_arm_exits_2_listing_the_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--arms", "smooth_l1,huber", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "unknown arm(s) 'huber'; valid arms: smooth_l1, balanced_l1" in capsys.readouterr().err
+    _assert_refused_before_training(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("seeds", "reason"), [("0,a", "non-negative integers"), ("1,1", "must not repeat"), ("-1", "non-negative")]
+)
+def test_bad_seed_list_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], seeds: str, reason: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--seeds", seeds, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
+    _assert_refused_before_training(tmp_path / "out")
+
+
+def test_zero_iters_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--iters", "0", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--iters: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_bad_data_folder_exits_1_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = save_coco_folder(make_synthetic_dataset(2, 2, image_size=64), tmp_path / "data")
+    (data / "images" / "val_00001.png").write_bytes(b"broken")
+    code = main(["compare", *TINY, "--data", str(data), "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "val_00001.png: cannot load image" in capsys.readouterr().err
+    _assert_refused_before_training(tmp_path / "out")
+
+
+def test_missing_annotation_file_exits_1_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["compare", *TINY, "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert f"{tmp_path / 'annotations' / 'train.json'}: annotation file not found" in capsys.readouterr().err
+    _assert_refused_before_training(tmp_path / "out")
+
+
+def test_coco_folder_trains_and_evaluates(tmp_path: Path) -> None:
+    data = save_coco_folder(make_synthetic_dataset(2, 2, image_size=64, seed=4), tmp_path / "data")
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(
+            ["compare", *TINY, "--iters", "1", "--arms", "smooth_l1", "--data", str(data), "--out", str(tmp_path / "o")]
+        )
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert code == 0 and results["config"]["data"] == str(data) and list(results["arms"]) == ["smooth_l1"]

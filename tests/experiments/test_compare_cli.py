@@ -129,3 +129,29 @@ def test_coco_folder_trains_and_evaluates(tmp_path: Path) -> None:
         )
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert code == 0 and results["config"]["data"] == str(data) and list(results["arms"]) == ["smooth_l1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "0"], "lr must be finite and > 0, got 0.0"),
+        (["--image-size", "32"], "image_size must be >= 64 pixels, got 32"),
+        (["--warmup-iters", "-1"], "warmup_iters must be >= 0, got -1"),
+    ],
+)
+def test_out_of_range_setting_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", *args, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    _assert_refused_before_training(tmp_path / "out")
+
+
+def test_out_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "exists and is not a folder" in capsys.readouterr().err

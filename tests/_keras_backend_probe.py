@@ -102,20 +102,19 @@ def _float64() -> Iterator[None]:
 
 
 def _conformance(rows: list[list[Any]]) -> dict[str, Any]:
-    """Loss and gradient of every ``[beta, formulation, x]`` row, in float64, one call per parameter pair."""
-    results: dict[str, Any] = {"dtype": [], "loss": [], "grad": []}
+    """Loss and gradient of every ``[beta, formulation, x]`` row (in row order), in float64.
+
+    One call per ``(beta, formulation)`` pair, on all of its rows at once.
+    """
+    loss, grad, dtypes = np.empty(len(rows)), np.empty(len(rows)), set()
     with _float64():
-        _conformance_rows(rows, results)
-    return results
-
-
-def _conformance_rows(rows: list[list[Any]], results: dict[str, Any]) -> None:
-    for beta, formulation in dict.fromkeys((beta, formulation) for beta, formulation, _ in rows):
-        x = np.array([[row[2]] for row in rows if (row[0], row[1]) == (beta, formulation)], dtype=np.float64)
-        loss, grad = _loss_and_grad(np.zeros_like(x), x, beta=beta, formulation=formulation)
-        results["dtype"].append(str(loss.dtype))
-        results["loss"].extend(loss.tolist())
-        results["grad"].extend(grad.ravel().tolist())
+        for beta, formulation in {(beta, formulation) for beta, formulation, _ in rows}:
+            index = [i for i, row in enumerate(rows) if (row[0], row[1]) == (beta, formulation)]
+            x = np.array([[rows[i][2]] for i in index], dtype=np.float64)
+            group_loss, group_grad = _loss_and_grad(np.zeros_like(x), x, beta=beta, formulation=formulation)
+            loss[index], grad[index] = group_loss, group_grad.ravel()
+            dtypes.add(str(group_loss.dtype))
+    return {"dtype": sorted(dtypes), "loss": loss.tolist(), "grad": grad.tolist()}
 
 
 def _model_round_trip(workdir: Path) -> dict[str, Any]:

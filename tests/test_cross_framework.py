@@ -26,19 +26,11 @@ import balanced_l1
 import balanced_l1.jax
 from balanced_l1 import reference
 from balanced_l1.params import BalancedL1Params
+from tests.conformance import conformance_cases
 
 BACKENDS = ("jax", "torch")
 CASES = [(beta, formulation) for beta in (0.11, 1.0, 2.5) for formulation in ("scaled", "mmdet")]
-CONFORMANCE = [  # SPEC section 4: beta, formulation, x, L(x), dL/dx
-    (1.0, "scaled", 0.05, 0.009303593818707302, 0.3350101126724271),
-    (1.0, "scaled", 0.5, 0.4005675069053246, 1.1777200855068983),
-    (1.0, "mmdet", 1.0, 1.078593544736884, 1.5),
-    (1.0, "mmdet", -3.0, 4.078593544736884, -1.5),
-    (0.11, "scaled", 0.05, 0.03827962648650376, 1.1347852320117335),
-    (0.11, "scaled", 0.5, 0.7036452899210572, 1.5),
-    (0.11, "mmdet", 0.05, 0.09119712419983295, 1.5529095213879942),
-    (0.11, "mmdet", 0.5, 0.7735935447368839, 1.5),
-]
+CONFORMANCE = conformance_cases()  # SPEC section 4: (beta, formulation, x, L(x), dL/dx)
 PROBE = Path(__file__).with_name("_keras_backend_probe.py")
 RTOL, ATOL = 1e-6, 1e-7  # float32: a few ulps of the loss, and an absolute floor for losses near 0
 

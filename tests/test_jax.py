@@ -13,23 +13,9 @@ import pytest
 from balanced_l1 import reference
 from balanced_l1.jax import balanced_l1_loss
 from balanced_l1.params import AVG_FACTOR_EPS, BalancedL1Params
+from tests.conformance import conformance_cases
 
-# SPEC section 4: (beta, formulation, x, L(x), dL/dx); "either" rows are listed for both formulations.
-CONFORMANCE = [
-    (1.0, formulation, x, loss, grad)
-    for formulation in ("scaled", "mmdet")
-    for x, loss, grad in (
-        (0.05, 0.009303593818707302, 0.3350101126724271),
-        (0.5, 0.4005675069053246, 1.1777200855068983),
-        (1.0, 1.078593544736884, 1.5),
-        (-3.0, 4.078593544736884, -1.5),
-    )
-] + [
-    (0.11, "scaled", 0.05, 0.03827962648650376, 1.1347852320117335),
-    (0.11, "scaled", 0.5, 0.7036452899210572, 1.5),
-    (0.11, "mmdet", 0.05, 0.09119712419983295, 1.5529095213879942),
-    (0.11, "mmdet", 0.5, 0.7735935447368839, 1.5),
-]
+CONFORMANCE = conformance_cases()  # SPEC section 4: (beta, formulation, x, L(x), dL/dx)
 CASES = [(beta, formulation) for beta in (0.11, 1.0, 2.5) for formulation in ("scaled", "mmdet")]
 
 

@@ -1,7 +1,7 @@
 """balanced_l1.keras on this process's Keras backend (the root conftest.py defaults it to PyTorch).
 
 Checked against the float64 reference; tests/test_cross_framework.py runs the JAX and PyTorch backends
-side by side in subprocesses, with float64 conformance and a saved-and-reloaded model on each.
+side by side (one of them in a subprocess), with float64 conformance and a saved-and-reloaded model on each.
 """
 
 from __future__ import annotations
@@ -16,14 +16,23 @@ import pytest
 from balanced_l1 import reference
 from balanced_l1.keras import BalancedL1Loss, balanced_l1_loss
 from balanced_l1.params import BalancedL1Params
+from tests.conformance import conformance_cases
 
 CASES = [(beta, formulation) for beta in (0.11, 1.0, 2.5) for formulation in ("scaled", "mmdet")]
-CONFORMANCE = {  # SPEC section 4, float32 rows per (beta, formulation): x, L(x), dL/dx
-    (1.0, "scaled"): ([0.05, 0.5, 1.0, -3.0], [0.009303593818707302, 0.4005675069053246, 1.078593544736884,
-                      4.078593544736884], [0.3350101126724271, 1.1777200855068983, 1.5, -1.5]),
-    (0.11, "scaled"): ([0.05, 0.5], [0.03827962648650376, 0.7036452899210572], [1.1347852320117335, 1.5]),
-    (0.11, "mmdet"): ([0.05, 0.5], [0.09119712419983295, 0.7735935447368839], [1.5529095213879942, 1.5]),
-}  # fmt: skip
+
+
+def _conformance_by_parameters() -> dict[tuple[float, str], tuple[list[float], list[float], list[float]]]:
+    """SPEC section 4 grouped by (beta, formulation): the x, L(x) and dL/dx of its rows, one call each."""
+    groups: dict[tuple[float, str], tuple[list[float], list[float], list[float]]] = {}
+    for beta, formulation, x, loss, grad in conformance_cases():
+        xs, losses, grads = groups.setdefault((beta, formulation), ([], [], []))
+        xs.append(x)
+        losses.append(loss)
+        grads.append(grad)
+    return groups
+
+
+CONFORMANCE = _conformance_by_parameters()
 
 
 def _value_and_grad(function: Callable[[Any], Any], y_pred: Any) -> tuple[np.ndarray, np.ndarray]:

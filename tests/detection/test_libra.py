@@ -119,7 +119,13 @@ def test_a_bad_refine_level_leaves_the_model_unchanged() -> None:
 
 @pytest.mark.parametrize(
     ("arm", "bfp", "sampling", "balanced_l1"),
-    [("iou_sampling", False, True, False), ("bfp", True, False, False), ("libra", True, True, True)],
+    [
+        ("smooth_l1", False, False, False),
+        ("balanced_l1", False, False, True),
+        ("iou_sampling", False, True, False),
+        ("bfp", True, False, False),
+        ("libra", True, True, True),
+    ],
 )
 def test_the_compare_arms_configure_their_parts(arm: str, bfp: bool, sampling: bool, balanced_l1: bool) -> None:
     torch.manual_seed(0)
@@ -128,4 +134,5 @@ def test_the_compare_arms_configure_their_parts(arm: str, bfp: bool, sampling: b
     assert isinstance(model.backbone, BackboneWithBFP) is bfp
     assert isinstance(model.roi_heads.fg_bg_sampler, IoUBalancedNegativeSampler) is sampling
     assert hasattr(model.roi_heads, "balanced_l1_config") is balanced_l1
-    assert type(model.rpn) is RegionProposalNetwork
+    assert hasattr(model.rpn, "balanced_l1_config") is balanced_l1
+    assert (type(model.rpn) is RegionProposalNetwork) is not balanced_l1

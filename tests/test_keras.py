@@ -151,6 +151,10 @@ def test_empty_batch_gives_no_per_sample_losses() -> None:
     assert balanced_l1_loss(np.zeros((0, 4)), np.zeros((0, 4), dtype=np.float32)).shape == (0,)
 
 
+def test_class_leaves_an_empty_batch_unreduced_as_keras_does() -> None:
+    assert tuple(BalancedL1Loss(reduction="sum")(np.zeros((0, 4)), np.zeros((0, 4))).shape) == (0,)
+
+
 def test_samples_with_an_empty_last_axis_have_zero_loss() -> None:
     per_sample = balanced_l1_loss(np.zeros((3, 0)), np.zeros((3, 0), dtype=np.float32))
     np.testing.assert_array_equal(np.asarray(per_sample), np.zeros(3, dtype=np.float32))

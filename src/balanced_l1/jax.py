@@ -67,8 +67,8 @@ def _elementwise_loss_jvp(
 
     At ``|x| = beta`` this is the outlier side (``gamma``), at ``x = 0`` it is 0 (``sign(0) = 0``),
     as in :func:`balanced_l1.reference.balanced_l1_grad`. Written out rather than left to autodiff,
-    whose ``abs``, ``minimum`` and ``maximum`` rules split ties and would not give these one-sided
-    values at the kink. The coefficients are constants: their tangents are ignored.
+    which differentiates ``abs`` to 1 at 0 and splits the ``minimum``/``maximum`` ties at the kink
+    in two. The coefficients are constants: their tangents are ignored.
     """
     x, c = primals
     x_dot = tangents[0]
@@ -197,7 +197,10 @@ def _balanced_l1(
     coefficients: _Coefficients,
     reduction: str,
 ) -> jax.Array:
-    """The computation, compiled once per shapes, dtypes and reduction (eager op-by-op dispatch is ~10x slower)."""
+    """The computation, compiled once per shapes, dtypes and reduction.
+
+    Op-by-op dispatch measured 5x slower on a first call and 8x on later ones (CPU, 4000 elements).
+    """
     dtype = _compute_dtype(pred, target)
     loss = _elementwise_loss(pred.astype(dtype) - target.astype(dtype), coefficients)
     if weight is not None:

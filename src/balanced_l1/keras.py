@@ -44,7 +44,7 @@ def _elementwise_loss(diff: Any, params: BalancedL1Params) -> Any:
     ``u = b / beta * min(|x|, beta)`` and the outlier excess ``|x| - beta`` are selected with
     ``ops.where`` on ``|x| < beta``, whose unused branch is finite (``beta`` or ``|x| - beta``), so
     the gradient is NaN-free and takes the outlier side (``gamma``) at ``|x| = beta``; the
-    ``min``/``max`` of the PyTorch rewrite would split that tie in two on some backends. ``|x|`` is
+    ``min``/``max`` of the PyTorch rewrite would split that tie in two (JAX and PyTorch do). ``|x|`` is
     ``x * sign(x)``, whose derivative is 0 at 0 on every backend (JAX's ``abs`` has 1 there).
     ``beta`` is made a tensor of ``diff``'s dtype first: some backends turn a Python float given to
     ``where`` or ``less`` into float32, which would cost float64 inputs their precision.
@@ -111,6 +111,9 @@ def balanced_l1_loss(
 @keras.saving.register_keras_serializable(package="balanced_l1")
 class BalancedL1Loss(keras.losses.Loss):
     """Balanced L1 loss as a ``keras.losses.Loss``: per-sample :func:`balanced_l1_loss`, then reduced.
+
+    Keras does the reduction, with its own rules: ``sample_weight`` multiplies the per-sample losses,
+    and a batch of no samples is returned unreduced (an empty tensor), as for every Keras loss.
 
     Args:
         alpha: inlier gradient scale, finite and > 0.

@@ -5,9 +5,10 @@ per image; RPN: objectness, deltas, anchor labels, targets; RetinaNet: targets, 
 anchors, matched indices), produced by small float64 linear layers so that there are parameter
 gradients to average. Rank 0 holds one image, rank 1 two, so every count differs between ranks.
 
-The ranks are forked rather than spawned: they inherit the imported torch and torchvision instead
-of importing them again (about 10 s per process on a busy two-core machine). Forking a CPU-only
-torch process is safe: torch re-creates its intra-op thread pool in the child.
+The ranks are started by a fork server: a fresh interpreter that imports torch and torchvision once
+and then forks each rank. Forking the test process itself would be faster but unsafe: by the time
+this test runs, other tests may have started JAX's and OpenMP's threads, and a forked child of a
+multithreaded process can deadlock on a lock one of those threads held.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tensor]
     """Losses averaged over the two ranks and the DDP-averaged gradients (identical on both ranks)."""
     out_dir = tmp_path_factory.mktemp("ddp")
     init_method = f"file://{out_dir / 'rendezvous'}"
-    mp.start_processes(_worker, args=(init_method, str(out_dir)), nprocs=WORLD_SIZE, join=True, start_method="fork")
+    mp.set_forkserver_preload(["torch", "torch.distributed", "torchvision", "balanced_l1.detection"])
+    mp.start_processes(
+        _worker, args=(init_method, str(out_dir)), nprocs=WORLD_SIZE, join=True, start_method="forkserver"
+    )
     results = [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for name in results[0]:
         if name.startswith("grad_"):

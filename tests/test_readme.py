@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -43,3 +45,9 @@ def test_quick_start_runs():
     namespace: dict[str, object] = {}
     exec(compile(code.group(1), "README quick start", "exec"), namespace)
     assert namespace["loss"].item() > 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("index", range(len(re.findall(r"```python\n", README))))
+def test_every_python_example_runs(index):
+    code = re.findall(r"```python\n(.*?)```", README, flags=re.S)[index]
+    exec(compile(code, f"README python block {index}", "exec"), {})

@@ -123,6 +123,21 @@ def test_negatives_all_of_one_iou_are_sampled_as_asked(iou: float) -> None:
     assert sampler.group_of(ious).unique().numel() == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_zero_iou_negatives_are_sampled_when_denormals_are_flushed(dtype: torch.dtype) -> None:
+    # an image without ground truth gives every proposal IoU 0, so the bins have zero width
+    labels, ious = torch.zeros(40, dtype=torch.int64), torch.zeros(40, dtype=dtype)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        groups = _sampler(10).group_of(ious)
+        _, neg = _sampler(10)([labels], [ious])
+    finally:
+        torch.set_flush_denormal(False)
+    assert groups.tolist() == [1] * 40
+    assert int(neg[0].sum()) == 10
+
+
 def test_floor_fraction_of_the_negatives_comes_from_the_floor_set() -> None:
     ious = [0.01 * (i % 10) for i in range(40)] + [0.15] * 20 + [0.25] * 20 + [0.35] * 20 + [0.4]
     labels, iou = _negatives(*ious)

@@ -167,7 +167,8 @@ class IoUBalancedNegativeSampler:
         low = max(self.floor_thr, 0.0)
         if above.numel() == 0:
             return torch.zeros_like(ious, dtype=torch.int64)
-        width = (above.max() - low).clamp_min(torch.finfo(ious.dtype).tiny) / self.num_bins
+        # clamped after dividing, so a width is never subnormal: flushed to 0 it would give 0 / 0
+        width = ((above.max() - low) / self.num_bins).clamp_min(torch.finfo(ious.dtype).tiny)
         bins = torch.div(ious - low, width, rounding_mode="floor").clamp(0, self.num_bins - 1).to(torch.int64)
         return torch.where(floor, 0, bins + 1)
 

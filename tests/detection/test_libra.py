@@ -109,6 +109,16 @@ def test_use_libra_needs_a_two_stage_detector() -> None:
         use_libra(nn.Linear(2, 2))
 
 
+def test_a_module_with_roi_heads_but_no_rpn_is_rejected_unchanged() -> None:
+    torch.manual_seed(0)
+    parts = build_small_faster_rcnn(2)
+    model = nn.Module()
+    model.backbone, model.roi_heads = parts.backbone, parts.roi_heads
+    with pytest.raises(TypeError, match=r"use_libra needs a torchvision two-stage detector .*got Module"):
+        use_libra(model, refine_level=1)
+    assert type(model.roi_heads) is RoIHeads and not isinstance(model.backbone, BackboneWithBFP)
+
+
 def test_a_bad_refine_level_leaves_the_model_unchanged() -> None:
     torch.manual_seed(0)
     model = build_small_faster_rcnn(2)

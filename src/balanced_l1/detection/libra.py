@@ -8,7 +8,9 @@ from typing import Any
 from torch import nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from balanced_l1.detection.bfp import use_balanced_feature_pyramid
 from balanced_l1.detection.losses import use_balanced_l1
@@ -38,11 +40,16 @@ def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | Non
         ``model`` itself, modified.
 
     Raises:
-        TypeError: for a model without ``RoIHeads`` or an FPN ``backbone``; the model is unchanged then.
+        TypeError: for a model that is not a torchvision ``GeneralizedRCNN`` with a ``RegionProposalNetwork``
+            and ``RoIHeads``, or has no FPN ``backbone``; the model is unchanged then.
         ValueError: if ``refine_level`` or ``refine_type`` is invalid for the backbone, or the backbone
             already has a Balanced Feature Pyramid; the model is unchanged then.
     """
-    if not isinstance(getattr(model, "roi_heads", None), RoIHeads):
+    if not (
+        isinstance(model, GeneralizedRCNN)
+        and isinstance(model.rpn, RegionProposalNetwork)
+        and isinstance(model.roi_heads, RoIHeads)
+    ):
         raise TypeError(f"use_libra needs a torchvision two-stage detector (Faster R-CNN), got {type(model).__name__}")
     use_balanced_feature_pyramid(model, refine_level=refine_level, refine_type=refine_type)
     use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)

@@ -88,6 +88,9 @@ def test_the_non_local_refinement_attends_over_all_positions() -> None:
         ({"refine_type": "gaussian"}, ValueError, r"refine_type must be one of .*'non_local'.*got 'gaussian'"),
         ({"num_levels": 0}, ValueError, r"num_levels must be >= 1, got 0"),
         ({"in_channels": 0}, ValueError, r"in_channels must be >= 1, got 0"),
+        ({"in_channels": 4.0}, TypeError, r"in_channels must be an int, got 4.0 of type float"),
+        ({"num_levels": True}, TypeError, r"num_levels must be an int, got True of type bool"),
+        ({"refine_level": "1"}, TypeError, r"refine_level must be an int, got '1' of type str"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict[str, object], error: type[Exception], message: str) -> None:

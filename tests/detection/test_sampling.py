@@ -172,12 +172,16 @@ def test_same_seed_gives_the_same_sample_and_another_seed_another() -> None:
     ("kwargs", "message"),
     [
         ({"num_bins": 0}, r"num_bins must be an int >= 1, got 0"),
-        ({"floor_fraction": 1.5, "floor_thr": 0.1}, r"floor_fraction must be in \[0, 1\], got 1.5"),
-        ({"floor_fraction": -0.1, "floor_thr": 0.1}, r"floor_fraction must be in \[0, 1\], got -0.1"),
+        ({"floor_fraction": 1.5, "floor_thr": 0.1}, r"floor_fraction must be a number in \[0, 1\], got 1.5"),
+        ({"floor_fraction": -0.1, "floor_thr": 0.1}, r"floor_fraction must be a number in \[0, 1\], got -0.1"),
+        ({"floor_fraction": "0.2", "floor_thr": 0.1}, r"floor_fraction must be a number in \[0, 1\], got '0.2'"),
+        ({"floor_thr": None}, r"floor_thr must be finite and < 1 .*got None"),
+        ({"batch_size_per_image": 8.0}, r"batch_size_per_image must be an int >= 1, got 8.0"),
+        ({"positive_fraction": "half"}, r"positive_fraction must be a number in \[0, 1\], got 'half'"),
         ({"floor_fraction": 0.5}, r"floor_fraction=0.5 needs a floor set, but floor_thr=-1.0 < 0"),
         ({"floor_thr": 1.0}, r"floor_thr must be finite and < 1 .*got 1.0"),
         ({"batch_size_per_image": 0}, r"batch_size_per_image must be an int >= 1, got 0"),
-        ({"positive_fraction": 1.2}, r"positive_fraction must be in \[0, 1\], got 1.2"),
+        ({"positive_fraction": 1.2}, r"positive_fraction must be a number in \[0, 1\], got 1.2"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict[str, float], message: str) -> None:

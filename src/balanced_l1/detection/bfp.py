@@ -86,6 +86,9 @@ class BalancedFeaturePyramid(nn.Module):
 
     def __init__(self, in_channels: int, num_levels: int, refine_level: int = 2, refine_type: str | None = "non_local"):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_levels", num_levels), ("refine_level", refine_level)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if num_levels < 1:
@@ -158,7 +161,8 @@ class BackboneWithBFP(nn.Module):
 
     Args:
         backbone: module returning an ``OrderedDict`` of pyramid levels and having ``out_channels``.
-        refine_level: see :class:`BalancedFeaturePyramid`; 2 is stride 16 for torchvision's ResNet-FPN.
+        refine_level: see :class:`BalancedFeaturePyramid`; stride 16 is 2 for torchvision's R-CNN ResNet-FPN
+            (P2-P5) and 1 for RetinaNet / FCOS (P3-P7).
         refine_type: see :class:`BalancedFeaturePyramid`.
         num_levels: number of balanced levels (``"pool"`` not counted); ``None`` infers it from the
             backbone's torchvision ``fpn``.
@@ -216,7 +220,8 @@ def use_balanced_feature_pyramid(
     Args:
         model: a torchvision detector whose ``backbone`` returns FPN levels (Faster / Mask / Keypoint
             R-CNN, RetinaNet, FCOS).
-        refine_level: see :class:`BalancedFeaturePyramid`; 2 is stride 16 for torchvision's ResNet-FPN.
+        refine_level: see :class:`BalancedFeaturePyramid`; stride 16 is 2 for torchvision's R-CNN ResNet-FPN
+            (P2-P5) and 1 for RetinaNet / FCOS (P3-P7).
         refine_type: see :class:`BalancedFeaturePyramid`.
         num_levels: see :class:`BackboneWithBFP`.
 

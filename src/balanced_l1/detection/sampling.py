@@ -28,6 +28,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class IoUBalancedNegativeSampler:
     """Sample a fixed number of RoIs per image, drawing the negatives evenly over IoU bins.
 
@@ -81,20 +85,16 @@ class IoUBalancedNegativeSampler:
         floor_fraction: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> None:
-        if (
-            isinstance(batch_size_per_image, bool)
-            or not isinstance(batch_size_per_image, int)
-            or batch_size_per_image < 1
-        ):
+        if not _is_int(batch_size_per_image) or batch_size_per_image < 1:
             raise ValueError(f"batch_size_per_image must be an int >= 1, got {batch_size_per_image!r}")
-        if not 0.0 <= positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction!r}")
+        if not _is_real(positive_fraction) or not 0.0 <= positive_fraction <= 1.0:
+            raise ValueError(f"positive_fraction must be a number in [0, 1], got {positive_fraction!r}")
         if not _is_int(num_bins) or num_bins < 1:
             raise ValueError(f"num_bins must be an int >= 1, got {num_bins!r}")
-        if not math.isfinite(floor_thr) or floor_thr >= 1.0:
+        if not _is_real(floor_thr) or not math.isfinite(floor_thr) or floor_thr >= 1.0:
             raise ValueError(f"floor_thr must be finite and < 1 (negative: no floor set), got {floor_thr!r}")
-        if not 0.0 <= floor_fraction <= 1.0:
-            raise ValueError(f"floor_fraction must be in [0, 1], got {floor_fraction!r}")
+        if not _is_real(floor_fraction) or not 0.0 <= floor_fraction <= 1.0:
+            raise ValueError(f"floor_fraction must be a number in [0, 1], got {floor_fraction!r}")
         if floor_thr < 0 and floor_fraction > 0:
             raise ValueError(
                 f"floor_fraction={floor_fraction!r} needs a floor set, but floor_thr={floor_thr!r} < 0 disables it; "

@@ -59,7 +59,8 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type
         help="train a small Faster R-CNN once per arm (smooth L1 vs Balanced L1) and compare COCO AP",
         description="Train the same small Faster R-CNN once per arm and seed (same initial weights and data order), "
         "evaluate COCO AP with pycocotools, print a table and write results.json and figures to --out. "
-        "Exit status: 0 on success, 2 for bad arguments, 1 for bad data or a checkpoint of another run.",
+        "Exit status: 0 on success, 2 for bad arguments, 1 for bad data, a checkpoint of another run or a "
+        "diverged training loss.",
     )
     compare.add_argument(
         "--arms", default="smooth_l1,balanced_l1", help="comma-separated arms (default smooth_l1,balanced_l1)"
@@ -97,7 +98,7 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from balanced_l1.experiments.arms import arm_names
     from balanced_l1.experiments.coco_data import DataError
     from balanced_l1.experiments.compare import CompareConfig, ConfigError, run_compare
-    from balanced_l1.experiments.train import CheckpointMismatchError
+    from balanced_l1.experiments.train import CheckpointMismatchError, TrainingDivergedError
 
     arms = tuple(a.strip() for a in args.arms.split(","))
     unknown = [a for a in arms if a not in arm_names()]
@@ -138,7 +139,7 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     except ConfigError as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointMismatchError) as err:
+    except (DataError, CheckpointMismatchError, TrainingDivergedError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -138,3 +138,55 @@ def test_image_of_another_size_than_declared_is_named(folder: Path) -> None:
     _edit(folder, "train", lambda doc: doc["images"][1].update(width=80))
     with pytest.raises(DataError, match=r"train_00001\.png: image is 64x64 but its annotation file declares 80x64"):
         load_coco_folder(folder)
+
+
+@pytest.mark.parametrize(("key", "value"), [("image_id", [1]), ("image_id", "1")])
+def test_image_id_that_is_not_an_integer_is_named(folder: Path, key: str, value: Any) -> None:
+    _edit(folder, "train", lambda doc: doc["annotations"][0].update({key: value}))
+    with pytest.raises(DataError, match=r"train\.json: annotation #0 refers to unknown image_id"):
+        load_coco_folder(folder)
+
+
+def test_category_id_that_is_not_an_integer_is_named(folder: Path) -> None:
+    _edit(folder, "train", lambda doc: doc["annotations"][0].update(category_id=[1]))
+    with pytest.raises(DataError, match=r"train\.json: annotation #0 has unknown category_id \[1\]"):
+        load_coco_folder(folder)
+
+
+@pytest.mark.parametrize("bad_id", [0, -3, "7", 1.5])
+def test_annotation_id_that_is_not_a_positive_integer_is_named(folder: Path, bad_id: Any) -> None:
+    _edit(folder, "val", lambda doc: doc["annotations"][0].update(id=bad_id))
+    with pytest.raises(DataError, match=r"val\.json: annotation #0 needs a positive integer 'id' if given"):
+        load_coco_folder(folder)
+
+
+def test_repeated_annotation_id_is_named(folder: Path) -> None:
+    _edit(folder, "val", lambda doc: doc["annotations"][1].update(id=doc["annotations"][0]["id"]))
+    with pytest.raises(DataError, match=r"val\.json: annotation id 1 appears twice"):
+        load_coco_folder(folder)
+
+
+def test_missing_annotation_ids_do_not_collide_with_given_ones(folder: Path) -> None:
+    def keep_one_id(doc: dict[str, Any]) -> None:
+        for ann in doc["annotations"][1:]:
+            del ann["id"]
+        doc["annotations"][0]["id"] = 2
+
+    _edit(folder, "train", keep_one_id)
+    ids = [a["id"] for a in load_coco_folder(folder)["train"].coco["annotations"]]
+    assert ids[0] == 2 and len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"), [("area", "big", "a finite 'area' >= 0"), ("iscrowd", 2, "'iscrowd' 0 or 1")]
+)
+def test_ill_typed_optional_field_is_named(folder: Path, key: str, value: Any, allowed: str) -> None:
+    _edit(folder, "train", lambda doc: doc["annotations"][0].update({key: value}))
+    with pytest.raises(DataError, match=rf"train\.json: annotation #0 needs {allowed} if given, got {value!r}"):
+        load_coco_folder(folder)
+
+
+def test_held_out_split_without_annotations_is_named(folder: Path) -> None:
+    _edit(folder, "val", lambda doc: doc.update(annotations=[]))
+    with pytest.raises(DataError, match=r"val\.json: the held-out split has no annotations to score"):
+        load_coco_folder(folder)

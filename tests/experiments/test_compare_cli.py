@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,8 @@ def test_bad_seed_list_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--seeds", seeds, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert "--seeds" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--seeds" in err and reason in err
     _assert_refused_before_training(tmp_path / "out")
 
 
@@ -137,6 +139,7 @@ def test_coco_folder_trains_and_evaluates(tmp_path: Path) -> None:
         (["--lr", "0"], "lr must be finite and > 0, got 0.0"),
         (["--image-size", "32"], "image_size must be >= 64 pixels, got 32"),
         (["--warmup-iters", "-1"], "warmup_iters must be >= 0, got -1"),
+        (["--data-seed", "-1"], "data_seed must be >= 0, got -1"),
     ],
 )
 def test_out_of_range_setting_exits_2_naming_it(
@@ -155,3 +158,36 @@ def test_out_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
         main(["compare", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_resume_reuses_finished_runs_of_the_same_settings(
+    finished: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    out, results, _ = finished
+    shutil.copytree(out / "runs", tmp_path / "out" / "runs")
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["compare", *TINY, "--seeds", "0,1", "--out", str(tmp_path / "out"), "--resume"])
+    assert code == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["arms"] == results["arms"]
+
+
+def test_resume_refuses_a_finished_run_of_other_settings(
+    finished: tuple[Path, dict[str, Any], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _, _ = finished
+    shutil.copytree(out / "runs", tmp_path / "out" / "runs")
+    code = main(["compare", *TINY, "--iters", "3", "--seeds", "0,1", "--out", str(tmp_path / "out"), "--resume"])
+    assert code == 1
+    assert "smooth_l1_seed0.json: finished by a run with other settings" in capsys.readouterr().err
+    _assert_refused_before_training(tmp_path / "out")
+
+
+def test_diverging_loss_exits_1_and_leaves_no_results_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"left": "by an earlier run"}')
+    args = [*TINY, "--iters", "4", "--warmup-iters", "0", "--lr", "1e6", "--arms", "smooth_l1"]
+    code = main(["compare", *args, "--out", str(out)])
+    assert code == 1
+    assert "smooth_l1 seed 0: loss became nan" in capsys.readouterr().err
+    assert not (out / "results.json").exists()

@@ -115,3 +115,8 @@ def test_results_json_is_written_whole(tmp_path: Path) -> None:
     path = write_results({"arms": {}}, tmp_path / "out")
     assert json.loads(path.read_text()) == {"arms": {}}
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_results_json_is_readable_by_others_like_the_figures(tmp_path: Path) -> None:
+    path = write_results({"arms": {}}, tmp_path / "out")
+    assert path.stat().st_mode & 0o777 == 0o644

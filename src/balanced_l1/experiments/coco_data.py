@@ -140,10 +140,11 @@ def _check_images(images: list[Any], where: Path) -> dict[int, dict[str, Any]]:
 def _check_annotation(ann: Any, index: int, images: dict[int, dict[str, Any]], cats: set[int], where: Path) -> None:
     if not isinstance(ann, dict):
         raise DataError(f"{where}: annotation #{index} must be an object, got {ann!r}")
-    info = images.get(ann.get("image_id"))  # type: ignore[arg-type]
+    image_id = ann.get("image_id")
+    info = images.get(image_id) if isinstance(image_id, int) else None
     if info is None:
-        raise DataError(f"{where}: annotation #{index} refers to unknown image_id {ann.get('image_id')!r}")
-    if ann.get("category_id") not in cats:
+        raise DataError(f"{where}: annotation #{index} refers to unknown image_id {image_id!r}")
+    if not isinstance(ann.get("category_id"), int) or ann["category_id"] not in cats:
         raise DataError(
             f"{where}: annotation #{index} has unknown category_id {ann.get('category_id')!r}; known: {sorted(cats)}"
         )
@@ -164,6 +165,13 @@ def _check_annotation(ann: Any, index: int, images: dict[int, dict[str, Any]], c
             f"({info['width']}x{info['height']}): need x >= 0, y >= 0, x + width <= {info['width']}, "
             f"y + height <= {info['height']}"
         )
+    if "id" in ann and (not isinstance(ann["id"], int) or ann["id"] < 1):
+        # pycocotools marks an unmatched box with id 0, so an annotation with id 0 could never be matched
+        raise DataError(f"{where}: annotation #{index} needs a positive integer 'id' if given, got {ann['id']!r}")
+    if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+        raise DataError(f"{where}: annotation #{index} needs a finite 'area' >= 0 if given, got {ann['area']!r}")
+    if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
+        raise DataError(f"{where}: annotation #{index} needs 'iscrowd' 0 or 1 if given, got {ann['iscrowd']!r}")
 
 
 def _read_annotation_file(where: Path) -> dict[str, Any]:
@@ -178,10 +186,17 @@ def _read_annotation_file(where: Path) -> dict[str, Any]:
     cats = _check_categories(_require_list(doc, "categories", where), where)
     images = _check_images(_require_list(doc, "images", where), where)
     annotations = _require_list(doc, "annotations", where)
+    ids: set[int] = set()
     for index, ann in enumerate(annotations):
         _check_annotation(ann, index, images, cats, where)
-    for index, ann in enumerate(annotations):
-        ann.setdefault("id", index + 1)
+        if "id" in ann:
+            if ann["id"] in ids:
+                raise DataError(f"{where}: annotation id {ann['id']} appears twice")
+            ids.add(ann["id"])
+    next_id = max(ids, default=0) + 1
+    for ann in annotations:
+        if "id" not in ann:
+            ann["id"], next_id = next_id, next_id + 1
         ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
         ann.setdefault("iscrowd", 0)
     return doc
@@ -213,8 +228,9 @@ def load_coco_folder(path: str | os.PathLike[str]) -> dict[str, DetectionSplit]:
     Raises:
         DataError: naming the file and the reason, for a missing folder or file, malformed JSON, a missing or
             ill-typed field, an unknown image or category id, a box with zero or negative size or outside its
-            image, an image that does not load or whose size differs from the declared one, or categories that
-            differ between the splits.
+            image, an image that does not load or whose size differs from the declared one, categories that
+            differ between the splits, an ill-typed or repeated annotation ``id``, an ill-typed ``area`` or
+            ``iscrowd``, or a held-out split without annotations.
     """
     root = Path(path)
     if not root.is_dir():
@@ -223,6 +239,8 @@ def load_coco_folder(path: str | os.PathLike[str]) -> dict[str, DetectionSplit]:
     train_cats = sorted((c["id"], c["name"]) for c in docs["train"]["categories"])
     if sorted((c["id"], c["name"]) for c in docs["val"]["categories"]) != train_cats:
         raise DataError(f"{root / 'annotations' / 'val.json'}: categories differ from train.json's {train_cats}")
+    if not docs["val"]["annotations"]:
+        raise DataError(f"{root / 'annotations' / 'val.json'}: the held-out split has no annotations to score")
     splits = {}
     for split, doc in docs.items():
         images = [_load_image(root / "images" / info["file_name"], info) for info in doc["images"]]
@@ -270,6 +288,7 @@ def write_json_atomically(doc: Any, path: str | os.PathLike[str]) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(doc, handle, indent=2)
             handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared, like the figures
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

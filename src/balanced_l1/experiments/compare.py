@@ -7,10 +7,12 @@ the arm's ``configure`` differs. Output folder ``--out``::
     results.json        config, per-arm metrics per seed, mean and std, paired differences
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
-    runs/<arm>_seed<s>.json        one finished run: metrics and loss history
+    runs/<arm>_seed<s>.json        one finished run: its settings, metrics and loss history
     checkpoints/<arm>_seed<s>.pt   the latest checkpoint of that run (for --resume)
 
-Every file is written atomically; ``results.json`` is written last.
+Every file is written atomically; ``results.json`` is written last, and one left by an earlier run is
+removed before training starts. ``--resume`` reuses finished runs and checkpoints only if their
+settings match.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from balanced_l1.experiments.distributed import DistContext, barrier, setup_dist
 from balanced_l1.experiments.evaluate import evaluate_detector
 from balanced_l1.experiments.report import format_table, save_figures, summarize, write_results
 from balanced_l1.experiments.synthetic import make_synthetic_dataset
-from balanced_l1.experiments.train import TrainConfig, load_checkpoint, train
+from balanced_l1.experiments.train import CheckpointMismatchError, TrainConfig, load_checkpoint, train
 
 DEFAULT_ARMS = ("smooth_l1", "balanced_l1")
 
@@ -102,6 +104,8 @@ class CompareConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be finite and > 0, got {self.lr}")
+        if self.data_seed < 0:
+            raise ConfigError(f"data_seed must be >= 0, got {self.data_seed}")
         if self.warmup_iters < 0:
             raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
         if self.image_size < 64:
@@ -127,6 +131,11 @@ def _fingerprint(config: CompareConfig, arm: str) -> dict[str, Any]:
     return {"arm": arm, "data": data, "image_size": config.image_size}
 
 
+def _run_fingerprint(config: CompareConfig, arm: str, seed: int) -> dict[str, Any]:
+    """The fingerprint :func:`~balanced_l1.experiments.train.train` stores: run settings, train settings, seed."""
+    return {**_fingerprint(config, arm), "train": asdict(_train_config(config)), "seed": seed}
+
+
 def _paths(config: CompareConfig, arm: str, seed: int) -> tuple[Path, Path]:
     return config.out / "runs" / f"{arm}_seed{seed}.json", config.out / "checkpoints" / f"{arm}_seed{seed}.pt"
 
@@ -135,11 +144,15 @@ def _check_resumable(config: CompareConfig, ctx: DistContext) -> None:
     for arm in config.arms:
         for seed in config.seeds:
             record, ckpt = _paths(config, arm, seed)
-            if not record.exists() and ckpt.exists():
-                train_config = asdict(_train_config(config))
-                load_checkpoint(
-                    ckpt, {**_fingerprint(config, arm), "train": train_config, "seed": seed}, ctx.world_size
-                )
+            fingerprint = _run_fingerprint(config, arm, seed)
+            if record.exists():
+                if json.loads(record.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+                    raise CheckpointMismatchError(
+                        f"{record}: finished by a run with other settings; this run has {fingerprint}. "
+                        "Use another --out or run without --resume to start over."
+                    )
+            elif ckpt.exists():
+                load_checkpoint(ckpt, fingerprint, ctx.world_size)
 
 
 def _train_config(config: CompareConfig) -> TrainConfig:
@@ -182,7 +195,13 @@ def _run_one(
     record: dict[str, Any] | None = None
     if ctx.is_main:
         metrics = evaluate_detector(model, splits["val"], device=ctx.device)
-        record = {"arm": arm, "seed": seed, "metrics": metrics, "history": history}
+        record = {
+            "arm": arm,
+            "seed": seed,
+            "fingerprint": _run_fingerprint(config, arm, seed),
+            "metrics": metrics,
+            "history": history,
+        }
         write_json_atomically(record, record_path)
     barrier(ctx)
     return record
@@ -201,7 +220,9 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     Raises:
         ConfigError: for a bad setting.
         balanced_l1.experiments.coco_data.DataError: for bad data (a ``ValueError``).
-        balanced_l1.experiments.train.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint.
+        balanced_l1.experiments.train.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
+            or finished run record.
+        balanced_l1.experiments.train.TrainingDivergedError: when a run's loss stops being finite.
     """
     started = time.perf_counter()
     ctx = setup_distributed(config.device)
@@ -210,6 +231,8 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
         splits = _load_data(config)
         if config.resume:
             _check_resumable(config, ctx)
+        if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
+            (config.out / "results.json").unlink(missing_ok=True)
         train_set = DetectionDataset(splits["train"])
         runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in config.arms}
         histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in config.arms}

@@ -94,3 +94,9 @@ def test_tiny_beta_whose_scale_overflows_float32_still_gives_finite_results():
     loss = balanced_l1_loss(pred, torch.zeros(4), beta=1e-38, reduction="sum")
     loss.backward()
     assert math.isfinite(loss.item()) and torch.isfinite(pred.grad).all()
+
+
+@pytest.mark.parametrize("loss_weight", [math.nan, math.inf, "1.0", None, True])
+def test_bad_loss_weight_raises_value_error(loss_weight):
+    with pytest.raises(ValueError, match=r"loss_weight must be a finite real number, got"):
+        BalancedL1Loss(loss_weight=loss_weight)

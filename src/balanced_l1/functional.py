@@ -237,7 +237,8 @@ def balanced_l1_loss(
         >>> pred.grad
         tensor([ 0.3350,  1.1777, -1.5000])
     """
-    if torch.compiler.is_compiling():  # traced once; dynamo does not look through the cache
+    compiling = torch.compiler.is_compiling()
+    if compiling:  # traced once; dynamo does not look through the cache
         params = BalancedL1Params(alpha, gamma, beta, formulation)
     else:
         params = params_for(alpha, gamma, beta, formulation)
@@ -248,7 +249,7 @@ def balanced_l1_loss(
 
     dtype = _compute_dtype(pred, target)
     reduce_sum = reduction != "none" and weight is None
-    if torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active():
+    if compiling or not torch._C._are_functorch_transforms_active():
         function: type[torch.autograd.Function] = _BalancedL1Function
     else:
         function = _BalancedL1TransformFunction

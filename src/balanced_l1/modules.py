@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from balanced_l1.functional import balanced_l1_loss
@@ -43,6 +45,8 @@ class BalancedL1Loss(nn.Module):
         self.alpha, self.gamma, self.beta = params.alpha, params.gamma, params.beta
         self.formulation = params.formulation
         self.reduction = check_reduction(reduction)
+        if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not math.isfinite(loss_weight):
+            raise ValueError(f"loss_weight must be a finite real number, got {loss_weight!r}")
         self.loss_weight = float(loss_weight)
 
     def forward(

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from balanced_l1._files import write_atomically
 from balanced_l1.params import BalancedL1Params
 from balanced_l1.reference import balanced_l1, balanced_l1_grad, smooth_l1, smooth_l1_grad
 
 
 def save_figure_atomically(fig: object, out: str | os.PathLike[str]) -> Path:
-    """Save a matplotlib figure to ``out`` through a temporary file and an atomic rename."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Save a matplotlib figure as a PNG to ``out`` through a temporary file and an atomic rename."""
+    return write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))  # type: ignore[attr-defined]
 
 
 def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_beta: float | None = None) -> Path:

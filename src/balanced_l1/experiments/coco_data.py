@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from balanced_l1._files import write_atomically
 
 SPLITS = ("train", "val")
 
@@ -281,16 +282,10 @@ def write_json_atomically(doc: Any, path: str | os.PathLike[str]) -> Path:
     Returns:
         The file's path.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(doc, handle, indent=2)
             handle.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared, like the figures
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    return write_atomically(path, dump)  # 0644: results are meant to be shared, like the figures

@@ -14,9 +14,7 @@ and the loss history; resuming from one continues exactly where the run stopped.
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -29,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from balanced_l1._files import write_atomically
 from balanced_l1.experiments.coco_data import DetectionDataset
 from balanced_l1.experiments.distributed import DistContext, barrier, gather_objects, mean_over_ranks
 
@@ -123,18 +122,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _save_atomically(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_checkpoint(path: Path, fingerprint: dict[str, Any], world_size: int) -> dict[str, Any]:
     """Read a checkpoint written by :func:`train` and check it belongs to this run.
 
@@ -227,7 +214,7 @@ def train(
                 "rng": states,
                 "history": history,
             }
-            _save_atomically(state, checkpoint_path)
+            write_atomically(checkpoint_path, partial(torch.save, state), mode=None)
         barrier(ctx)
 
     model.train()

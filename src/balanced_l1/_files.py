@@ -32,3 +32,14 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None],
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def write_json_atomically(doc: object, path: str | os.PathLike[str]) -> Path:
+    import json
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(doc, handle, indent=2)
+            handle.write("\n")
+
+    return write_atomically(path, dump)

@@ -33,113 +33,139 @@ def _run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _seed_list(text: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.split(",")]
+def _int_list(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")] if text.strip() else []
     if not all(p.isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers such as 0,1,2, got {text!r}")
-    seeds = tuple(int(p) for p in parts)
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds must not repeat, got {text!r}")
-    return seeds
+    values = tuple(int(p) for p in parts)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"values must not repeat, got {text!r}")
+    return values
 
 
-def _positive_int(text: str) -> int:
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
+
+
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    """One flag per field of CompareConfig, with its help and default taken from there (never repeated here)."""
+    from balanced_l1.experiments.config import DEFAULTS, FIELDS
+
+    spec = FIELDS[name]
+    kind = str(spec.type)
+    default = getattr(DEFAULTS, name)
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    help_text = f"{spec.metadata['help']} (default: {shown})"
+    flag = "--" + name.replace("_", "-")
+    if kind == "bool":
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        return
+    parse = {
+        "tuple[int, ...]": _int_list,
+        "tuple[str, ...]": _name_list,
+        "float": _number,
+        "int": _integer,
+        "int | None": _integer,
+    }.get(kind, str)
+    choices = spec.metadata.get("choices")
+    parser.add_argument(
+        flag, type=parse, choices=choices, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text
+    )
 
 
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    from balanced_l1.experiments.config import FIELDS, recipe_names
+
     compare = subparsers.add_parser(
         "compare",
-        help="train a small Faster R-CNN once per arm (smooth L1 vs Balanced L1) and compare COCO AP",
-        description="Train the same small Faster R-CNN once per arm and seed (same initial weights and data order), "
+        help="train a detector once per arm (smooth L1, Balanced L1, Libra R-CNN...) and compare COCO AP",
+        description="Train the same detector once per arm and seed (same initial weights, data order and flips), "
         "evaluate COCO AP with pycocotools, print a table and write results.json and figures to --out. "
-        "Exit status: 0 on success, 2 for bad arguments, 1 for bad data, a checkpoint of another run or a "
-        "diverged training loss.",
+        "Settings resolve as: defaults < --recipe < --config < flags. Exit status: 0 on success, 2 for bad "
+        "arguments, 1 for bad data, an unreadable image, a checkpoint of another run or a diverged training loss.",
     )
     compare.add_argument(
-        "--arms", default="smooth_l1,balanced_l1", help="comma-separated arms (default smooth_l1,balanced_l1)"
+        "--recipe", choices=recipe_names(), default=None, help="a settings file shipped with the package"
     )
-    compare.add_argument("--seeds", type=_seed_list, default=(0,), help="comma-separated training seeds (default 0)")
-    compare.add_argument("--iters", type=_positive_int, default=300, help="training iterations per run (default 300)")
-    compare.add_argument("--batch-size", type=_positive_int, default=8, help="images per global batch (default 8)")
-    compare.add_argument("--lr", type=float, default=0.04, help="peak SGD learning rate (default 0.04)")
-    compare.add_argument("--warmup-iters", type=int, default=50, help="linear warm-up iterations (default 50)")
-    compare.add_argument("--checkpoint-every", type=_positive_int, default=20, help="iterations between checkpoints")
-    compare.add_argument("--image-size", type=int, default=128, help="synthetic image side; longer side the model sees")
-    compare.add_argument("--train-images", type=_positive_int, default=1024, help="synthetic training images")
-    compare.add_argument("--val-images", type=_positive_int, default=200, help="synthetic held-out images")
-    compare.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set (default 0)")
-    compare.add_argument(
-        "--data",
-        default=None,
-        help="COCO-format folder: PATH/annotations/{train,val}.json and PATH/images/ (default: synthetic)",
-    )
-    compare.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
-    compare.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    compare.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=1,
-        help="torch CPU threads per process (default 1: steady on shared cores; try 2+ on an idle machine)",
-    )
+    compare.add_argument("--config", default=None, metavar="FILE", help="your own TOML settings file")
+    compare.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
+    for name in FIELDS:
+        _add_setting(compare, name)
     compare.set_defaults(handler=_run_compare)
 
 
+def _check_device(device: str, parser: argparse.ArgumentParser) -> None:
+    import torch
+
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        parser.error(f"--device {device!r}: {err}")
+    if target.type == "cpu":
+        return
+    if target.type != "cuda":
+        parser.error(f"--device {device!r}: training needs cpu or cuda[:N], got a {target.type!r} device")
+    if not torch.cuda.is_available():
+        parser.error(f"--device {device!r}: CUDA is not available here; use --device cpu")
+    if target.index is not None and target.index >= torch.cuda.device_count():
+        parser.error(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from pathlib import Path
-
-    from balanced_l1.experiments.arms import arm_names
-    from balanced_l1.experiments.coco_data import DataError
-    from balanced_l1.experiments.compare import CompareConfig, ConfigError, run_compare
-    from balanced_l1.experiments.train import CheckpointMismatchError, TrainingDivergedError
-
-    arms = tuple(a.strip() for a in args.arms.split(","))
-    unknown = [a for a in arms if a not in arm_names()]
-    if unknown:
-        parser.error(f"--arms: unknown arm(s) {', '.join(map(repr, unknown))}; valid arms: {', '.join(arm_names())}")
-    try:
-        import torch
-
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        parser.error(f"--device: {err}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device!r}: CUDA is not available here; use --device cpu")
-    torch.set_num_threads(args.threads)
-    config = CompareConfig(
-        out=Path(args.out),
-        arms=arms,
-        seeds=args.seeds,
-        iters=args.iters,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_iters=args.warmup_iters,
-        checkpoint_every=args.checkpoint_every,
-        image_size=args.image_size,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        data_seed=args.data_seed,
-        data=Path(args.data) if args.data else None,
-        device=args.device,
-        resume=args.resume,
+    from balanced_l1.detection.zoo import BackboneWeightsError
+    from balanced_l1.experiments.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.coco_data import DataError, ImageReadError
+    from balanced_l1.experiments.compare import run_compare
+    from balanced_l1.experiments.config import (
+        FIELDS,
+        ConfigError,
+        load_config_file,
+        load_recipe,
+        resolve,
+        to_toml,
     )
+    from balanced_l1.experiments.train import TrainingDivergedError
+
+    flags = {name: value for name, value in vars(args).items() if name in FIELDS}
     try:
+        layers = [load_recipe(args.recipe)] if args.recipe else []
+        if args.config:
+            layers.append(load_config_file(args.config))
+        config = resolve([*layers, flags])
+        if args.print_config:
+            print(to_toml(config), end="")
+            return 0
         config.validate()
     except ConfigError as err:
         parser.error(str(err))
+    _check_device(config.device, parser)
+    import torch
+
+    torch.set_num_threads(config.threads)
     try:
         run_compare(config)
     except ConfigError as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointMismatchError, TrainingDivergedError) as err:
+    except ImageReadError as err:
+        print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
+        print("the last checkpoint is kept: fix the file and run the same command with --resume", file=sys.stderr)
+        return 1
+    except (DataError, CheckpointMismatchError, TrainingDivergedError, BackboneWeightsError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -53,6 +53,8 @@ def build_small_faster_rcnn(
     fpn_channels: int = 64,
     anchor_sizes: tuple[int, ...] = (12, 24, 48, 96),
     representation_size: int = 256,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> FasterRCNN:
     """Build a CPU-sized Faster R-CNN with a from-scratch backbone and a 3-level FPN (plus a pooled level).
 
@@ -60,11 +62,13 @@ def build_small_faster_rcnn(
 
     Args:
         num_classes: number of object classes, background excluded (the model predicts ``num_classes + 1``).
-        image_size: side of the square input images; the model's transform keeps this size (no resizing).
+        image_size: side of the square input images; by default the model's transform keeps this size.
         fpn_channels: channels of every pyramid level.
         anchor_sizes: one anchor size in pixels per level ``"0"``, ``"1"``, ``"2"``, ``"pool"``
             (strides 4, 8, 16, 32), each with aspect ratios 0.5, 1 and 2.
         representation_size: width of the two fully connected layers of the RoI box head.
+        min_size: torchvision's resize, shorter side (default ``image_size``).
+        max_size: torchvision's resize, cap on the longer side (default ``image_size``).
 
     Returns:
         A torchvision ``FasterRCNN`` in training mode.
@@ -98,8 +102,8 @@ def build_small_faster_rcnn(
     roi_pool = MultiScaleRoIAlign(featmap_names=list(FPN_LEVELS), output_size=7, sampling_ratio=1)
     return FasterRCNN(
         backbone,
-        min_size=image_size,
-        max_size=image_size,
+        min_size=image_size if min_size is None else min_size,
+        max_size=image_size if max_size is None else max_size,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.25, 0.25, 0.25],
         rpn_anchor_generator=anchors,

@@ -119,10 +119,28 @@ def _use_iou_balanced_sampling(model: nn.Module) -> None:
     use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
 
 
+def middle_fpn_level(model: nn.Module) -> int:
+    """The middle level of a torchvision FPN backbone, where an arm balances the pyramid.
+
+    1 of 3 levels (the small model, stride 8), 2 of 4 (ResNet-50-FPN, stride 16, as mmdetection's Libra
+    config), 1 of 2 (MobileNetV3-FPN).
+
+    Raises:
+        TypeError: if the backbone has no torchvision FPN whose levels can be counted.
+    """
+    fpn = getattr(getattr(model, "backbone", None), "fpn", None)
+    blocks = getattr(fpn, "inner_blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(
+            f"expected a torchvision FPN backbone (model.backbone.fpn), got {type(model.backbone).__name__}"
+        )
+    return len(blocks) // 2
+
+
 def _use_balanced_feature_pyramid(model: nn.Module) -> None:
     from balanced_l1.detection.bfp import use_balanced_feature_pyramid
 
-    use_balanced_feature_pyramid(model, refine_level=1, refine_type="non_local")
+    use_balanced_feature_pyramid(model, refine_level=middle_fpn_level(model), refine_type="non_local")
 
 
 def _use_libra(model: nn.Module) -> None:
@@ -142,7 +160,7 @@ register_arm(
 register_arm(
     Arm(
         "bfp",
-        "Balanced Feature Pyramid (balanced at the stride-8 level, non-local refinement); smooth L1 box losses",
+        "Balanced Feature Pyramid (balanced at the middle FPN level, non-local refinement); smooth L1 box losses",
         _use_balanced_feature_pyramid,
     )
 )

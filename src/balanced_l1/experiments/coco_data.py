@@ -36,6 +36,10 @@ class DataError(ValueError):
     """A data set file is missing, malformed or inconsistent; the message names the file and the reason."""
 
 
+class ImageReadError(DataError):
+    """An image cannot be read."""
+
+
 @dataclass(frozen=True)
 class DetectionSplit:
     """One split of a detection data set, held in memory.
@@ -51,6 +55,19 @@ class DetectionSplit:
     name: str
     images: list[np.ndarray]
     coco: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.coco, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def report(self) -> dict[str, int]:
+        return {"images": len(self.images), "annotations": len(self.coco["annotations"])}
 
     @property
     def category_ids(self) -> list[int]:
@@ -85,8 +102,16 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, to
     def __len__(self) -> int:
         return len(self._images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self._images[index].float().div_(255.0), dict(self._targets[index])
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        index, flip = key if isinstance(key, tuple) else (key, False)
+        image, target = self._images[index], dict(self._targets[index])
+        if flip:
+            from torchvision import tv_tensors
+            from torchvision.transforms.v2 import functional as tvf
+
+            boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+            image, target["boxes"] = tvf.horizontal_flip(image), tvf.horizontal_flip(boxes).as_subclass(torch.Tensor)
+        return image, target
 
 
 def _xywh_to_xyxy(bbox: list[float]) -> list[float]:
@@ -217,7 +242,7 @@ def _load_image(path: Path, info: dict[str, Any]) -> np.ndarray:
     return array
 
 
-def load_coco_folder(path: str | os.PathLike[str]) -> dict[str, DetectionSplit]:
+def load_coco_folder(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> dict[str, DetectionSplit]:
     """Load and validate a COCO-format folder (layout in the module docstring).
 
     Args:
@@ -249,6 +274,16 @@ def load_coco_folder(path: str | os.PathLike[str]) -> dict[str, DetectionSplit]:
             raise DataError(f"{root / 'annotations' / 'train.json'}: the training split has no images")
         splits[split] = DetectionSplit(split, images, doc)
     return splits
+
+
+def format_data_report(splits: dict[str, DetectionSplit]) -> str:
+    return "data: " + ", ".join(f"{n}: {s.report}" for n, s in splits.items())
+
+
+def load_coco_dataset(
+    train_ann: Any, train_root: Any, val_ann: Any, val_root: Any, *, follow_symlinks: bool = False
+) -> dict[str, DetectionSplit]:
+    raise NotImplementedError
 
 
 def save_coco_folder(splits: dict[str, DetectionSplit], path: str | os.PathLike[str]) -> Path:

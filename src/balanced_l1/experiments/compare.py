@@ -1,18 +1,18 @@
-"""``balanced-l1 compare``: train the same small Faster R-CNN once per arm and seed, evaluate, report.
+"""``balanced-l1 compare``: train the same detector once per arm and seed, evaluate, report.
 
 For every seed, each arm starts from the same initial weights (``torch.manual_seed(seed)`` before the
-model is built), sees the same images in the same order and draws from the same RNG streams; only
-the arm's ``configure`` differs. Output folder ``--out``::
+model is built), sees the same images in the same order with the same flips, and draws from the same
+RNG streams; only the arm's ``configure`` differs. Output folder ``--out``::
 
-    results.json        config, per-arm metrics per seed, mean and std, paired differences
+    results.json        settings, per-arm metrics per seed, mean and std, paired differences
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
-    runs/<arm>_seed<s>.json        one finished run: its settings, metrics and loss history
+    runs/<arm>_seed<s>.json        one finished run: its fingerprint, metrics and loss history
     checkpoints/<arm>_seed<s>.pt   the latest checkpoint of that run (for --resume)
 
 Every file is written atomically; ``results.json`` is written last, and one left by an earlier run is
 removed before training starts. ``--resume`` reuses finished runs and checkpoints only if their
-settings match.
+fingerprint (every setting that changes the result, and a hash of the data) matches.
 """
 
 from __future__ import annotations
@@ -21,194 +21,186 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from balanced_l1.detection.models import build_small_faster_rcnn
-from balanced_l1.experiments.arms import BASELINE_ARM, get_arm
-from balanced_l1.experiments.coco_data import DetectionDataset, DetectionSplit, load_coco_folder, write_json_atomically
+from balanced_l1._files import write_json_atomically
+from balanced_l1.detection.zoo import build_detector
+from balanced_l1.experiments.arms import get_arm
+from balanced_l1.experiments.checkpoint import CheckpointMismatchError, load_checkpoint
+from balanced_l1.experiments.coco_data import (
+    DetectionSplit,
+    format_data_report,
+    load_coco_dataset,
+    load_coco_folder,
+)
+from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict
 from balanced_l1.experiments.distributed import DistContext, barrier, setup_distributed, teardown_distributed
 from balanced_l1.experiments.evaluate import evaluate_detector
 from balanced_l1.experiments.report import format_table, save_figures, summarize, write_results
 from balanced_l1.experiments.synthetic import make_synthetic_dataset
-from balanced_l1.experiments.train import CheckpointMismatchError, TrainConfig, load_checkpoint, train
+from balanced_l1.experiments.train import TrainConfig, train
 
-DEFAULT_ARMS = ("smooth_l1", "balanced_l1")
-
-
-class ConfigError(ValueError):
-    """A comparison setting is out of range; the message names it, its value and what is allowed."""
+# settings that do not change what a run computes, left out of its fingerprint
+_NOT_IN_FINGERPRINT = ("arms", "seeds", "out", "resume", "threads", "workers", "checkpoint_every", "follow_symlinks")
+_DATA_KEYS = ("data", "train_ann", "train_root", "val_ann", "val_root")
 
 
-@dataclass(frozen=True)
-class CompareConfig:
-    """Everything one comparison depends on.
-
-    Attributes:
-        out: output folder.
-        arms: arm names (see :mod:`balanced_l1.experiments.arms`).
-        seeds: training seeds; each arm trains once per seed.
-        iters: training iterations per run.
-        batch_size: images per global batch.
-        lr: peak learning rate.
-        warmup_iters: linear warm-up iterations.
-        checkpoint_every: iterations between checkpoints.
-        image_size: side of the synthetic images, and the longer side the model resizes every image to.
-        train_images: synthetic training images.
-        val_images: synthetic held-out images.
-        data_seed: seed of the synthetic data set.
-        data: a COCO-format folder to use instead of the synthetic set.
-        device: ``"cpu"`` or ``"cuda"``.
-        resume: continue from the checkpoints and finished runs in ``out``.
-    """
-
-    out: Path
-    arms: tuple[str, ...] = DEFAULT_ARMS
-    seeds: tuple[int, ...] = (0,)
-    iters: int = 300
-    batch_size: int = 8
-    lr: float = 0.04
-    warmup_iters: int = 50
-    checkpoint_every: int = 20
-    image_size: int = 128
-    train_images: int = 1024
-    val_images: int = 200
-    data_seed: int = 0
-    data: Path | None = None
-    device: str = "cpu"
-    resume: bool = False
-
-    def validate(self, world_size: int = 1) -> None:
-        """Check the settings that do not need the data.
-
-        Args:
-            world_size: number of processes the global batch is split over.
-
-        Raises:
-            ConfigError: naming the setting, its value and what is allowed.
-        """
-        try:
-            for arm in self.arms:
-                get_arm(arm)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ConfigError(f"arms must be a non-empty list without repeats, got {list(self.arms)}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
-            raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
-        for name in ("iters", "batch_size", "checkpoint_every", "train_images", "val_images"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be finite and > 0, got {self.lr}")
-        if self.data_seed < 0:
-            raise ConfigError(f"data_seed must be >= 0, got {self.data_seed}")
-        if self.warmup_iters < 0:
-            raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
-        if self.image_size < 64:
-            raise ConfigError(f"image_size must be >= 64 pixels, got {self.image_size}")
-        if self.batch_size % world_size:
-            raise ConfigError(f"batch_size {self.batch_size} must be divisible by the number of processes {world_size}")
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"out {self.out} exists and is not a folder")
-
-
-def _load_data(config: CompareConfig) -> dict[str, DetectionSplit]:
+def load_data(config: CompareConfig) -> dict[str, DetectionSplit]:
+    """The training and held-out splits the settings name (annotations checked; images read later, lazily)."""
     if config.data is not None:
-        return load_coco_folder(config.data)
+        return load_coco_folder(config.data, follow_symlinks=config.follow_symlinks)
+    if config.uses_coco_files:
+        return load_coco_dataset(
+            config.train_ann,  # type: ignore[arg-type]  # validate() made sure all four are given
+            config.train_root,  # type: ignore[arg-type]
+            config.val_ann,  # type: ignore[arg-type]
+            config.val_root,  # type: ignore[arg-type]
+            follow_symlinks=config.follow_symlinks,
+        )
     return make_synthetic_dataset(
         config.train_images, config.val_images, image_size=config.image_size, seed=config.data_seed
     )
 
 
-def _fingerprint(config: CompareConfig, arm: str) -> dict[str, Any]:
-    data = (
-        str(config.data) if config.data else f"synthetic({config.train_images},{config.val_images},{config.data_seed})"
-    )
-    return {"arm": arm, "data": data, "image_size": config.image_size}
+def train_config(config: CompareConfig, num_train_images: int) -> TrainConfig:
+    """The optimisation settings of each run: ``epochs`` and ``lr_steps`` (always in epochs) become iterations.
 
-
-def _run_fingerprint(config: CompareConfig, arm: str, seed: int) -> dict[str, Any]:
-    """The fingerprint :func:`~balanced_l1.experiments.train.train` stores: run settings, train settings, seed."""
-    return {**_fingerprint(config, arm), "train": asdict(_train_config(config)), "seed": seed}
-
-
-def _paths(config: CompareConfig, arm: str, seed: int) -> tuple[Path, Path]:
-    return config.out / "runs" / f"{arm}_seed{seed}.json", config.out / "checkpoints" / f"{arm}_seed{seed}.pt"
-
-
-def _check_resumable(config: CompareConfig, ctx: DistContext) -> None:
-    for arm in config.arms:
-        for seed in config.seeds:
-            record, ckpt = _paths(config, arm, seed)
-            fingerprint = _run_fingerprint(config, arm, seed)
-            if record.exists():
-                if json.loads(record.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
-                    raise CheckpointMismatchError(
-                        f"{record}: finished by a run with other settings; this run has {fingerprint}. "
-                        "Use another --out or run without --resume to start over."
-                    )
-            elif ckpt.exists():
-                load_checkpoint(ckpt, fingerprint, ctx.world_size)
-
-
-def _train_config(config: CompareConfig) -> TrainConfig:
+    An epoch is ``ceil(num_train_images / batch_size)`` iterations.
+    """
+    per_epoch = math.ceil(num_train_images / config.batch_size)
+    iters = config.epochs * per_epoch if config.epochs is not None else int(config.iters)  # type: ignore[arg-type]
+    steps = tuple(s * per_epoch for s in config.lr_steps)
     return TrainConfig(
-        iters=config.iters,
+        iters=iters,
         batch_size=config.batch_size,
         lr=config.lr,
-        warmup_iters=min(config.warmup_iters, config.iters),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        warmup_iters=min(config.warmup_iters, iters),
+        warmup_factor=config.warmup_factor,
+        lr_schedule=config.lr_schedule,
+        lr_steps=steps,
+        grad_clip=config.grad_clip,
+        hflip=config.hflip,
+        amp=config.amp,
         checkpoint_every=config.checkpoint_every,
     )
 
 
+def run_fingerprint(config: CompareConfig, splits: dict[str, DetectionSplit], arm: str, seed: int) -> dict[str, Any]:
+    """What makes a run the run it is: its arm, seed, every setting that changes the result, and the data's hash.
+
+    The one place the fingerprint is built; the training loop stores it in checkpoints and run records
+    carry it, and ``--resume`` reuses either only if it is equal.
+    """
+    settings = {k: v for k, v in as_dict(config).items() if k not in _NOT_IN_FINGERPRINT and k not in _DATA_KEYS}
+    data = {name: split.fingerprint for name, split in sorted(splits.items())}
+    return {"arm": arm, "seed": seed, "settings": settings, "data": data}
+
+
+def _paths(config: CompareConfig, arm: str, seed: int) -> tuple[Path, Path]:
+    out = Path(config.out)
+    return out / "runs" / f"{arm}_seed{seed}.json", out / "checkpoints" / f"{arm}_seed{seed}.pt"
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CheckpointMismatchError(
+            f"{path}: cannot read this finished-run record ({type(err).__name__}: {err}); delete it to train the run again"
+        ) from None
+    if not isinstance(record, dict) or not {"fingerprint", "metrics", "history"} <= set(record):
+        raise CheckpointMismatchError(
+            f"{path}: not a run record of balanced-l1 compare; delete it to train the run again"
+        )
+    return record
+
+
+def _check_resumable(
+    config: CompareConfig, splits: dict[str, DetectionSplit], ctx: DistContext, tc: TrainConfig
+) -> None:
+    from dataclasses import asdict
+
+    for arm in config.arms:
+        for seed in config.seeds:
+            record_path, ckpt = _paths(config, arm, seed)
+            fingerprint = run_fingerprint(config, splits, arm, seed)
+            if record_path.exists():
+                if _read_record(record_path)["fingerprint"] != fingerprint:
+                    raise CheckpointMismatchError(
+                        f"{record_path}: finished by a run with other settings or data; this run has {fingerprint}. "
+                        "Use another --out or run without --resume to start over."
+                    )
+            elif ckpt.exists():
+                train_part = asdict(tc) | {"lr_steps": list(tc.lr_steps)}
+                load_checkpoint(ckpt, {**fingerprint, "train": train_part}, ctx.world_size)
+
+
+def _build(
+    config: CompareConfig, num_classes: int, arm: str, *, weights_backbone: str | None = None
+) -> torch.nn.Module:
+    min_size, max_size = config.resize()
+    model = build_detector(
+        config.model,
+        num_classes,
+        weights_backbone=config.weights_backbone if weights_backbone is None else weights_backbone,
+        min_size=min_size,
+        max_size=max_size,
+    )
+    try:
+        get_arm(arm).configure(model)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"arm {arm!r} cannot be used with model {config.model!r}: {err}") from None
+    return model
+
+
+def _check_arms_fit_model(config: CompareConfig, num_classes: int) -> None:
+    """Configure every arm on the model once (random backbone, nothing downloaded) before any training."""
+    state = torch.get_rng_state()
+    try:
+        for arm in config.arms:
+            _build(config, num_classes, arm, weights_backbone="none")
+    finally:
+        torch.set_rng_state(state)
+
+
 def _run_one(
-    config: CompareConfig,
-    ctx: DistContext,
-    splits: dict[str, DetectionSplit],
-    train_set: DetectionDataset,
-    arm: str,
-    seed: int,
+    config: CompareConfig, ctx: DistContext, splits: dict[str, DetectionSplit], tc: TrainConfig, arm: str, seed: int
 ) -> dict[str, Any] | None:
     record_path, ckpt_path = _paths(config, arm, seed)
     if config.resume and record_path.exists():
-        finished: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
-        return finished
+        return _read_record(record_path)
+    fingerprint = run_fingerprint(config, splits, arm, seed)
     torch.manual_seed(seed)
-    model = build_small_faster_rcnn(len(splits["train"].category_ids), image_size=config.image_size)
-    get_arm(arm).configure(model)
+    model = _build(config, len(splits["train"].category_ids), arm)
     model.to(ctx.device)
     history = train(
         model,
-        train_set,
-        _train_config(config),
+        splits["train"],
+        tc,
         seed=seed,
         ctx=ctx,
         checkpoint_path=ckpt_path,
-        fingerprint=_fingerprint(config, arm),
+        fingerprint=fingerprint,
         resume=config.resume,
         desc=f"{arm} seed {seed}",
+        workers=config.workers,
     )
+    metrics = evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers)
     record: dict[str, Any] | None = None
     if ctx.is_main:
-        metrics = evaluate_detector(model, splits["val"], device=ctx.device)
-        record = {
-            "arm": arm,
-            "seed": seed,
-            "fingerprint": _run_fingerprint(config, arm, seed),
-            "metrics": metrics,
-            "history": history,
-        }
+        record = {"arm": arm, "seed": seed, "fingerprint": fingerprint, "metrics": metrics, "history": history}
         write_json_atomically(record, record_path)
     barrier(ctx)
     return record
 
 
 def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """Run the comparison described by ``config``; validate everything before any training.
+    """Run the comparison described by ``config``; validate everything that can be before any training.
 
     Args:
         config: the settings.
@@ -218,36 +210,40 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
         The content of ``results.json`` on rank 0, ``None`` on other ranks.
 
     Raises:
-        ConfigError: for a bad setting.
-        balanced_l1.experiments.coco_data.DataError: for bad data (a ``ValueError``).
-        balanced_l1.experiments.train.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
-            or finished run record.
+        ConfigError: for a bad setting, or an arm that does not fit the model.
+        balanced_l1.experiments.coco_data.DataError: for bad data, or an image that cannot be read (a ``ValueError``).
+        balanced_l1.experiments.checkpoint.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
+            or run record, or one that cannot be read.
+        balanced_l1.detection.zoo.BackboneWeightsError: when backbone weights cannot be had.
         balanced_l1.experiments.train.TrainingDivergedError: when a run's loss stops being finite.
     """
     started = time.perf_counter()
     ctx = setup_distributed(config.device)
     try:
         config.validate(ctx.world_size)
-        splits = _load_data(config)
+        splits = load_data(config)
+        if ctx.is_main:
+            log(format_data_report(splits))
+        _check_arms_fit_model(config, len(splits["train"].category_ids))
+        tc = train_config(config, len(splits["train"]))
         if config.resume:
-            _check_resumable(config, ctx)
+            _check_resumable(config, splits, ctx, tc)
         if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
-            (config.out / "results.json").unlink(missing_ok=True)
-        train_set = DetectionDataset(splits["train"])
+            (Path(config.out) / "results.json").unlink(missing_ok=True)
         runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in config.arms}
         histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in config.arms}
         for seed in config.seeds:
             for arm in config.arms:
-                record = _run_one(config, ctx, splits, train_set, arm, seed)
+                record = _run_one(config, ctx, splits, tc, arm, seed)
                 if record is not None:
                     runs[arm][seed] = record["metrics"]
                     histories[arm][seed] = record["history"]
         if not ctx.is_main:
             return None
         descriptions = {arm: get_arm(arm).description for arm in config.arms}
-        summary = summarize(runs, BASELINE_ARM, descriptions)
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-        results = {"config": {**settings, "world_size": ctx.world_size}, **summary}
+        summary = summarize(runs, config.arms[0], descriptions)  # paired differences against the first arm
+        settings = {**as_dict(config), "iters_resolved": tc.iters, "world_size": ctx.world_size}
+        results = {"config": settings, "data": {n: s.report for n, s in splits.items()}, **summary}
         figures = save_figures(histories, summary, config.out)
         path = write_results(results, config.out)
         log(format_table(summary))

@@ -18,7 +18,9 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from tqdm import tqdm
 
-from balanced_l1.experiments.coco_data import DetectionDataset, DetectionSplit
+from balanced_l1.experiments.coco_data import DetectionSplit
+from balanced_l1.experiments.distributed import DistContext, gather_objects
+from balanced_l1.experiments.loader import evaluation_loader, unpack
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -69,59 +71,103 @@ def coco_metrics(split: DetectionSplit, detections: list[dict[str, Any]]) -> dic
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, split: DetectionSplit, *, device: torch.device, batch_size: int = 16, show_progress: bool = True
+    model: nn.Module,
+    split: DetectionSplit,
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    show_progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run a torchvision detector over a split and return its detections in COCO result format.
+    """Run a torchvision detector over (this rank's shard of) a split; detections in COCO result format.
+
+    Rank ``r`` of ``world_size`` predicts the consecutive batches ``r, r + world_size, ...`` of
+    ``batch_size`` images, so each image is batched (and padded) exactly as in a one-process run and the
+    union of the shards equals one process's detections.
 
     Args:
         model: the detector (switched to eval mode here and back to its former mode afterwards).
         split: the images to run on; model label ``i + 1`` maps to ``split.category_ids[i]``.
         device: where the model lives.
         batch_size: images per forward pass.
+        workers: DataLoader worker processes.
+        rank: this process's rank.
+        world_size: number of processes sharing the split.
         show_progress: show a progress bar.
 
     Returns:
         One ``{"image_id", "category_id", "bbox", "score"}`` per detection.
+
+    Raises:
+        ImageReadError: naming an image that cannot be read.
     """
-    dataset = DetectionDataset(split)
     category_ids = split.category_ids
+    loader = evaluation_loader(
+        split, batch_size=batch_size, rank=rank, world_size=world_size, workers=workers, device=device
+    )
     was_training = model.training
     model.eval()
     detections = []
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc="evaluating", disable=not show_progress, leave=False, dynamic_ncols=True):
-        batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        outputs = model([image.to(device) for image, _ in batch])
-        for (_, target), out in zip(batch, outputs, strict=True):
-            image_id = int(target["image_id"])
-            for box, label, score in zip(
-                out["boxes"].cpu().tolist(), out["labels"].cpu().tolist(), out["scores"].cpu().tolist(), strict=True
-            ):
-                x1, y1, x2, y2 = box
-                detections.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": category_ids[label - 1],
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "score": score,
-                    }
-                )
-    model.train(was_training)
+    try:
+        for batch in tqdm(loader, desc="evaluating", disable=not show_progress, leave=False, dynamic_ncols=True):
+            images, targets = unpack(batch)
+            outputs = model([image.to(device, non_blocking=True).float().div_(255.0) for image in images])
+            for target, out in zip(targets, outputs, strict=True):
+                image_id = int(target["image_id"])
+                boxes, labels, scores = (out[k].float().cpu().tolist() for k in ("boxes", "labels", "scores"))
+                for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores, strict=True):
+                    detections.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": category_ids[int(label) - 1],
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": score,
+                        }
+                    )
+    finally:
+        model.train(was_training)
     return detections
 
 
 def evaluate_detector(
-    model: nn.Module, split: DetectionSplit, *, device: torch.device, show_progress: bool = True
-) -> dict[str, Any]:
-    """Predict on ``split`` and score with COCO's box metrics.
+    model: nn.Module,
+    split: DetectionSplit,
+    *,
+    ctx: DistContext | None = None,
+    device: torch.device | None = None,
+    workers: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any] | None:
+    """Predict on ``split`` (sharded over the ranks of ``ctx``) and score once with COCO's box metrics.
 
     Args:
-        model: the detector.
+        model: the detector (the unwrapped module under DDP).
         split: the held-out split.
-        device: where the model lives.
+        ctx: this process's place in the job; ``None`` for one process on ``device``.
+        device: where the model lives when ``ctx`` is ``None``.
+        workers: DataLoader worker processes.
         show_progress: show a progress bar.
 
     Returns:
-        The metrics of :func:`coco_metrics`.
+        The metrics of :func:`coco_metrics` on rank 0; ``None`` on other ranks.
     """
-    return coco_metrics(split, predict(model, split, device=device, show_progress=show_progress))
+    if ctx is None:
+        ctx = DistContext(0, 1, device if device is not None else torch.device("cpu"))
+    mine = predict(
+        model,
+        split,
+        device=ctx.device,
+        workers=workers,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        show_progress=show_progress and ctx.is_main,
+    )
+    shards = gather_objects(ctx, mine)
+    if not ctx.is_main:
+        return None
+    # back into one process's order (images in split order), so that ties in score break the same way
+    position = {int(info["id"]): i for i, info in enumerate(split.coco["images"])}
+    detections = sorted((det for shard in shards for det in shard), key=lambda det: position[det["image_id"]])
+    return coco_metrics(split, detections)

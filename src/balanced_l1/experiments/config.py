@@ -1,0 +1,351 @@
+"""The settings of ``balanced-l1 compare``: one dataclass, recipes and config files, validation.
+
+:class:`CompareConfig` is the only home of every setting and its default; the command line is derived
+from its fields (:mod:`balanced_l1.cli`), and so are ``--print-config`` and the TOML files. Settings
+are resolved in layers, each overriding the one before, as mmdetection's configs are:
+
+1. the dataclass defaults (the embedded default run: a small model, a few CPU minutes);
+2. ``--recipe NAME``: a TOML file shipped in ``balanced_l1/experiments/recipes/`` (``coco-1x``: the
+   paper's schedule as mmdetection runs it);
+3. ``--config FILE``: the user's own TOML file, with the same keys;
+4. the flags given on the command line.
+
+The training length is ``iters`` or ``epochs``, never both: a layer that sets one of them clears the
+other, so ``--recipe coco-1x --iters 200`` trains 200 iterations instead of the recipe's 12 epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+MODELS = ("small", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn")
+LR_SCHEDULES = ("cosine", "step")
+LENGTH_KEYS = ("iters", "epochs")
+_COCO_KEYS = ("train_ann", "train_root", "val_ann", "val_root")
+_MAX_IMAGE_SIDE = 4096
+
+
+class ConfigError(ValueError):
+    """A comparison setting is out of range; the message names it, its value and what is allowed."""
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Everything one comparison depends on; each field's ``help`` is also its command-line help."""
+
+    # what is compared
+    arms: tuple[str, ...] = _setting(("smooth_l1", "balanced_l1"), "comma-separated arms to train and compare")
+    seeds: tuple[int, ...] = _setting((0,), "comma-separated training seeds; every arm trains once per seed")
+    # data
+    data: str | None = _setting(None, "COCO-format folder PATH/annotations/{train,val}.json + PATH/images/")
+    train_ann: str | None = _setting(None, "COCO annotation file of the training split (with --train-root)")
+    train_root: str | None = _setting(None, "image folder of the training split (COCO's train2017/)")
+    val_ann: str | None = _setting(None, "COCO annotation file of the held-out split (with --val-root)")
+    val_root: str | None = _setting(None, "image folder of the held-out split (COCO's val2017/)")
+    follow_symlinks: bool = _setting(False, "allow images that are symbolic links (inside the image folder)")
+    train_images: int = _setting(1024, "images of the embedded synthetic training split")
+    val_images: int = _setting(200, "images of the embedded synthetic held-out split")
+    image_size: int = _setting(128, "side of the embedded synthetic images in pixels")
+    data_seed: int = _setting(0, "seed of the embedded synthetic data set")
+    # model
+    model: str = _setting("small", "detector to train", choices=MODELS)
+    weights_backbone: str = _setting(
+        "none", "backbone initialisation: none, DEFAULT (torchvision's ImageNet weights) or a local file"
+    )
+    min_size: int | None = _setting(None, "torchvision resize: shorter side (default: image_size for small, else 800)")
+    max_size: int | None = _setting(
+        None, "torchvision resize: longer side cap (default: image_size for small, else 1333)"
+    )
+    # schedule
+    iters: int | None = _setting(300, "training iterations (global batches) per run; or give --epochs")
+    epochs: int | None = _setting(None, "training epochs per run, instead of --iters")
+    batch_size: int = _setting(8, "images per global batch (split over processes under torchrun)")
+    lr: float = _setting(0.04, "peak SGD learning rate")
+    momentum: float = _setting(0.9, "SGD momentum")
+    weight_decay: float = _setting(1e-4, "SGD weight decay")
+    warmup_iters: int = _setting(50, "linear warm-up iterations")
+    warmup_factor: float = _setting(0.001, "learning-rate factor at the start of the warm-up")
+    lr_schedule: str = _setting("cosine", "after the warm-up: cosine decay to 5%, or steps", choices=LR_SCHEDULES)
+    lr_steps: tuple[int, ...] = _setting(
+        (),
+        "step schedule: the LR is multiplied by 0.1 after each of these epochs (an epoch is ceil(images / batch) iterations)",
+    )
+    grad_clip: float = _setting(10.0, "maximum global gradient norm; 0 turns clipping off")
+    hflip: float = _setting(0.0, "probability of a horizontal flip of each training image")
+    amp: bool = _setting(False, "mixed precision: float16 autocast with a GradScaler on CUDA, bfloat16 on CPU")
+    # running
+    out: str = _setting("compare_out", "output folder")
+    device: str = _setting("cpu", "cpu, cuda or cuda:N")
+    resume: bool = _setting(False, "continue from the checkpoints and finished runs in --out")
+    threads: int = _setting(1, "torch CPU threads per process (1 is steadiest on shared cores)")
+    workers: int = _setting(0, "DataLoader worker processes per training process")
+    checkpoint_every: int = _setting(20, "iterations between checkpoints")
+
+    @property
+    def uses_coco_files(self) -> bool:
+        """Whether the data are given as annotation files and image roots (COCO's own layout)."""
+        return any(getattr(self, key) is not None for key in _COCO_KEYS)
+
+    @property
+    def uses_synthetic_data(self) -> bool:
+        """Whether the embedded synthetic set is used."""
+        return self.data is None and not self.uses_coco_files
+
+    def resize(self) -> tuple[int, int]:
+        """The ``(min_size, max_size)`` torchvision's transform resizes to, defaults filled in."""
+        small = self.model == "small"
+        min_size = self.min_size if self.min_size is not None else (self.image_size if small else 800)
+        max_size = self.max_size if self.max_size is not None else (self.image_size if small else 1333)
+        return min_size, max_size
+
+    def validate(self, world_size: int = 1) -> None:
+        """Check every setting that does not need the data.
+
+        Args:
+            world_size: number of processes the global batch is split over.
+
+        Raises:
+            ConfigError: naming the setting, its value and what is allowed.
+        """
+        from balanced_l1.experiments.arms import get_arm
+
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"arms must be a non-empty list without repeats, got {list(self.arms)}")
+        for arm in self.arms:
+            try:
+                get_arm(arm)
+            except ValueError as err:
+                raise ConfigError(f"arms: {err}") from None
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
+        self._validate_data()
+        self._validate_schedule(world_size)
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        for name in ("min_size", "max_size"):
+            value = getattr(self, name)
+            if value is not None and not 32 <= value <= _MAX_IMAGE_SIDE:
+                raise ConfigError(f"{name} must be between 32 and {_MAX_IMAGE_SIDE} pixels, got {value}")
+        min_size, max_size = self.resize()
+        if max_size < min_size:
+            raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
+        if not self.weights_backbone:
+            raise ConfigError("weights_backbone must be none, DEFAULT or the path of a local file, got ''")
+        for name in ("threads", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if not self.out:
+            raise ConfigError("out must name a folder, got ''")
+
+    def _validate_data(self) -> None:
+        given = [key for key in _COCO_KEYS if getattr(self, key) is not None]
+        if self.data is not None and given:
+            flags = ", ".join("--" + key.replace("_", "-") for key in given)
+            raise ConfigError(f"give either data (a folder) or the annotation files and image roots, not both: {flags}")
+        if given and len(given) != len(_COCO_KEYS):
+            missing = ", ".join("--" + key.replace("_", "-") for key in _COCO_KEYS if key not in given)
+            raise ConfigError(
+                f"COCO files need all of --train-ann --train-root --val-ann --val-root; missing {missing}"
+            )
+        for name in ("train_images", "val_images"):
+            if not 1 <= getattr(self, name) <= 1_000_000:
+                raise ConfigError(f"{name} must be between 1 and 1000000, got {getattr(self, name)}")
+        if not 64 <= self.image_size <= _MAX_IMAGE_SIDE:
+            raise ConfigError(f"image_size must be between 64 and {_MAX_IMAGE_SIDE} pixels, got {self.image_size}")
+        if self.data_seed < 0:
+            raise ConfigError(f"data_seed must be >= 0, got {self.data_seed}")
+
+    def _validate_schedule(self, world_size: int) -> None:
+        if (self.iters is None) == (self.epochs is None):
+            raise ConfigError(f"give exactly one of iters and epochs, got iters={self.iters}, epochs={self.epochs}")
+        for name in ("iters", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        for name, low, high in (("lr", 0.0, 10.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or not (low < value <= high if name == "lr" else low <= value < high):
+                bounds = f"in (0, {high}]" if name == "lr" else f"in [{low}, {high})"
+                raise ConfigError(f"{name} must be finite and {bounds}, got {value}")
+        if self.warmup_iters < 0:
+            raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
+        if not (math.isfinite(self.warmup_factor) and 0.0 < self.warmup_factor <= 1.0):
+            raise ConfigError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if list(self.lr_steps) != sorted(set(self.lr_steps)) or any(s < 1 for s in self.lr_steps):
+            raise ConfigError(f"lr_steps must be increasing positive integers, got {list(self.lr_steps)}")
+        if self.lr_steps and self.lr_schedule != "step":
+            raise ConfigError(f"lr_steps {list(self.lr_steps)} need lr_schedule 'step', got {self.lr_schedule!r}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ConfigError(f"grad_clip must be finite and >= 0 (0: off), got {self.grad_clip}")
+        if not (math.isfinite(self.hflip) and 0.0 <= self.hflip <= 1.0):
+            raise ConfigError(f"hflip must be a probability in [0, 1], got {self.hflip}")
+        if self.batch_size % world_size:
+            raise ConfigError(f"batch_size {self.batch_size} must be divisible by the number of processes {world_size}")
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in fields(CompareConfig)}
+DEFAULTS = CompareConfig()
+
+
+def recipe_names() -> tuple[str, ...]:
+    """The recipes shipped in the package, by name.
+
+    Example:
+        >>> "coco-1x" in recipe_names()
+        True
+    """
+    folder = resources.files("balanced_l1.experiments") / "recipes"
+    return tuple(sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml")))
+
+
+def _read_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where}: not valid TOML ({err})") from None
+    unknown = sorted(set(doc) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    return {key: _coerce(key, value, where) for key, value in doc.items()}
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The settings of a shipped recipe.
+
+    Args:
+        name: a name from :func:`recipe_names`.
+
+    Returns:
+        The settings the recipe sets.
+
+    Raises:
+        ConfigError: for an unknown name, listing the known ones.
+    """
+    if name not in recipe_names():
+        raise ConfigError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
+    resource = resources.files("balanced_l1.experiments") / "recipes" / f"{name}.toml"
+    return _read_toml(resource.read_text(encoding="utf-8"), f"recipe {name}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a user's TOML file (the keys of :class:`CompareConfig`).
+
+    Raises:
+        ConfigError: if the file cannot be read, is not TOML, or has an unknown key or a value of the wrong type.
+    """
+    where = Path(path)
+    try:
+        text = where.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{where}: cannot read the config file ({err})") from None
+    return _read_toml(text, str(where))
+
+
+def _type_name(key: str) -> str:
+    kind = FIELDS[key].type
+    return str(kind).replace("tuple[int, ...]", "list of integers").replace("tuple[str, ...]", "list of strings")
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """Check a TOML value against the field's type; lists become tuples, ints are accepted for floats."""
+    kind = str(FIELDS[key].type)
+    wrong = ConfigError(f"{where}: {key} must be {_type_name(key)}, got {value!r}")
+    if kind.startswith("tuple["):
+        item = int if "int" in kind else str
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise wrong
+        return tuple(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if kind == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise wrong
+        return float(value)
+    if kind.startswith("int"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise wrong
+        return value
+    if not isinstance(value, str):
+        raise wrong
+    return value
+
+
+def resolve(layers: list[Mapping[str, Any]]) -> CompareConfig:
+    """Merge setting layers over the defaults, later layers winning (see the module docstring).
+
+    Args:
+        layers: partial settings, lowest priority first (recipe, config file, flags).
+
+    Returns:
+        The resolved settings (not yet validated).
+
+    Raises:
+        ConfigError: for an unknown key, or a layer that sets both ``iters`` and ``epochs``.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = sorted(set(layer) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
+        lengths = [k for k in LENGTH_KEYS if layer.get(k) is not None]
+        if len(lengths) > 1:
+            raise ConfigError(f"give iters or epochs, not both (got iters={layer['iters']}, epochs={layer['epochs']})")
+        if lengths:
+            merged.update(dict.fromkeys(LENGTH_KEYS))
+        merged.update(layer)
+    return dataclasses.replace(DEFAULTS, **merged)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def to_toml(config: CompareConfig) -> str:
+    """The settings as a TOML file that :func:`load_config_file` reads back (unset optional ones as comments).
+
+    Example:
+        >>> "lr = 0.04" in to_toml(CompareConfig())
+        True
+    """
+    lines = []
+    for name, spec in FIELDS.items():
+        value = getattr(config, name)
+        line = f"# {name} =  (not set)" if value is None else f"{name} = {_toml_value(value)}"
+        lines.append(f"{line:<48} # {spec.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+def as_dict(config: CompareConfig) -> dict[str, Any]:
+    """The settings as JSON-friendly values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

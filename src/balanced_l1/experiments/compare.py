@@ -111,7 +111,8 @@ def _read_record(path: Path) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CheckpointMismatchError(
-            f"{path}: cannot read this finished-run record ({type(err).__name__}: {err}); delete it to train the run again"
+            f"{path}: cannot read this finished-run record ({type(err).__name__}: {err}); "
+            "delete it to train the run again"
         ) from None
     if not isinstance(record, dict) or not {"fingerprint", "metrics", "history"} <= set(record):
         raise CheckpointMismatchError(

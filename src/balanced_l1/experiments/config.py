@@ -86,7 +86,7 @@ class CompareConfig:
     lr_schedule: str = _setting("cosine", "after the warm-up: cosine decay to 5%, or steps", choices=LR_SCHEDULES)
     lr_steps: tuple[int, ...] = _setting(
         (),
-        "step schedule: the LR is multiplied by 0.1 after each of these epochs (an epoch is ceil(images / batch) iterations)",
+        "step schedule: the LR drops 10x after each of these epochs (an epoch: ceil(images / batch) iterations)",
     )
     grad_clip: float = _setting(10.0, "maximum global gradient norm; 0 turns clipping off")
     hflip: float = _setting(0.0, "probability of a horizontal flip of each training image")

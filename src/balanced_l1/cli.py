@@ -69,7 +69,7 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     kind = str(spec.type)
     default = getattr(DEFAULTS, name)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    help_text = f"{spec.metadata['help']} (default: {shown})"
+    help_text = f"{spec.metadata['help']} (default: {shown})".replace("%", "%%")
     flag = "--" + name.replace("_", "-")
     if kind == "bool":
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -84,7 +84,7 @@ def test_unknown_arm_exits_2_listing_the_valid_ones(tmp_path: Path, capsys: pyte
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--arms", "smooth_l1,huber", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert "unknown arm(s) 'huber'; valid arms: smooth_l1, balanced_l1" in capsys.readouterr().err
+    assert "arms: unknown arm 'huber'; valid arms: smooth_l1, balanced_l1" in capsys.readouterr().err
     _assert_refused_before_training(tmp_path / "out")
 
 
@@ -104,7 +104,7 @@ def test_zero_iters_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--iters", "0", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert "--iters: expected a positive integer, got '0'" in capsys.readouterr().err
+    assert "iters must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bad_data_folder_exits_1_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,7 +137,12 @@ def test_coco_folder_trains_and_evaluates(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--lr", "0"], "lr must be finite and > 0, got 0.0"),
-        (["--image-size", "32"], "image_size must be >= 64 pixels, got 32"),
+        (["--image-size", "32"], "image_size must be between 64 and 4096 pixels, got 32"),
+        (["--image-size", "100000"], "image_size must be between 64 and 4096 pixels, got 100000"),
+        (["--min-size", "9000"], "min_size must be between 32 and 4096 pixels, got 9000"),
+        (["--hflip", "1.5"], "hflip must be a probability in [0, 1], got 1.5"),
+        (["--lr-schedule", "cosine", "--lr-steps", "2"], "lr_steps [2] need lr_schedule 'step'"),
+        (["--workers", "-1"], "workers must be >= 0, got -1"),
         (["--warmup-iters", "-1"], "warmup_iters must be >= 0, got -1"),
         (["--data-seed", "-1"], "data_seed must be >= 0, got -1"),
     ],

@@ -62,6 +62,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomically(path, partial(torch.save, {"version": CHECKPOINT_VERSION, **state}), mode=None)
 
 
+def _unpickling_reason(message: str) -> str:
+    """The one informative line of torch's weights-only refusal (it wraps it in several lines of advice)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or line.startswith("Unsupported"):
+            return line
+    return lines[-1] if lines else "unreadable pickle"
+
+
 def load_checkpoint(path: Path, fingerprint: dict[str, Any], world_size: int) -> dict[str, Any]:
     """Read a checkpoint without running code and check it belongs to this run.
 
@@ -80,9 +89,14 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any], world_size: int) ->
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = _unpickling_reason(str(err))
+        if "GLOBAL" in reason or "global" in reason:
+            raise CheckpointMismatchError(
+                f"{path}: refused: it is not a plain-data checkpoint ({reason}); nothing in it was run. "
+                "Delete it (or use another --out) to start this run over."
+            ) from None
         raise CheckpointMismatchError(
-            f"{path}: refused: not a plain-data checkpoint ({first}); nothing in it was run. "
+            f"{path}: cannot read the checkpoint ({reason}); it is truncated or not a checkpoint. "
             "Delete it (or use another --out) to start this run over."
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:

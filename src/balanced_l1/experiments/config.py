@@ -156,6 +156,8 @@ class CompareConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if not self.out:
             raise ConfigError("out must name a folder, got ''")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ConfigError(f"out {self.out} exists and is not a folder")
 
     def _validate_data(self) -> None:
         given = [key for key in _COCO_KEYS if getattr(self, key) is not None]
@@ -182,11 +184,12 @@ class CompareConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name, low, high in (("lr", 0.0, 10.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be finite and > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
             value = getattr(self, name)
-            if not math.isfinite(value) or not (low < value <= high if name == "lr" else low <= value < high):
-                bounds = f"in (0, {high}]" if name == "lr" else f"in [{low}, {high})"
-                raise ConfigError(f"{name} must be finite and {bounds}, got {value}")
+            if not (math.isfinite(value) and 0.0 <= value < 1.0):
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
         if self.warmup_iters < 0:
             raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
         if not (math.isfinite(self.warmup_factor) and 0.0 < self.warmup_factor <= 1.0):

@@ -8,6 +8,7 @@ AP at each IoU threshold 0.50, 0.55, ..., 0.95, read from the ``precision`` arra
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from typing import Any
 
@@ -45,7 +46,7 @@ def coco_metrics(split: DetectionSplit, detections: list[dict[str, Any]]) -> dic
         ``{"AP": ..., "AP50": ..., "AP75": ..., "APs": ..., "APm": ..., "APl": ..., "ap_per_iou": [10 floats]}``;
         values are in ``[0, 1]``, or ``-1`` where the split has no ground truth to score.
     """
-    gt = _coco_from_dict(split.coco)
+    gt = _coco_from_dict(copy.deepcopy(split.coco))  # COCOeval marks ground truth in place ('ignore')
     annotations = []
     for index, det in enumerate(detections):
         w, h = float(det["bbox"][2]), float(det["bbox"][3])

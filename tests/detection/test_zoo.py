@@ -70,10 +70,10 @@ def test_v2_keeps_trainable_batch_norm_as_torchvision_does(tmp_path: Path) -> No
 
 def test_a_file_that_does_not_fit_the_backbone_is_named(tmp_path: Path) -> None:
     torch.save(mobilenet_v3_large().state_dict(), tmp_path / "mnv3.pth")
-    with pytest.raises(BackboneWeightsError, match="mnv3.pth: does not fit the backbone of fasterrcnn_resnet50_fpn"):
+    with pytest.raises(BackboneWeightsError, match=r"mnv3\.pth: does not fit the backbone of fasterrcnn_resnet50_fpn"):
         build_detector("fasterrcnn_resnet50_fpn", 3, weights_backbone=str(tmp_path / "mnv3.pth"))
     with pytest.raises(BackboneWeightsError, match="backbone weights file not found"):
         build_detector("fasterrcnn_resnet50_fpn", 3, weights_backbone=str(tmp_path / "none.pth"))
     (tmp_path / "bad.pth").write_bytes(b"not a state dict")
-    with pytest.raises(BackboneWeightsError, match="bad.pth: not a readable plain-data state_dict"):
+    with pytest.raises(BackboneWeightsError, match=r"bad\.pth: not a readable plain-data state_dict"):
         build_detector("fasterrcnn_mobilenet_v3_large_fpn", 3, weights_backbone=str(tmp_path / "bad.pth"))

@@ -52,7 +52,7 @@ def test_a_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
     torch.save({"version": 2, "payload": _Payload()}, path)
-    with pytest.raises(CheckpointMismatchError, match="refused: it is not a plain-data checkpoint.*posix.system"):
+    with pytest.raises(CheckpointMismatchError, match=r"refused: it is not a plain-data checkpoint.*posix\.system"):
         load_checkpoint(path, {}, 1)
     assert not (tmp_path / "pwned_by_checkpoint").exists()
     path.write_bytes(pickle.dumps(_Payload()))  # a bare pickle, not even a torch zip

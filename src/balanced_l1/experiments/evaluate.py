@@ -138,6 +138,7 @@ def evaluate_detector(
     *,
     ctx: DistContext | None = None,
     device: torch.device | None = None,
+    batch_size: int = 8,
     workers: int = 0,
     show_progress: bool = True,
 ) -> dict[str, Any] | None:
@@ -148,6 +149,7 @@ def evaluate_detector(
         split: the held-out split.
         ctx: this process's place in the job; ``None`` for one process on ``device``.
         device: where the model lives when ``ctx`` is ``None``.
+        batch_size: images per forward pass; rank ``r`` predicts batches ``r, r + world_size, ...``.
         workers: DataLoader worker processes.
         show_progress: show a progress bar.
 
@@ -160,6 +162,7 @@ def evaluate_detector(
         model,
         split,
         device=ctx.device,
+        batch_size=batch_size,
         workers=workers,
         rank=ctx.rank,
         world_size=ctx.world_size,

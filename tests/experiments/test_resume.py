@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 SETTINGS = [
     "compare", "--arms", "smooth_l1,balanced_l1", "--iters", "10", "--checkpoint-every", "2", "--warmup-iters", "4",
-    "--batch-size", "2", "--train-images", "6", "--val-images", "3", "--image-size", "64",
+    "--batch-size", "2", "--train-images", "6", "--val-images", "3", "--image-size", "64", "--hflip", "0.5",
 ]  # fmt: skip
+WORKERS = ["--workers", "2"]
 
 
 def _quiet_main(args: list[str]) -> int:
@@ -30,7 +31,7 @@ def _quiet_main(args: list[str]) -> int:
 
 
 def _kill_after_first_checkpoint(out: Path) -> None:
-    command = [sys.executable, "-m", "balanced_l1.cli", *SETTINGS, "--out", str(out)]
+    command = [sys.executable, "-m", "balanced_l1.cli", *SETTINGS, *WORKERS, "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = out / "checkpoints" / "balanced_l1_seed0.pt"
     deadline = time.monotonic() + 120
@@ -41,14 +42,14 @@ def _kill_after_first_checkpoint(out: Path) -> None:
     assert checkpoint.exists(), "the run never wrote a checkpoint"
 
 
-def test_resume_after_sigkill_reaches_the_uninterrupted_metrics_exactly(tmp_path: Path) -> None:
+def test_resume_with_workers_after_sigkill_reaches_the_uninterrupted_metrics_exactly(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     _kill_after_first_checkpoint(killed)
     assert not (killed / "results.json").exists()
     assert (killed / "runs" / "smooth_l1_seed0.json").exists()  # the first arm had finished
 
-    assert _quiet_main([*SETTINGS, "--out", str(killed), "--resume"]) == 0
-    assert _quiet_main([*SETTINGS, "--out", str(tmp_path / "whole")]) == 0
+    assert _quiet_main([*SETTINGS, *WORKERS, "--out", str(killed), "--resume"]) == 0
+    assert _quiet_main([*SETTINGS, "--out", str(tmp_path / "whole")]) == 0  # no workers: the same numbers
 
     resumed = json.loads((killed / "results.json").read_text())
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
@@ -62,7 +63,7 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_metrics_exactly(tmp_path
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    tiny = [*SETTINGS[:3], "--iters", "2", "--checkpoint-every", "1", *SETTINGS[9:], "--out", str(out)]
+    tiny = [*SETTINGS[:3], "--iters", "2", "--checkpoint-every", "1", *SETTINGS[9:-2], "--out", str(out)]
     assert _quiet_main(tiny) == 0
     (out / "runs" / "smooth_l1_seed0.json").unlink()
     (out / "results.json").unlink()

@@ -32,3 +32,32 @@ def test_bad_plot_arguments_exit_2_with_a_clear_message(argv, message, tmp_path,
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_out_that_is_a_folder_exits_2(tmp_path, capsys):
+    (tmp_path / "fig.png").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", "--out", str(tmp_path / "fig.png")])
+    assert exit_info.value.code == 2
+    assert "is a folder; name a .png file" in capsys.readouterr().err
+
+
+def test_plot_out_under_a_file_exits_2_naming_the_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", "--out", str(tmp_path / "file" / "fig.png")])
+    assert exit_info.value.code == 2
+    assert f"cannot create the folder {str(tmp_path / 'file')!r}" in capsys.readouterr().err
+
+
+def test_plot_out_with_a_name_too_long_for_the_file_system_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", "--out", str(tmp_path / ("x" * 300 + ".png"))])
+    assert exit_info.value.code == 2
+    assert "the file name is longer than this file system allows" in capsys.readouterr().err
+
+
+def test_plot_out_with_a_long_but_valid_name_is_written(tmp_path):
+    out = tmp_path / ("x" * 240 + ".png")  # 244 bytes: valid, though a temporary name beside it must be shorter
+    assert main(["plot", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)

@@ -21,7 +21,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None],
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent)  # fits NAME_MAX
     os.close(fd)
     try:
         write(tmp)

@@ -3,32 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from balanced_l1.params import FORMULATIONS, BalancedL1Params
 
 
 def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    defaults = BalancedL1Params()
     plot = subparsers.add_parser("plot", help="draw loss and gradient of Balanced L1 beside smooth L1")
-    plot.add_argument("--alpha", type=float, default=0.5, help="inlier gradient scale (default 0.5)")
-    plot.add_argument("--gamma", type=float, default=1.5, help="outlier gradient (default 1.5)")
-    plot.add_argument("--beta", type=float, default=1.0, help="inflection point (default 1.0)")
-    plot.add_argument("--formulation", choices=FORMULATIONS, default="scaled")
+    plot.add_argument("--alpha", type=float, default=defaults.alpha, help=f"inlier gradient scale ({defaults.alpha})")
+    plot.add_argument("--gamma", type=float, default=defaults.gamma, help=f"outlier gradient ({defaults.gamma})")
+    plot.add_argument("--beta", type=float, default=defaults.beta, help=f"inflection point ({defaults.beta})")
+    plot.add_argument("--formulation", choices=FORMULATIONS, default=defaults.formulation)
     plot.add_argument("--out", default="balanced_l1.png", help="PNG file to write (default balanced_l1.png)")
     plot.set_defaults(handler=_run_plot)
 
 
+def _check_plot_out(out: Path, parser: argparse.ArgumentParser) -> None:
+    if not out.name.lower().endswith(".png"):
+        parser.error(f"--out must name a .png file, got {str(out)!r}")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {str(out)!r}: cannot create the folder {str(parent)!r} ({err.strerror or err})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"--out {str(out)!r}: the folder {str(parent)!r} is not writable")
+    limit = os.pathconf(parent, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if len(os.fsencode(out.name)) > limit:
+        parser.error(f"--out {str(out)!r}: the file name is longer than this file system allows ({limit} bytes)")
+    if out.is_dir():
+        parser.error(f"--out {str(out)!r} is a folder; name a .png file")
+
+
 def _run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if not str(args.out).lower().endswith(".png"):
-        parser.error(f"--out must name a .png file, got {args.out!r}")
+    out = Path(args.out)
+    _check_plot_out(out, parser)
     try:
         params = BalancedL1Params(args.alpha, args.gamma, args.beta, args.formulation)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     from balanced_l1.plots import plot_loss
 
-    path = plot_loss(params, args.out)
+    try:
+        path = plot_loss(params, out)
+    except OSError as err:
+        print(f"balanced-l1 plot: error: cannot write {out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 

@@ -120,3 +120,20 @@ def test_results_json_is_written_whole(tmp_path: Path) -> None:
 def test_results_json_is_readable_by_others_like_the_figures(tmp_path: Path) -> None:
     path = write_results({"arms": {}}, tmp_path / "out")
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_paired_t_statistic_and_p_value_match_the_closed_form_for_two_degrees_of_freedom() -> None:
+    import math
+
+    from balanced_l1.experiments.report import paired_t_test
+
+    diffs = [0.012, -0.004, 0.02]
+    mean = sum(diffs) / 3
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    t_expected = mean / (std / math.sqrt(3))
+    p_expected = 1 - abs(t_expected) / math.sqrt(2 + t_expected**2)  # Student's t with 2 df has a closed-form CDF
+    t, p = paired_t_test(diffs)
+    assert t is not None and p is not None
+    assert math.isclose(t, t_expected, rel_tol=1e-12) and math.isclose(p, p_expected, rel_tol=1e-9)
+    assert paired_t_test([0.1]) == (None, None) and paired_t_test([0.1, 0.1]) == (None, None)
+    assert paired_t_test([0.1, None]) == (None, None)

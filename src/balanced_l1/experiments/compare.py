@@ -17,10 +17,12 @@ fingerprint (every setting that changes the result, and a hash of the data) matc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,13 @@ from balanced_l1.experiments.coco_data import (
     load_coco_folder,
 )
 from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict
-from balanced_l1.experiments.distributed import DistContext, barrier, setup_distributed, teardown_distributed
+from balanced_l1.experiments.distributed import (
+    DistContext,
+    barrier,
+    gather_objects,
+    setup_distributed,
+    teardown_distributed,
+)
 from balanced_l1.experiments.evaluate import evaluate_detector
 from balanced_l1.experiments.report import format_table, save_figures, summarize, write_results
 from balanced_l1.experiments.synthetic import make_synthetic_dataset
@@ -99,6 +107,63 @@ def run_fingerprint(config: CompareConfig, splits: dict[str, DetectionSplit], ar
     settings = {k: v for k, v in as_dict(config).items() if k not in _NOT_IN_FINGERPRINT and k not in _DATA_KEYS}
     data = {name: split.fingerprint for name, split in sorted(splits.items())}
     return {"arm": arm, "seed": seed, "settings": settings, "data": data}
+
+
+_OUTPUT_FILES = ("results.json", "loss_curves.png", "ap_vs_iou.png")
+_OUTPUT_FOLDERS = ("runs", "checkpoints")
+LOCK_NAME = ".balanced-l1.lock"
+
+
+def _check_out(out: Path) -> None:
+    """Raise ConfigError unless ``out`` is (or can be made) a folder whose output paths have the right kind."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"out {out}: cannot create the output folder ({err.strerror or err})") from None
+    for name in _OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise ConfigError(f"out {out}: {out / name} is a folder, where this run writes a file; move it away")
+    for name in _OUTPUT_FOLDERS:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise ConfigError(f"out {out}: {out / name} is a file, where this run keeps a folder; move it away")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"out {out}: the output folder is not writable")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove temporary files that a killed run left behind (``.NAME.XXXX.tmp`` of an atomic write)."""
+    for folder in (out, *(out / name for name in _OUTPUT_FOLDERS)):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _exclusive_out(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the run, so that two runs never write into one folder."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock, as before
+        yield
+        return
+    _check_out(out)
+    try:
+        handle = open(out / LOCK_NAME, "a")  # noqa: SIM115 - held open for the whole run
+    except OSError as err:
+        raise ConfigError(f"out {out}: cannot write to the output folder ({err.strerror or err})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"out {out} is in use by another balanced-l1 compare run (it holds {out / LOCK_NAME}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        _remove_stale_temporaries(out)
+        yield
+    finally:
+        handle.close()
 
 
 def _paths(config: CompareConfig, arm: str, seed: int) -> tuple[Path, Path]:
@@ -222,33 +287,49 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     ctx = setup_distributed(config.device)
     try:
         config.validate(ctx.world_size)
-        splits = load_data(config)
-        if ctx.is_main:
-            log(format_data_report(splits))
-        _check_arms_fit_model(config, len(splits["train"].category_ids))
-        tc = train_config(config, len(splits["train"]))
-        if config.resume:
-            _check_resumable(config, splits, ctx, tc)
-        if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
-            (Path(config.out) / "results.json").unlink(missing_ok=True)
-        runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in config.arms}
-        histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in config.arms}
-        for seed in config.seeds:
-            for arm in config.arms:
-                record = _run_one(config, ctx, splits, tc, arm, seed)
-                if record is not None:
-                    runs[arm][seed] = record["metrics"]
-                    histories[arm][seed] = record["history"]
-        if not ctx.is_main:
-            return None
-        descriptions = {arm: get_arm(arm).description for arm in config.arms}
-        summary = summarize(runs, config.arms[0], descriptions)  # paired differences against the first arm
-        settings = {**as_dict(config), "iters_resolved": tc.iters, "world_size": ctx.world_size}
-        results = {"config": settings, "data": {n: s.report for n, s in splits.items()}, **summary}
-        figures = save_figures(histories, summary, config.out)
-        path = write_results(results, config.out)
-        log(format_table(summary))
-        log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")
-        return results
+        with contextlib.ExitStack() as stack:
+            error = None
+            if ctx.is_main:
+                try:
+                    stack.enter_context(_exclusive_out(Path(config.out)))
+                except ConfigError as err:
+                    error = err
+            errors = [e for e in gather_objects(ctx, error) if e is not None]
+            if errors:
+                raise errors[0]
+            return _compare(config, ctx, log, started)
     finally:
         teardown_distributed(ctx)
+
+
+def _compare(
+    config: CompareConfig, ctx: DistContext, log: Callable[[str], None], started: float
+) -> dict[str, Any] | None:
+    splits = load_data(config)
+    if ctx.is_main:
+        log(format_data_report(splits))
+    _check_arms_fit_model(config, len(splits["train"].category_ids))
+    tc = train_config(config, len(splits["train"]))
+    if config.resume:
+        _check_resumable(config, splits, ctx, tc)
+    if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
+        (Path(config.out) / "results.json").unlink(missing_ok=True)
+    runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in config.arms}
+    histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in config.arms}
+    for seed in config.seeds:
+        for arm in config.arms:
+            record = _run_one(config, ctx, splits, tc, arm, seed)
+            if record is not None:
+                runs[arm][seed] = record["metrics"]
+                histories[arm][seed] = record["history"]
+    if not ctx.is_main:
+        return None
+    descriptions = {arm: get_arm(arm).description for arm in config.arms}
+    summary = summarize(runs, config.arms[0], descriptions)  # paired differences against the first arm
+    settings = {**as_dict(config), "iters_resolved": tc.iters, "world_size": ctx.world_size}
+    results = {"config": settings, "data": {n: s.report for n, s in splits.items()}, **summary}
+    figures = save_figures(histories, summary, config.out)
+    path = write_results(results, config.out)
+    log(format_table(summary))
+    log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")
+    return results

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from balanced_l1.experiments.coco_data import write_json_atomically
+from balanced_l1._files import write_json_atomically
 from balanced_l1.experiments.evaluate import IOU_THRESHOLDS, METRICS
 
 
@@ -67,7 +67,9 @@ def summarize(
 
     Returns:
         ``{"arms": {arm: {"description", "per_seed", "mean", "std", "ap_per_iou_mean"}},
-        "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std"}}}``.
+        "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std", "t", "p"}}}``; ``t`` and ``p``
+        are the paired t statistic and its two-sided p-value per metric (``None`` with fewer than 2 seeds, or
+        when every seed's difference is the same).
     """
     arms: dict[str, Any] = {}
     for arm, by_seed in runs.items():
@@ -97,8 +99,40 @@ def summarize(
                 diff_mean[name], diff_std[name] = None, None
             else:
                 diff_mean[name], diff_std[name] = mean_std([float(v) for v in values])  # type: ignore[arg-type]
-        differences[f"{arm} - {baseline}"] = {"per_seed": diff_per_seed, "mean": diff_mean, "std": diff_std}
+        tests = {name: paired_t_test([d[name] for d in diff_per_seed.values()]) for name in METRICS}
+        differences[f"{arm} - {baseline}"] = {
+            "per_seed": diff_per_seed,
+            "mean": diff_mean,
+            "std": diff_std,
+            "t": {name: t for name, (t, _) in tests.items()},
+            "p": {name: p for name, (_, p) in tests.items()},
+        }
     return {"arms": arms, "paired_difference": differences}
+
+
+def paired_t_test(differences: list[float | None]) -> tuple[float | None, float | None]:
+    """The paired t statistic of per-seed differences against 0, and its two-sided p-value (scipy).
+
+    Args:
+        differences: one difference per seed; ``None`` where a metric is undefined.
+
+    Returns:
+        ``(t, p)``, or ``(None, None)`` with fewer than 2 values, a ``None`` among them, or zero spread.
+
+    Example:
+        >>> t, p = paired_t_test([0.01, 0.02, 0.03])
+        >>> round(t, 3), round(p, 3)
+        (3.464, 0.074)
+    """
+    if len(differences) < 2 or any(d is None for d in differences):
+        return None, None
+    values = np.asarray(differences, dtype=np.float64)
+    if float(values.std(ddof=1)) == 0.0:
+        return None, None
+    from scipy.stats import ttest_1samp
+
+    result = ttest_1samp(values, 0.0)
+    return float(result.statistic), float(result.pvalue)
 
 
 def _difference(value: float, reference: float) -> float | None:
@@ -130,6 +164,11 @@ def format_table(summary: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for name, data in summary["paired_difference"].items():
+        t, p = data.get("t", {}).get("AP"), data.get("p", {}).get("AP")
+        if t is not None and p is not None:
+            df = len(data["per_seed"]) - 1
+            lines.append(f"{name}: paired t on AP = {t:.2f} ({df} degrees of freedom), two-sided p = {p:.3f}")
     return "\n".join(lines)
 
 
@@ -142,37 +181,18 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(array, kernel, mode="valid")])
 
 
-def save_figures(
-    histories: dict[str, dict[int, list[dict[str, float]]]], summary: dict[str, Any], out: str | os.PathLike[str]
-) -> list[Path]:
-    """Draw ``loss_curves.png`` (training loss per arm) and ``ap_vs_iou.png`` (AP against IoU threshold per arm).
+def _loss_figure(histories: dict[str, dict[int, list[dict[str, float]]]]) -> Any:
+    from matplotlib.figure import Figure
 
-    Args:
-        histories: ``{arm: {seed: loss history}}`` as returned by the training loop.
-        summary: the result of :func:`summarize`.
-        out: the output folder.
-
-    Returns:
-        The paths of the two figures (each written atomically).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from balanced_l1.plots import save_figure_atomically
-
-    root = Path(out)
-    paths = []
-    fig, (ax_total, ax_box) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arm, by_seed in histories.items():
+    fig = Figure(figsize=(11, 4.2))
+    ax_total, ax_box = fig.subplots(1, 2)
+    for index, (arm, by_seed) in enumerate(histories.items()):
         for k, history in enumerate(h for _, h in sorted(by_seed.items())):
             window = max(1, len(history) // 25)
             label = arm if k == 0 else None
-            colour = f"C{list(histories).index(arm)}"
             box = [h.get("loss_box_reg", math.nan) + h.get("loss_rpn_box_reg", math.nan) for h in history]
-            ax_total.plot(_smooth([h["loss"] for h in history], window), color=colour, alpha=0.8, label=label)
-            ax_box.plot(_smooth(box, window), color=colour, alpha=0.8, label=label)
+            ax_total.plot(_smooth([h["loss"] for h in history], window), color=f"C{index}", alpha=0.8, label=label)
+            ax_box.plot(_smooth(box, window), color=f"C{index}", alpha=0.8, label=label)
     ax_total.set_title("total training loss (running mean)")
     ax_box.set_title("box losses: RPN + RoI head (running mean)")
     for ax in (ax_total, ax_box):
@@ -181,12 +201,14 @@ def save_figures(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Training loss per arm (each line one seed); box losses differ in scale by definition")
-    try:
-        paths.append(save_figure_atomically(fig, root / "loss_curves.png"))
-    finally:
-        plt.close(fig)
+    return fig
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+
+def _ap_figure(summary: dict[str, Any]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     for index, (arm, data) in enumerate(summary["arms"].items()):
         curves = np.asarray([m["ap_per_iou"] for m in data["per_seed"].values()], dtype=np.float64)
         std = curves.std(axis=0, ddof=1) if len(curves) > 1 else None
@@ -204,11 +226,32 @@ def save_figures(
     ax.set_title("AP against IoU threshold (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
-    try:
-        paths.append(save_figure_atomically(fig, root / "ap_vs_iou.png"))
-    finally:
-        plt.close(fig)
-    return paths
+    return fig
+
+
+def save_figures(
+    histories: dict[str, dict[int, list[dict[str, float]]]], summary: dict[str, Any], out: str | os.PathLike[str]
+) -> list[Path]:
+    """Draw ``loss_curves.png`` (training loss per arm) and ``ap_vs_iou.png`` (AP against IoU threshold per arm).
+
+    The figures are ``matplotlib.figure.Figure`` objects drawn without pyplot, so matplotlib's global backend
+    (a notebook's, for instance) is left alone.
+
+    Args:
+        histories: ``{arm: {seed: loss history}}`` as returned by the training loop.
+        summary: the result of :func:`summarize`.
+        out: the output folder.
+
+    Returns:
+        The paths of the two figures (each written atomically).
+    """
+    from balanced_l1.plots import save_figure_atomically
+
+    root = Path(out)
+    return [
+        save_figure_atomically(_loss_figure(histories), root / "loss_curves.png"),
+        save_figure_atomically(_ap_figure(summary), root / "ap_vs_iou.png"),
+    ]
 
 
 def write_results(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,62 @@
+"""The output folder: one run at a time, checked before training, leftovers of a killed run removed."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+from pathlib import Path
+
+import pytest
+
+from balanced_l1.cli import main
+
+TINY = ["--iters", "1", "--batch-size", "2", "--train-images", "2", "--val-images", "2", "--image-size", "64"]
+
+
+def _quiet(args: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(["compare", *TINY, *args])
+
+
+def test_a_second_run_into_a_locked_folder_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".balanced-l1.lock", "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running compare holds
+        assert _quiet(["--out", str(out)]) == 2
+    assert f"out {out} is in use by another balanced-l1 compare run" in capsys.readouterr().err
+    assert not (out / "results.json").exists() and not (out / "runs").exists()
+    assert _quiet(["--out", str(out)]) == 0  # released: the folder is usable again
+
+
+def test_an_out_under_a_file_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out"
+    assert _quiet(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "cannot create the output folder" in err
+
+
+def test_a_folder_where_a_figure_goes_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    (out / "loss_curves.png").mkdir(parents=True)
+    assert _quiet(["--out", str(out)]) == 2
+    assert "loss_curves.png is a folder, where this run writes a file" in capsys.readouterr().err
+    assert not (out / "runs").exists()
+
+
+def test_temporary_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    stale = [out / ".loss_curves.png.abc123.tmp", out / "checkpoints" / ".smooth_l1_seed0.pt.x9.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    keep = out / "notes.tmp"
+    keep.write_text("mine")
+    assert _quiet(["--out", str(out), "--arms", "smooth_l1"]) == 0
+    assert not any(path.exists() for path in stale) and keep.exists()

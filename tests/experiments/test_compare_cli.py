@@ -196,3 +196,26 @@ def test_diverging_loss_exits_1_and_leaves_no_results_json(tmp_path: Path, capsy
     assert code == 1
     assert "smooth_l1 seed 0: loss became nan" in capsys.readouterr().err
     assert not (out / "results.json").exists()
+
+
+def test_runs_side_by_side_give_exactly_the_results_of_runs_one_after_another(
+    finished: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    out, results, _ = finished  # the fixture ran with the default --jobs 2
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["compare", *TINY, "--seeds", "0,1", "--jobs", "1", "--out", str(tmp_path / "serial")]) == 0
+    serial = json.loads((tmp_path / "serial" / "results.json").read_text())
+    assert serial["arms"] == results["arms"] and serial["paired_difference"] == results["paired_difference"]
+    for record in (out / "runs").glob("*.json"):
+        history = json.loads(record.read_text())["history"]
+        assert json.loads((tmp_path / "serial" / "runs" / record.name).read_text())["history"] == history
+
+
+def test_a_run_failing_in_a_side_process_exits_1_with_its_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*TINY, "--iters", "4", "--warmup-iters", "0", "--lr", "1e6", "--jobs", "2"]
+    code = main(["compare", *args, "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "loss became nan" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.json").exists()

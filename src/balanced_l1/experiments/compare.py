@@ -52,7 +52,9 @@ from balanced_l1.experiments.synthetic import make_synthetic_dataset
 from balanced_l1.experiments.train import TrainConfig, train
 
 # settings that do not change what a run computes, left out of its fingerprint
-_NOT_IN_FINGERPRINT = ("arms", "seeds", "out", "resume", "threads", "workers", "checkpoint_every", "follow_symlinks")
+_NOT_IN_FINGERPRINT = (
+    "arms", "seeds", "out", "resume", "threads", "workers", "jobs", "checkpoint_every", "follow_symlinks",
+)  # fmt: skip
 _DATA_KEYS = ("data", "train_ann", "train_root", "val_ann", "val_root")
 
 
@@ -234,8 +236,26 @@ def _check_arms_fit_model(config: CompareConfig, num_classes: int) -> None:
         torch.set_rng_state(state)
 
 
+def run_single(config: CompareConfig, arm: str, seed: int, *, position: int = 0) -> None:
+    """Train and evaluate one (arm, seed) run in this process alone and write its run record.
+
+    This is what each process of ``--jobs N`` does; the results are those of the same run inside a whole
+    comparison, since a run depends only on the settings, the data, the arm and the seed.
+    """
+    splits = load_data(config)
+    ctx = DistContext(0, 1, torch.device(config.device))
+    _run_one(config, ctx, splits, train_config(config, len(splits["train"])), arm, seed, position=position)
+
+
 def _run_one(
-    config: CompareConfig, ctx: DistContext, splits: dict[str, DetectionSplit], tc: TrainConfig, arm: str, seed: int
+    config: CompareConfig,
+    ctx: DistContext,
+    splits: dict[str, DetectionSplit],
+    tc: TrainConfig,
+    arm: str,
+    seed: int,
+    *,
+    position: int = 0,
 ) -> dict[str, Any] | None:
     record_path, ckpt_path = _paths(config, arm, seed)
     if config.resume and record_path.exists():
@@ -255,6 +275,7 @@ def _run_one(
         resume=config.resume,
         desc=f"{arm} seed {seed}",
         workers=config.workers,
+        position=position,
     )
     metrics = evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers)
     record: dict[str, Any] | None = None
@@ -316,12 +337,20 @@ def _compare(
         (Path(config.out) / "results.json").unlink(missing_ok=True)
     runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in config.arms}
     histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in config.arms}
-    for seed in config.seeds:
-        for arm in config.arms:
+    tasks = [(arm, seed) for seed in config.seeds for arm in config.arms]
+    todo = [t for t in tasks if not (config.resume and _paths(config, *t)[0].exists())]
+    if config.jobs > 1 and not ctx.distributed and len(todo) > 1:
+        from balanced_l1.experiments.parallel import run_in_processes
+
+        run_in_processes(config, todo, config.jobs)
+    for arm, seed in tasks:
+        if config.jobs > 1 and not ctx.distributed and len(todo) > 1:
+            record = _read_record(_paths(config, arm, seed)[0])
+        else:
             record = _run_one(config, ctx, splits, tc, arm, seed)
-            if record is not None:
-                runs[arm][seed] = record["metrics"]
-                histories[arm][seed] = record["history"]
+        if record is not None:
+            runs[arm][seed] = record["metrics"]
+            histories[arm][seed] = record["history"]
     if not ctx.is_main:
         return None
     descriptions = {arm: get_arm(arm).description for arm in config.arms}

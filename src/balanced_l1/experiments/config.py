@@ -97,6 +97,7 @@ class CompareConfig:
     resume: bool = _setting(False, "continue from the checkpoints and finished runs in --out")
     threads: int = _setting(1, "torch CPU threads per process (1 is steadiest on shared cores)")
     workers: int = _setting(0, "DataLoader worker processes per training process")
+    jobs: int = _setting(2, "trainings run side by side, each in its own process (ignored under torchrun)")
     checkpoint_every: int = _setting(20, "iterations between checkpoints")
 
     @property
@@ -149,7 +150,7 @@ class CompareConfig:
             raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
         if not self.weights_backbone:
             raise ConfigError("weights_backbone must be none, DEFAULT or the path of a local file, got ''")
-        for name in ("threads", "checkpoint_every"):
+        for name in ("threads", "checkpoint_every", "jobs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0:

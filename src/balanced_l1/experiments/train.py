@@ -170,6 +170,7 @@ def train(
     resume: bool,
     desc: str,
     workers: int = 0,
+    position: int = 0,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place, checkpointing every ``config.checkpoint_every`` iterations and at the end.
 
@@ -184,6 +185,7 @@ def train(
         resume: continue from ``checkpoint_path`` if it exists.
         desc: label of the progress bar.
         workers: DataLoader worker processes.
+        position: line of the progress bar (runs side by side each have their own).
 
     Returns:
         The loss history: one ``{"loss": total, <component>: value, ...}`` per iteration, averaged over ranks.
@@ -217,7 +219,13 @@ def train(
     )
     model.train()
     bar = tqdm(
-        total=config.iters, initial=state.start, desc=desc, disable=not ctx.is_main, leave=True, dynamic_ncols=True
+        total=config.iters,
+        initial=state.start,
+        desc=desc,
+        disable=not ctx.is_main,
+        leave=True,
+        dynamic_ncols=True,
+        position=position,
     )
     try:
         for iteration, batch in enumerate(loader, start=state.start):

@@ -1,0 +1,88 @@
+"""Run several (arm, seed) trainings side by side, each in its own process (``--jobs N``).
+
+Every run is independent of the others: it builds its model under its own seed, reads the data in its
+own order and writes its own checkpoint and run record. So running ``N`` of them at once, each in a
+fresh (spawned) process with ``--threads`` threads, gives exactly the results of running them one
+after another, in about ``1/N`` of the time on a machine with ``N`` idle cores. The parent process
+holds the lock on ``--out``, waits, and reads the run records back. The first run that fails stops the
+others and its error is raised in the parent, with its own type and message.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import traceback
+from typing import Any
+
+from balanced_l1.experiments.config import CompareConfig
+
+
+class RunFailedError(RuntimeError):
+    """A run in a child process failed with an error that is not one of the documented ones."""
+
+
+def _child(config: CompareConfig, arm: str, seed: int, position: int, errors: Any) -> None:
+    try:
+        import torch
+
+        from balanced_l1.experiments.compare import run_single
+
+        torch.set_num_threads(config.threads)
+        run_single(config, arm, seed, position=position)
+    except BaseException as err:  # every failure goes back to the parent, which decides what it means
+        try:
+            errors.put((arm, seed, err))
+        except Exception:  # an exception that does not pickle: send its text
+            errors.put((arm, seed, RunFailedError("".join(traceback.format_exception(err)))))
+        raise SystemExit(1) from None
+
+
+def run_in_processes(config: CompareConfig, tasks: list[tuple[str, int]], jobs: int) -> None:
+    """Run ``tasks`` (``(arm, seed)`` pairs) with at most ``jobs`` at once, each in a spawned process.
+
+    Args:
+        config: the settings (each child loads the data and trains as one process would).
+        tasks: the runs to do, in order.
+        jobs: the most runs at once.
+
+    Raises:
+        Exception: the error of the first run that failed (a documented error keeps its type), or
+            :class:`RunFailedError` for a child that died without a report.
+    """
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    pending = list(tasks)
+    running: dict[Any, tuple[str, int, int]] = {}
+    free_positions = list(range(jobs))
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                arm, seed = pending.pop(0)
+                position = free_positions.pop(0)
+                process = context.Process(
+                    target=_child, args=(config, arm, seed, position, errors), name=f"{arm}_seed{seed}", daemon=False
+                )
+                process.start()
+                running[process] = (arm, seed, position)
+            multiprocessing.connection.wait([p.sentinel for p in running])
+            for process in [p for p in running if not p.is_alive()]:
+                process.join()
+                arm, seed, position = running.pop(process)
+                free_positions.append(position)
+                if process.exitcode != 0:
+                    raise _reported_error(errors, arm, seed, process.exitcode)
+    finally:
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.join()
+        errors.close()
+
+
+def _reported_error(errors: Any, arm: str, seed: int, exitcode: int | None) -> BaseException:
+    try:
+        _, _, err = errors.get(timeout=10)
+    except Exception:
+        return RunFailedError(f"the run {arm} seed {seed} stopped with exit code {exitcode} and no report")
+    return err if isinstance(err, BaseException) else RunFailedError(str(err))

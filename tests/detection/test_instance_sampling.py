@@ -145,5 +145,5 @@ def test_the_switched_head_trains_and_keeps_weights_copies_and_pickles() -> None
 
 
 def test_a_model_without_roi_heads_is_rejected() -> None:
-    with pytest.raises(TypeError, match="model.roi_heads must be a torchvision RoIHeads"):
+    with pytest.raises(TypeError, match=r"model\.roi_heads must be a torchvision RoIHeads"):
         use_instance_balanced_sampling(torch.nn.Linear(2, 2))

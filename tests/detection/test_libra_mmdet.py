@@ -113,7 +113,7 @@ def test_an_explicit_refine_level_is_used_and_checked() -> None:
 def test_applying_it_twice_or_to_another_model_is_rejected_unchanged() -> None:
     torch.manual_seed(0)
     model = use_libra_mmdet(build_small_faster_rcnn(2))
-    with pytest.raises(ValueError, match="model.backbone is already a BackboneWithBFP"):
+    with pytest.raises(ValueError, match=r"model\.backbone is already a BackboneWithBFP"):
         use_libra_mmdet(model)
     with pytest.raises(TypeError, match=r"use_libra_mmdet needs a torchvision two-stage detector .*got Linear"):
         use_libra_mmdet(nn.Linear(2, 2))

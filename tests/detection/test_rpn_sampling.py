@@ -82,5 +82,5 @@ def test_use_rpn_negative_cap_changes_only_that_models_sampler() -> None:
 
 
 def test_a_model_without_an_rpn_is_rejected() -> None:
-    with pytest.raises(TypeError, match="model.rpn must be a torchvision RegionProposalNetwork, got NoneType"):
+    with pytest.raises(TypeError, match=r"model\.rpn must be a torchvision RegionProposalNetwork, got NoneType"):
         use_rpn_negative_cap(torch.nn.Linear(2, 2))

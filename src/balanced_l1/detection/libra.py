@@ -125,9 +125,12 @@ def use_libra_mmdet(
             Pyramid; the model is unchanged then.
     """
     _check_two_stage(model, "use_libra_mmdet")
-    if isinstance(model.backbone, BackboneWithBFP):
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"model.backbone must be an FPN backbone module, got {type(backbone).__name__}")
+    if isinstance(backbone, BackboneWithBFP):
         raise ValueError("model.backbone is already a BackboneWithBFP; add the Balanced Feature Pyramid once per model")
-    num_levels = _infer_num_levels(model.backbone, True)
+    num_levels = _infer_num_levels(backbone, True)
     use_balanced_feature_pyramid(
         model,
         refine_level=libra_refine_level(num_levels) if refine_level is None else refine_level,

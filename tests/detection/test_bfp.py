@@ -181,3 +181,32 @@ def test_use_balanced_feature_pyramid_twice_is_rejected() -> None:
 def test_use_balanced_feature_pyramid_needs_a_backbone() -> None:
     with pytest.raises(TypeError, match=r"model.backbone must be an FPN backbone module, got NoneType"):
         use_balanced_feature_pyramid(nn.Linear(2, 2))
+
+
+def test_balancing_the_pool_level_counts_it_and_adds_the_residual_to_it() -> None:
+    torch.manual_seed(0)
+    backbone = _backbone()
+    wrapped = BackboneWithBFP(backbone, refine_level=1, refine_type=None, balance_pool_level=True)
+    assert wrapped.bfp.num_levels == len(backbone.fpn.inner_blocks) + 1
+    images = torch.randn(1, 3, 64, 64)
+    out, raw = wrapped(images), backbone(images)
+    # levels 32, 16, 8 and 4 pixels wide, balanced at 16: the finest max-pooled, the others upsampled
+    pooled = torch.nn.functional.adaptive_max_pool2d(raw["0"], (16, 16))
+    upsampled = [torch.nn.functional.interpolate(raw[k], size=(16, 16)) for k in ("2", "pool")]
+    balanced = (pooled + raw["1"] + upsampled[0] + upsampled[1]) / 4
+    expected_pool = raw["pool"] + torch.nn.functional.adaptive_max_pool2d(balanced, (4, 4))
+    torch.testing.assert_close(out["pool"], expected_pool)
+
+
+def test_balance_pool_level_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="balance_pool_level must be a bool, got 1"):
+        BackboneWithBFP(_backbone(), refine_level=1, balance_pool_level=1)  # type: ignore[arg-type]
+
+
+def test_the_mmdet_non_local_block_is_full_width_unscaled_and_starts_as_the_identity() -> None:
+    torch.manual_seed(0)
+    bfp = BalancedFeaturePyramid(8, num_levels=3, refine_level=1, refine_type="non_local_mmdet")
+    assert bfp.refine.theta.out_channels == 8 and bfp.refine.scale == 1.0
+    x = torch.randn(2, 8, 5, 3)
+    torch.testing.assert_close(bfp.refine(x), x, rtol=0, atol=0)
+    assert not bfp.refine.theta.bias.any() and float(bfp.refine.theta.weight.detach().std()) < 0.05

@@ -78,11 +78,14 @@ def test_sampling_and_balanced_l1_compose_in_either_order(sampling_first: bool) 
     counted = []
     sampler = model.roi_heads.fg_bg_sampler
 
-    def counting_sampler(labels: list[Tensor], ious: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        counted.append(len(ious))
-        return sampler(labels, ious)
+    class CountingSampler:
+        def sample(
+            self, labels: list[Tensor], ious: list[Tensor], gt_indices: list[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor]]:
+            counted.append(len(ious))
+            return sampler.sample(labels, ious, gt_indices)
 
-    model.roi_heads.fg_bg_sampler = counting_sampler
+    model.roi_heads.fg_bg_sampler = CountingSampler()
     losses = model(*_images_and_targets())
     assert counted == [1]
     assert hasattr(model.roi_heads, "balanced_l1_config")

@@ -238,10 +238,13 @@ class _RecordingSampler:
     def __init__(self, sampler: IoUBalancedNegativeSampler) -> None:
         self.sampler = sampler
         self.ious: list[Tensor] = []
+        self.gt_indices: list[Tensor] = []
 
-    def __call__(self, labels: list[Tensor], ious: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        self.ious = ious
-        return self.sampler(labels, ious)
+    def sample(
+        self, labels: list[Tensor], ious: list[Tensor], gt_indices: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        self.ious, self.gt_indices = list(ious), list(gt_indices)  # the head replaces its list items later
+        return self.sampler.sample(labels, ious, gt_indices)
 
 
 def _switched_heads(**kwargs: object) -> RoIHeads:
@@ -259,6 +262,7 @@ def test_the_head_computes_the_iou_matrix_once_and_gives_its_maximum_to_the_samp
     assert len(counting.matrices) == 1  # the second image has no boxes
     assert torch.equal(recording.ious[0], counting.matrices[0].max(dim=0).values)
     assert torch.equal(recording.ious[1], torch.zeros(60))
+    assert torch.equal(recording.gt_indices[0], counting.matrices[0].argmax(dim=0).where(recording.ious[0] >= 0.5, 0))
 
 
 def test_with_a_batch_taking_every_proposal_the_head_samples_as_torchvision() -> None:

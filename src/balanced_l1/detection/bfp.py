@@ -14,36 +14,47 @@ from torch import Tensor, nn
 from torch.nn.functional import adaptive_max_pool2d, interpolate, max_pool2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-REFINE_TYPES = ("non_local", "conv", None)
+REFINE_TYPES = ("non_local", "non_local_mmdet", "conv", None)
 POOL_LEVEL = "pool"
 
 
 class _EmbeddedGaussianNonLocal(nn.Module):
     """Non-local block with embedded-Gaussian affinities (Wang et al., CVPR 2018), as a residual.
 
-    ``out = x + W(softmax(theta(x)^T phi(x) / sqrt(d)) g(x))`` over all spatial positions, with 1x1
-    convolutions ``theta``, ``phi``, ``g`` to ``d = channels // 2`` channels and ``W`` back. ``W`` starts
-    at zero, so the block starts as the identity. The ``1/sqrt(d)`` scale keeps the softmax out of
-    saturation at initialisation.
+    ``out = x + W(softmax(theta(x)^T phi(x) * s) g(x))`` over all spatial positions, with 1x1
+    convolutions ``theta``, ``phi``, ``g`` to ``d = max(channels // reduction, 1)`` channels and ``W``
+    back. ``W`` starts at zero, so the block starts as the identity.
+
+    * ``mmdet=False`` (ours): ``reduction=2`` and ``s = 1/sqrt(d)``, which keeps the softmax out of
+      saturation at initialisation; ``theta``, ``phi``, ``g`` keep PyTorch's default initialisation.
+    * ``mmdet=True``: mmcv's ``NonLocal2d(reduction=1, use_scale=False)`` as mmdetection's BFP builds it:
+      full width, ``s = 1``, ``theta``, ``phi``, ``g`` weights drawn from N(0, 0.01^2), biases 0.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, *, mmdet: bool = False) -> None:
         super().__init__()
-        inner = max(channels // 2, 1)
+        inner = channels if mmdet else max(channels // 2, 1)
         self.theta = nn.Conv2d(channels, inner, 1)
         self.phi = nn.Conv2d(channels, inner, 1)
         self.g = nn.Conv2d(channels, inner, 1)
         self.out = nn.Conv2d(inner, channels, 1)
+        if mmdet:
+            for conv in (self.g, self.theta, self.phi):
+                nn.init.normal_(conv.weight, std=0.01)
+                nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has a bias
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has a bias
-        self.scale = inner**-0.5
+        self.scale = 1.0 if mmdet else inner**-0.5
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         query = self.theta(x).flatten(2).transpose(1, 2)
         key = self.phi(x).flatten(2)
         value = self.g(x).flatten(2).transpose(1, 2)
-        attention = torch.softmax(torch.bmm(query, key) * self.scale, dim=-1)
+        affinity = torch.bmm(query, key)
+        if self.scale != 1.0:
+            affinity = affinity * self.scale
+        attention = torch.softmax(affinity, dim=-1)
         y = torch.bmm(attention, value).transpose(1, 2).reshape(n, -1, h, w)
         return x + self.out(y)
 
@@ -69,8 +80,12 @@ class BalancedFeaturePyramid(nn.Module):
         in_channels: channels of every level.
         num_levels: number of levels the input has, >= 1.
         refine_level: index of the level whose size the levels are balanced at, in ``[0, num_levels)``.
-        refine_type: ``"non_local"`` (an embedded-Gaussian non-local block, the paper's choice),
-            ``"conv"`` (a 3x3 convolution) or ``None`` (no refinement).
+        refine_type: ``"non_local"`` (the default: an embedded-Gaussian non-local block, the paper's
+            choice, at half width with a ``1/sqrt(d)`` attention scale as in Wang et al.'s non-local
+            networks), ``"non_local_mmdet"`` (mmdetection's exact block: mmcv's ``NonLocal2d(reduction=1,
+            use_scale=False)`` and its initialisation), ``"conv"`` (a 3x3 convolution) or ``None`` (no
+            refinement). ``"non_local"`` stays the default: it costs half the 1x1 convolutions and
+            attention width, and the scale keeps the softmax from saturating as features grow.
 
     Raises:
         ValueError: if an argument is out of range or ``refine_type`` is unknown.
@@ -101,8 +116,8 @@ class BalancedFeaturePyramid(nn.Module):
         self.refine_level = refine_level
         self.refine_type = refine_type
         self.refine: nn.Module
-        if refine_type == "non_local":
-            self.refine = _EmbeddedGaussianNonLocal(in_channels)
+        if refine_type in ("non_local", "non_local_mmdet"):
+            self.refine = _EmbeddedGaussianNonLocal(in_channels, mmdet=refine_type == "non_local_mmdet")
         elif refine_type == "conv":
             self.refine = nn.Conv2d(in_channels, in_channels, 3, padding=1)
         else:
@@ -127,12 +142,14 @@ class BalancedFeaturePyramid(nn.Module):
             )
         levels = list(features.values())
         size = (levels[self.refine_level].shape[-2], levels[self.refine_level].shape[-1])
-        balanced = torch.stack([_resize(x, size) for x in levels]).mean(dim=0)
-        balanced = self.refine(balanced)
+        balanced = _resize(levels[0], size)
+        for x in levels[1:]:
+            balanced = balanced + _resize(x, size)
+        balanced = self.refine(balanced / len(levels))
         return OrderedDict((name, x + _resize(balanced, (x.shape[-2], x.shape[-1]))) for name, x in features.items())
 
 
-def _infer_num_levels(backbone: nn.Module) -> int:
+def _infer_num_levels(backbone: nn.Module, with_pool_level: bool) -> int:
     fpn = getattr(backbone, "fpn", None)
     if not isinstance(fpn, FeaturePyramidNetwork):
         raise TypeError(
@@ -140,8 +157,10 @@ def _infer_num_levels(backbone: nn.Module) -> int:
             "FeaturePyramidNetwork attribute; pass num_levels"
         )
     extra = fpn.extra_blocks
-    if extra is None or isinstance(extra, LastLevelMaxPool):
+    if extra is None:
         return len(fpn.inner_blocks)
+    if isinstance(extra, LastLevelMaxPool):
+        return len(fpn.inner_blocks) + with_pool_level
     if isinstance(extra, LastLevelP6P7):
         return len(fpn.inner_blocks) + 2
     raise TypeError(
@@ -156,7 +175,9 @@ class BackboneWithBFP(nn.Module):
     the last level, so it is not balanced as a level of its own (that would count the last level twice
     in the average); it is recomputed, the same way torchvision computes it, from the balanced last
     level. Every other level (including the convolutional ``"p6"``/``"p7"`` of ``LastLevelP6P7``) is
-    balanced. Shapes, key order and ``out_channels`` are unchanged, so it drops in as
+    balanced. With ``balance_pool_level=True`` the ``"pool"`` level is balanced like the others instead,
+    as mmdetection's BFP balances its P6 (the same stride-2 subsample, made by its FPN with
+    ``num_outs=5``). Shapes, key order and ``out_channels`` are unchanged, so it drops in as
     ``model.backbone = BackboneWithBFP(model.backbone)``.
 
     Args:
@@ -164,8 +185,10 @@ class BackboneWithBFP(nn.Module):
         refine_level: see :class:`BalancedFeaturePyramid`; stride 16 is 2 for torchvision's R-CNN ResNet-FPN
             (P2-P5) and 1 for RetinaNet / FCOS (P3-P7).
         refine_type: see :class:`BalancedFeaturePyramid`.
-        num_levels: number of balanced levels (``"pool"`` not counted); ``None`` infers it from the
-            backbone's torchvision ``fpn``.
+        num_levels: number of balanced levels (``"pool"`` counted only with ``balance_pool_level``);
+            ``None`` infers it from the backbone's torchvision ``fpn``.
+        balance_pool_level: balance the ``"pool"`` level as a level of its own (mmdetection's way)
+            instead of recomputing it from the balanced last level.
 
     Raises:
         TypeError: if ``backbone`` has no integer ``out_channels``, or ``num_levels`` is ``None`` and
@@ -180,8 +203,11 @@ class BackboneWithBFP(nn.Module):
         refine_level: int = 2,
         refine_type: str | None = "non_local",
         num_levels: int | None = None,
+        balance_pool_level: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(balance_pool_level, bool):
+            raise TypeError(f"balance_pool_level must be a bool, got {balance_pool_level!r}")
         out_channels = getattr(backbone, "out_channels", None)
         if not isinstance(out_channels, int):
             raise TypeError(
@@ -189,7 +215,8 @@ class BackboneWithBFP(nn.Module):
             )
         self.backbone = backbone
         self.out_channels = out_channels
-        levels = _infer_num_levels(backbone) if num_levels is None else num_levels
+        self.balance_pool_level = balance_pool_level
+        levels = _infer_num_levels(backbone, balance_pool_level) if num_levels is None else num_levels
         self.bfp = BalancedFeaturePyramid(out_channels, levels, refine_level, refine_type)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
@@ -202,6 +229,8 @@ class BackboneWithBFP(nn.Module):
             The backbone's levels, balanced, under the same keys in the same order.
         """
         features = self.backbone(x)
+        if self.balance_pool_level:
+            return self.bfp(features)
         levels = OrderedDict((name, level) for name, level in features.items() if name != POOL_LEVEL)
         out = self.bfp(levels)
         if POOL_LEVEL in features:
@@ -211,7 +240,12 @@ class BackboneWithBFP(nn.Module):
 
 
 def use_balanced_feature_pyramid(
-    model: nn.Module, *, refine_level: int = 2, refine_type: str | None = "non_local", num_levels: int | None = None
+    model: nn.Module,
+    *,
+    refine_level: int = 2,
+    refine_type: str | None = "non_local",
+    num_levels: int | None = None,
+    balance_pool_level: bool = False,
 ) -> nn.Module:
     """Put a Balanced Feature Pyramid on a torchvision detector's FPN backbone, in place.
 
@@ -224,6 +258,7 @@ def use_balanced_feature_pyramid(
             (P2-P5) and 1 for RetinaNet / FCOS (P3-P7).
         refine_type: see :class:`BalancedFeaturePyramid`.
         num_levels: see :class:`BackboneWithBFP`.
+        balance_pool_level: see :class:`BackboneWithBFP`.
 
     Returns:
         ``model`` itself, modified.
@@ -238,6 +273,10 @@ def use_balanced_feature_pyramid(
     if isinstance(backbone, BackboneWithBFP):
         raise ValueError("model.backbone is already a BackboneWithBFP; add the Balanced Feature Pyramid once per model")
     model.backbone = BackboneWithBFP(
-        backbone, refine_level=refine_level, refine_type=refine_type, num_levels=num_levels
+        backbone,
+        refine_level=refine_level,
+        refine_type=refine_type,
+        num_levels=num_levels,
+        balance_pool_level=balance_pool_level,
     )
     return model

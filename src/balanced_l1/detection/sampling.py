@@ -7,7 +7,8 @@ negatives (IoU close to the background threshold) are drawn as often as the pape
 statistics say they should be. This module gives:
 
 * :class:`IoUBalancedNegativeSampler`, with the call convention of torchvision's
-  ``BalancedPositiveNegativeSampler`` plus the maximum IoU of every proposal;
+  ``BalancedPositiveNegativeSampler`` plus the maximum IoU of every proposal, in two modes:
+  ``"paper"`` (the default) and ``"mmdet"`` (mmdetection 3.3's rule);
 * ``use_iou_balanced_sampling(model)``, which switches a torchvision R-CNN's RoI head to it. The head then
   computes the proposal/ground-truth IoU matrix once per image, through ``roi_heads.box_similarity``,
   and passes its per-proposal maximum both to the matcher and to the sampler.
@@ -19,47 +20,63 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import RoIHeads
 
-from balanced_l1.detection._mixins import _with_mixin
+from balanced_l1.detection._draw import (
+    check_batch,
+    check_image,
+    is_int,
+    is_real,
+    permutation,
+    take_per_group,
+    top_up,
+)
+from balanced_l1.detection._roi_sampling import switch_roi_sampler
+from balanced_l1.detection.instance_sampling import instance_balanced_positives
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+MODES = ("paper", "mmdet")
+POSITIVE_SAMPLING = ("random", "instance_balanced")
 
 
 class IoUBalancedNegativeSampler:
     """Sample a fixed number of RoIs per image, drawing the negatives evenly over IoU bins.
 
-    Positives (label >= 1) are drawn uniformly at random, ``int(batch_size_per_image * positive_fraction)``
-    at most, exactly as torchvision's ``BalancedPositiveNegativeSampler`` does; the rest of the batch
-    is negatives (label 0), all of them when there are not enough. Labels of -1 are never sampled.
+    Positives (label >= 1) are drawn uniformly at random (``positive_sampling="random"``, as torchvision's
+    ``BalancedPositiveNegativeSampler`` does) or instance-balanced (``"instance_balanced"``, see
+    :func:`~balanced_l1.detection.instance_sampling.instance_balanced_positives`),
+    ``int(batch_size_per_image * positive_fraction)`` at most; the rest of the batch is negatives
+    (label 0), all of them when there are not enough. Labels of -1 are never sampled.
 
-    Negatives are split into a *floor* set, IoU <= ``floor_thr`` (empty when ``floor_thr < 0``), and
-    the rest, which is cut into ``num_bins`` equal-width IoU intervals spanning
-    ``[max(floor_thr, 0), max IoU of those negatives]`` (the last interval includes its right end).
-    ``int(num_negatives * floor_fraction)`` negatives are drawn at random from the floor set, and the
-    others are shared evenly by the bins (the remainder of the division goes one each to the
+    ``mode="paper"`` (the default): negatives are split into a *floor* set, IoU <= ``floor_thr`` (empty
+    when ``floor_thr < 0``), and the rest, which is cut into ``num_bins`` equal-width IoU intervals
+    spanning ``[max(floor_thr, 0), max IoU of those negatives]`` (the last interval includes its right
+    end). ``int(num_negatives * floor_fraction)`` negatives are drawn at random from the floor set, and
+    the others are shared evenly by the bins (the remainder of the division goes one each to the
     highest-IoU bins). Each set gives what it is asked for or everything it has; whatever is still
-    missing is drawn at random from the negatives not yet chosen.
+    missing is drawn at random from the negatives not yet chosen. With ``floor_thr=-1`` every negative,
+    IoU 0 included, is in a bin: the paper's "N negatives equally distributed to each bin".
 
-    With the defaults (``num_bins=3, floor_thr=-1, floor_fraction=0``, mmdetection's Libra R-CNN
-    config) the bins cover ``[0, max IoU]``. mmdetection itself starts its bins at ``floor_thr``,
-    so with ``floor_thr=-1`` two of its three bins lie below IoU 0 and stay empty; here the bins
-    start at 0, as the paper describes. ``floor_thr=0`` makes the zero-IoU negatives the floor set,
-    as in mmdetection.
+    ``mode="mmdet"``: mmdetection 3.3's ``IoUBalancedNegSampler`` in its steady state (every call after
+    its first, when it has set ``floor_thr=-1`` to 0). With ``f = max(floor_thr, 0)``: if there are no
+    more negatives than wanted, all are taken. Otherwise the floor set is the negatives with IoU in
+    ``[0, f)``, or IoU exactly 0 when ``f = 0``; the others (IoU >= ``f``, or > 0) get
+    ``int(num_negatives * (1 - floor_fraction))`` slots. If they do not outnumber their slots they are
+    all taken; else (``num_bins >= 2``) bins ``[f + i w, f + (i + 1) w)`` with ``w = (M - f) / num_bins``,
+    ``M`` the largest IoU of *all* proposals (ground truth included, so usually 1), give
+    ``int(slots / num_bins)`` each at random, and the missing slots are topped up at random from those
+    negatives not yet chosen (``num_bins = 1``: a uniform draw). The floor set fills what is left, at
+    random, and only then anything else. The first call of mmdetection's sampler (``floor_thr=-1``)
+    differs: it puts the IoU-0 negatives into the lowest bin and the top-up instead of after them.
 
     Args:
         batch_size_per_image: number of RoIs to sample per image, >= 1.
         positive_fraction: largest fraction of the batch taken by positives, in [0, 1].
         num_bins: number of IoU intervals, >= 1 (1 means uniform random sampling above the floor).
-        floor_thr: IoU at or below which a negative belongs to the floor set; negative: no floor set.
+        floor_thr: IoU at or below which a negative belongs to the floor set (``"mmdet"``: below, or
+            exactly 0 for 0); negative: no floor set (``"mmdet"``: the same as 0, as in its steady state).
         floor_fraction: fraction of the negatives drawn from the floor set, in [0, 1]; must be 0 when
             ``floor_thr < 0``.
+        mode: ``"paper"`` or ``"mmdet"``, see above.
+        positive_sampling: ``"random"`` or ``"instance_balanced"``.
         generator: random number generator for reproducible draws; ``None`` uses torch's global one.
 
     Raises:
@@ -83,31 +100,38 @@ class IoUBalancedNegativeSampler:
         num_bins: int = 3,
         floor_thr: float = -1.0,
         floor_fraction: float = 0.0,
+        mode: str = "paper",
+        positive_sampling: str = "random",
         generator: torch.Generator | None = None,
     ) -> None:
-        if not _is_int(batch_size_per_image) or batch_size_per_image < 1:
-            raise ValueError(f"batch_size_per_image must be an int >= 1, got {batch_size_per_image!r}")
-        if not _is_real(positive_fraction) or not 0.0 <= positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be a number in [0, 1], got {positive_fraction!r}")
-        if not _is_int(num_bins) or num_bins < 1:
+        check_batch(batch_size_per_image, positive_fraction)
+        if not is_int(num_bins) or num_bins < 1:
             raise ValueError(f"num_bins must be an int >= 1, got {num_bins!r}")
-        if not _is_real(floor_thr) or not math.isfinite(floor_thr) or floor_thr >= 1.0:
+        if not is_real(floor_thr) or not math.isfinite(floor_thr) or floor_thr >= 1.0:
             raise ValueError(f"floor_thr must be finite and < 1 (negative: no floor set), got {floor_thr!r}")
-        if not _is_real(floor_fraction) or not 0.0 <= floor_fraction <= 1.0:
+        if not is_real(floor_fraction) or not 0.0 <= floor_fraction <= 1.0:
             raise ValueError(f"floor_fraction must be a number in [0, 1], got {floor_fraction!r}")
         if floor_thr < 0 and floor_fraction > 0:
             raise ValueError(
                 f"floor_fraction={floor_fraction!r} needs a floor set, but floor_thr={floor_thr!r} < 0 disables it; "
                 "set floor_thr >= 0 or floor_fraction=0"
             )
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if positive_sampling not in POSITIVE_SAMPLING:
+            raise ValueError(f"positive_sampling must be one of {POSITIVE_SAMPLING}, got {positive_sampling!r}")
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.num_bins = num_bins
         self.floor_thr = floor_thr
         self.floor_fraction = floor_fraction
+        self.mode = mode
+        self.positive_sampling = positive_sampling
         self.generator = generator
 
-    def __call__(self, matched_idxs: list[Tensor], ious: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def __call__(
+        self, matched_idxs: list[Tensor], ious: list[Tensor], gt_indices: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """Choose the positive and negative RoIs of every image.
 
         Args:
@@ -115,35 +139,49 @@ class IoUBalancedNegativeSampler:
                 (torchvision passes the class labels under this name).
             ious: per image, a 1-D floating tensor of the same length: each proposal's largest IoU with
                 any ground-truth box (0 for images without boxes).
+            gt_indices: per image, a 1-D integer tensor of the same length: the ground-truth instance each
+                proposal is matched to; needed only with ``positive_sampling="instance_balanced"``.
 
         Returns:
             Two lists of ``uint8`` masks shaped like ``matched_idxs``: the sampled positives and the
             sampled negatives of each image.
 
         Raises:
-            ValueError: if the lists differ in length or an image's tensors are not 1-D of equal length.
+            ValueError: if the lists differ in length, an image's tensors are not 1-D of equal length, or
+                ``gt_indices`` is missing with instance-balanced positives.
             TypeError: if an IoU tensor is not floating point.
         """
         if len(matched_idxs) != len(ious):
             raise ValueError(
                 f"matched_idxs and ious must have one tensor per image, got {len(matched_idxs)} and {len(ious)}"
             )
+        if self.positive_sampling == "instance_balanced":
+            if gt_indices is None:
+                raise ValueError("positive_sampling='instance_balanced' needs gt_indices, the instance of each RoI")
+            if len(gt_indices) != len(matched_idxs):
+                raise ValueError(
+                    f"gt_indices must have one tensor per image ({len(matched_idxs)}), got {len(gt_indices)}"
+                )
         pos_masks: list[Tensor] = []
         neg_masks: list[Tensor] = []
         for image, (labels, iou) in enumerate(zip(matched_idxs, ious, strict=True)):
-            if labels.dim() != 1 or iou.shape != labels.shape:
-                raise ValueError(
-                    f"image {image}: matched_idxs and ious must be 1-D of equal length, "
-                    f"got shapes {tuple(labels.shape)} and {tuple(iou.shape)}"
-                )
+            check_image(image, labels, iou, "ious")
             if not iou.is_floating_point():
                 raise TypeError(f"image {image}: ious must be a floating tensor, got {iou.dtype}")
             positive = torch.where(labels >= 1)[0]
             negative = torch.where(labels == 0)[0]
             num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
             num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
-            chosen_pos = positive[self._permutation(positive.numel(), labels.device)[:num_pos]]
-            chosen_neg = negative[self._sample_negatives(iou[negative], num_neg)]
+            if gt_indices is not None and self.positive_sampling == "instance_balanced":
+                check_image(image, labels, gt_indices[image], "gt_indices")
+                chosen_pos = positive[instance_balanced_positives(gt_indices[image][positive], num_pos, self.generator)]
+            else:
+                chosen_pos = positive[permutation(positive.numel(), labels.device, self.generator)[:num_pos]]
+            if self.mode == "mmdet":
+                max_iou = iou.max() if iou.numel() > 0 else iou.new_zeros(())
+                chosen_neg = negative[self._sample_negatives_mmdet(iou[negative], max_iou, num_neg)]
+            else:
+                chosen_neg = negative[self._sample_negatives(iou[negative], num_neg)]
             pos_mask = torch.zeros_like(labels, dtype=torch.uint8)
             neg_mask = torch.zeros_like(labels, dtype=torch.uint8)
             pos_mask[chosen_pos] = 1
@@ -152,8 +190,14 @@ class IoUBalancedNegativeSampler:
             neg_masks.append(neg_mask)
         return pos_masks, neg_masks
 
+    def sample(
+        self, labels: list[Tensor], ious: list[Tensor], gt_indices: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The RoI head's entry point: ``self(labels, ious, gt_indices)``."""
+        return self(labels, ious, gt_indices)
+
     def group_of(self, ious: Tensor) -> Tensor:
-        """Tell which set each negative is drawn from.
+        """Tell which set each negative is drawn from in ``mode="paper"``.
 
         Args:
             ious: 1-D floating tensor, the largest IoU of each negative proposal.
@@ -172,8 +216,27 @@ class IoUBalancedNegativeSampler:
         bins = torch.div(ious - low, width, rounding_mode="floor").clamp(0, self.num_bins - 1).to(torch.int64)
         return torch.where(floor, 0, bins + 1)
 
+    def mmdet_group_of(self, ious: Tensor, max_iou: Tensor | float) -> Tensor:
+        """Tell which set each negative is drawn from in ``mode="mmdet"``.
+
+        Args:
+            ious: 1-D floating tensor, the largest IoU of each negative proposal.
+            max_iou: the largest IoU of all the image's proposals (positives and ground truth included).
+
+        Returns:
+            An int64 tensor of ious's shape: -1 for the floor set, ``k`` for IoU bin ``k`` (lowest first),
+            ``num_bins`` for the negatives above the floor that fall in no bin (IoU >= ``max_iou``).
+        """
+        low = max(self.floor_thr, 0.0)
+        above = ious > 0 if low == 0 else ious >= low
+        width = (torch.as_tensor(max_iou, dtype=ious.dtype, device=ious.device) - low) / self.num_bins
+        groups = torch.where(above, self.num_bins, -1)
+        for k in range(self.num_bins):
+            groups[above & (ious >= low + k * width) & (ious < low + (k + 1) * width)] = k
+        return groups.to(torch.int64)
+
     def quotas(self, num_negatives: int) -> list[int]:
-        """Split the number of wanted negatives into the floor set's and each bin's share.
+        """Split the number of wanted negatives into the floor set's and each bin's share (``mode="paper"``).
 
         Args:
             num_negatives: number of negatives to sample in one image.
@@ -186,98 +249,34 @@ class IoUBalancedNegativeSampler:
         per_bin, extra = divmod(num_negatives - num_floor, self.num_bins)
         return [num_floor] + [per_bin + (k >= self.num_bins - extra) for k in range(self.num_bins)]
 
-    def _permutation(self, n: int, device: torch.device) -> Tensor:
-        if self.generator is None:
-            return torch.randperm(n, device=device)
-        return torch.randperm(n, generator=self.generator, device=self.generator.device).to(device)
-
     def _sample_negatives(self, ious: Tensor, num: int) -> Tensor:
         """Positions in ``ious`` of ``num`` negatives: each set's quota, then a random top-up."""
-        n = ious.numel()
-        if n == 0 or num == 0:
+        if ious.numel() == 0 or num == 0:
             return torch.zeros(0, dtype=torch.int64, device=ious.device)
-        groups = self.group_of(ious)
         quota = torch.tensor(self.quotas(num), device=ious.device)
-        shuffled = self._permutation(n, ious.device)
-        grouped = shuffled[torch.argsort(groups[shuffled], stable=True)]
-        counts = torch.bincount(groups, minlength=self.num_bins + 1)
-        first = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(n, device=ious.device) - first[groups[grouped]]
-        chosen = torch.zeros(n, dtype=torch.bool, device=ious.device)
-        chosen[grouped[rank < quota[groups[grouped]]]] = True
-        missing = num - int(chosen.sum())
-        if missing > 0:
-            rest = torch.where(~chosen)[0]
-            chosen[rest[self._permutation(rest.numel(), ious.device)[:missing]]] = True
+        chosen = take_per_group(self.group_of(ious), quota, self.generator)
+        top_up(chosen, torch.ones_like(chosen), num - int(chosen.sum()), self.generator)
         return torch.where(chosen)[0]
 
-
-class _IoUBalancedRoIHeads(RoIHeads):
-    """RoIHeads mixin: one IoU matrix per image feeds both the matcher and the IoU-balanced sampler."""
-
-    mixin_label = "IoUBalancedSampling"
-    fg_bg_sampler: IoUBalancedNegativeSampler
-
-    def assign_targets_to_proposals(
-        self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        matched_idxs, labels, _ = self.assign_targets_with_ious(proposals, gt_boxes, gt_labels)
-        return matched_idxs, labels
-
-    def assign_targets_with_ious(
-        self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Match proposals to ground truth as torchvision does, also returning each proposal's max IoU.
-
-        Args:
-            proposals: per image, proposal boxes ``(N, 4)`` in ``(x1, y1, x2, y2)``.
-            gt_boxes: per image, ground-truth boxes ``(M, 4)``.
-            gt_labels: per image, ground-truth labels ``(M,)``.
-
-        Returns:
-            Per image: the matched ground-truth index (clamped to >= 0), the label (>= 1 object, 0
-            background, -1 ignored) and the largest IoU with any ground-truth box (0 without boxes).
-        """
-        matched_idxs: list[Tensor] = []
-        labels: list[Tensor] = []
-        max_ious: list[Tensor] = []
-        for boxes, gt, gt_label in zip(proposals, gt_boxes, gt_labels, strict=True):
-            if gt.numel() == 0:
-                matched = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
-                label = torch.zeros_like(matched)
-                max_iou = torch.zeros(boxes.shape[0], dtype=boxes.dtype, device=boxes.device)
-            else:
-                iou = self.box_similarity(gt, boxes)
-                raw = self.proposal_matcher(iou)
-                max_iou = iou.max(dim=0).values
-                matched = raw.clamp(min=0)
-                label = gt_label[matched].to(torch.int64)
-                label[raw == self.proposal_matcher.BELOW_LOW_THRESHOLD] = 0
-                label[raw == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1
-            matched_idxs.append(matched)
-            labels.append(label)
-            max_ious.append(max_iou)
-        return matched_idxs, labels, max_ious
-
-    def select_training_samples(
-        self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        self.check_targets(targets)
-        assert targets is not None  # check_targets raised otherwise
-        dtype, device = proposals[0].dtype, proposals[0].device
-        gt_boxes = [t["boxes"].to(dtype) for t in targets]
-        gt_labels = [t["labels"] for t in targets]
-        proposals = self.add_gt_proposals(proposals, gt_boxes)
-        matched_idxs, labels, max_ious = self.assign_targets_with_ious(proposals, gt_boxes, gt_labels)
-        pos_masks, neg_masks = self.fg_bg_sampler(labels, max_ious)
-        matched_gt_boxes = []
-        for i, (pos, neg) in enumerate(zip(pos_masks, neg_masks, strict=True)):
-            keep = torch.where(pos | neg)[0]
-            proposals[i], labels[i], matched_idxs[i] = proposals[i][keep], labels[i][keep], matched_idxs[i][keep]
-            gt = gt_boxes[i] if gt_boxes[i].numel() > 0 else torch.zeros((1, 4), dtype=dtype, device=device)
-            matched_gt_boxes.append(gt[matched_idxs[i]])
-        regression_targets = self.box_coder.encode(matched_gt_boxes, proposals)
-        return proposals, matched_idxs, labels, regression_targets
+    def _sample_negatives_mmdet(self, ious: Tensor, max_iou: Tensor, num: int) -> Tensor:
+        """Positions in ``ious`` of ``num`` negatives by mmdetection 3.3's steady-state rule."""
+        if ious.numel() <= num:
+            return torch.arange(ious.numel(), device=ious.device)
+        groups = self.mmdet_group_of(ious, max_iou)
+        above = groups >= 0
+        slots = int(num * (1 - self.floor_fraction))
+        if int(above.sum()) <= slots:
+            chosen = above.clone()
+        elif self.num_bins >= 2:
+            per_bin = torch.full((self.num_bins,), int(slots / self.num_bins), device=ious.device)
+            chosen = take_per_group(torch.where(groups < self.num_bins, groups, -1), per_bin, self.generator)
+            top_up(chosen, above, slots - int(chosen.sum()), self.generator)
+        else:
+            chosen = torch.zeros_like(above)
+            top_up(chosen, above, slots, self.generator)
+        top_up(chosen, ~above & (ious >= 0), num - int(chosen.sum()), self.generator)
+        top_up(chosen, torch.ones_like(chosen), num - int(chosen.sum()), self.generator)
+        return torch.where(chosen)[0]
 
 
 def use_iou_balanced_sampling(
@@ -286,6 +285,8 @@ def use_iou_balanced_sampling(
     num_bins: int = 3,
     floor_thr: float = -1.0,
     floor_fraction: float = 0.0,
+    mode: str = "paper",
+    positive_sampling: str = "random",
     batch_size_per_image: int | None = None,
     positive_fraction: float | None = None,
     generator: torch.Generator | None = None,
@@ -294,15 +295,19 @@ def use_iou_balanced_sampling(
 
     ``model.roi_heads.fg_bg_sampler`` becomes an :class:`IoUBalancedNegativeSampler` and the RoI head's
     class becomes a subclass that keeps the maximum IoU of each proposal from its single IoU matrix
-    per image (computed with ``roi_heads.box_similarity``) and hands it to the sampler. Composes with
-    ``use_balanced_l1``; calling it again replaces the sampler. Inference is unchanged.
+    per image (computed with ``roi_heads.box_similarity``) and hands it, with each proposal's matched
+    ground-truth index, to the sampler. Composes with ``use_balanced_l1``; calling it again replaces
+    the sampler. Inference is unchanged.
 
     Args:
         model: a torchvision ``FasterRCNN`` / ``MaskRCNN`` / ``KeypointRCNN`` (anything with a
             ``RoIHeads`` at ``model.roi_heads``).
         num_bins: number of IoU intervals, >= 1.
-        floor_thr: IoU at or below which a negative belongs to the floor set; negative: no floor set.
+        floor_thr: see :class:`IoUBalancedNegativeSampler`.
         floor_fraction: fraction of the negatives drawn at random from the floor set, in [0, 1].
+        mode: ``"paper"`` (default) or ``"mmdet"`` (mmdetection 3.3's steady-state rule).
+        positive_sampling: ``"random"`` (default, torchvision's) or ``"instance_balanced"`` (mmdetection's
+            Libra config).
         batch_size_per_image: RoIs sampled per image; ``None`` keeps the model's current value.
         positive_fraction: largest fraction of positives; ``None`` keeps the model's current value.
         generator: random number generator for reproducible sampling; ``None`` uses torch's global one.
@@ -314,19 +319,17 @@ def use_iou_balanced_sampling(
         TypeError: if ``model.roi_heads`` is missing or not a torchvision ``RoIHeads``.
         ValueError: if a sampling argument is out of range (see :class:`IoUBalancedNegativeSampler`).
     """
-    roi_heads = getattr(model, "roi_heads", None)
-    if not isinstance(roi_heads, RoIHeads):
-        raise TypeError(
-            f"model.roi_heads must be a torchvision RoIHeads (a two-stage detector), got {type(roi_heads).__name__}"
+
+    def build(batch: int, fraction: float) -> IoUBalancedNegativeSampler:
+        return IoUBalancedNegativeSampler(
+            batch,
+            fraction,
+            num_bins=num_bins,
+            floor_thr=floor_thr,
+            floor_fraction=floor_fraction,
+            mode=mode,
+            positive_sampling=positive_sampling,
+            generator=generator,
         )
-    current = roi_heads.fg_bg_sampler
-    roi_heads.fg_bg_sampler = IoUBalancedNegativeSampler(
-        current.batch_size_per_image if batch_size_per_image is None else batch_size_per_image,
-        current.positive_fraction if positive_fraction is None else positive_fraction,
-        num_bins=num_bins,
-        floor_thr=floor_thr,
-        floor_fraction=floor_fraction,
-        generator=generator,
-    )
-    roi_heads.__class__ = _with_mixin(type(roi_heads), _IoUBalancedRoIHeads)
-    return model
+
+    return switch_roi_sampler(model, build, batch_size_per_image, positive_fraction)

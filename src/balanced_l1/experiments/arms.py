@@ -171,3 +171,20 @@ register_arm(
         _use_libra,
     )
 )
+
+
+def _use_libra_mmdet(model: nn.Module) -> None:
+    from balanced_l1.detection.libra import use_libra_mmdet
+
+    use_libra_mmdet(model)
+
+
+register_arm(
+    Arm(
+        "libra_mmdet",
+        "Libra R-CNN as mmdetection 3.3 configures it: BFP over every level incl. pool (mmcv's non-local block), "
+        "instance-balanced positives + mmdetection's IoU-balanced negatives, RPN neg_pos_ub=5, Balanced L1 in the "
+        "RoI head",
+        _use_libra_mmdet,
+    )
+)

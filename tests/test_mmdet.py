@@ -12,6 +12,7 @@ the fixture imports ``mmdet.models`` and changes nothing.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -98,6 +99,20 @@ def test_config_with_custom_imports_builds_our_loss_through_mmdetection(mmdet_lo
     assert type(loss) is plugin.BalancedL1Loss
     assert (loss.alpha, loss.gamma, loss.beta, loss.loss_weight) == (0.4, 1.2, 0.5, 2.0)
     assert (loss.reduction, loss.formulation) == ("mean", "scaled")
+
+
+def test_readme_config_switches_libra_rcnn_to_our_scaled_loss(mmdet_loss: type, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"^## mmdetection\n(.*?)(?=^## )", readme, flags=re.S | re.M)
+    assert section
+    (code,) = re.findall(r"```python\n(.*?)```", section.group(1), flags=re.S)
+    path = tmp_path / "libra_balanced_l1.py"
+    path.write_text(code)
+    config = Config.fromfile(str(path))
+    assert config.model.neck[1].type == "BFP"  # the Libra R-CNN base config was resolved
+    loss = MMDET_MODELS.build(config.model.roi_head.bbox_head.loss_bbox)
+    assert type(loss) is plugin.BalancedL1Loss
+    assert (loss.alpha, loss.gamma, loss.beta, loss.loss_weight, loss.formulation) == (0.5, 1.5, 1.0, 1.0, "scaled")
 
 
 def test_bad_config_value_is_reported_by_the_build(mmdet_loss: type) -> None:

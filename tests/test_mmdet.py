@@ -101,6 +101,7 @@ def test_config_with_custom_imports_builds_our_loss_through_mmdetection(mmdet_lo
     assert (loss.reduction, loss.formulation) == ("mean", "scaled")
 
 
+@pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning")  # mmengine's import
 def test_readme_config_switches_libra_rcnn_to_our_scaled_loss(mmdet_loss: type, tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = re.search(r"^## mmdetection\n(.*?)(?=^## )", readme, flags=re.S | re.M)

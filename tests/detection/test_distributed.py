@@ -2,8 +2,9 @@
 
 Each loss gets the inputs torchvision hands it (RoI head: class logits, box deltas, labels, targets
 per image; RPN: objectness, deltas, anchor labels, targets; RetinaNet: targets, head outputs,
-anchors, matched indices), produced by small float64 linear layers so that there are parameter
-gradients to average. Rank 0 holds one image, rank 1 two, so every count differs between ranks.
+anchors, matched indices; SSD: the same plus class logits and labels), produced by small float64
+linear layers so that there are parameter gradients to average. Rank 0 holds one image, rank 1
+two, so every count differs between ranks.
 
 The ranks are started by a fork server: a fresh interpreter that imports torch and torchvision once
 and then forks each rank. Forking the test process itself would be faster but unsafe: by the time
@@ -23,7 +24,8 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, SSDHead
 
 from balanced_l1.detection import use_balanced_l1
 from balanced_l1.detection.losses import BoxLossConfig, roi_head_losses
@@ -35,7 +37,7 @@ ANCHORS_PER_IMAGE = 24
 IGNORED_FRACTION = (0.7, 0.2, 0.4)
 NUM_CLASSES = 3
 FEATURES = 6
-LOSSES = ("roi_classifier", "roi_box", "rpn_objectness", "rpn_box", "retinanet_box")
+LOSSES = ("roi_classifier", "roi_box", "rpn_objectness", "rpn_box", "retinanet_box", "ssd_box", "ssd_classification")
 CONFIG = BoxLossConfig()
 
 
@@ -51,6 +53,7 @@ def _heads() -> dict[str, nn.Linear]:
         "roi": nn.Linear(FEATURES, 5 * NUM_CLASSES).double(),
         "rpn": nn.Linear(FEATURES, 5).double(),
         "retinanet": nn.Linear(FEATURES, 4).double(),
+        "ssd": nn.Linear(FEATURES, 4 + NUM_CLASSES).double(),
     }
 
 
@@ -71,6 +74,7 @@ def _image(index: int) -> dict[str, Tensor]:
         "anchors": anchor_boxes,
         "gt_boxes": anchor_boxes[:3] + torch.rand(3, 4, generator=gen, dtype=torch.float64),
         "matched_idxs": torch.randint(-2, 3, (anchors,), generator=gen),
+        "gt_labels": torch.randint(1, NUM_CLASSES, (3,), generator=gen),
     }
 
 
@@ -103,7 +107,16 @@ def _losses(images: list[int]) -> dict[str, Tensor]:
         [d["matched_idxs"] for d in data],
     )
 
-    losses = dict(zip(LOSSES, (*roi, *rpn, retina), strict=True))
+    ssd_model = SSD(_backbone(), DefaultBoxGenerator([[2]]), (32, 32), NUM_CLASSES, head=SSDHead([8], [4], NUM_CLASSES))
+    ssd_out = heads["ssd"](torch.stack([d["anchor_features"] for d in data]))
+    ssd = use_balanced_l1(ssd_model).compute_loss(
+        [{"boxes": d["gt_boxes"], "labels": d["gt_labels"]} for d in data],
+        {"bbox_regression": ssd_out[..., :4], "cls_logits": ssd_out[..., 4:]},
+        [d["anchors"] for d in data],
+        [d["matched_idxs"] for d in data],
+    )
+
+    losses = dict(zip(LOSSES, (*roi, *rpn, retina, ssd["bbox_regression"], ssd["classification"]), strict=True))
     sum(losses.values()).backward()
     grads = {f"grad_{name}.{p}": t.grad for name, head in heads.items() for p, t in head.named_parameters()}
     return {name: value.detach() for name, value in {**losses, **grads}.items()}
@@ -171,7 +184,7 @@ def test_two_processes_averaged_gradients_equal_one_process_gradients(
     two_processes: dict[str, Tensor], one_process: dict[str, Tensor]
 ) -> None:
     grads = [name for name in one_process if name.startswith("grad_")]
-    assert len(grads) == 6
+    assert len(grads) == 8
     for name in grads:
         assert one_process[name].abs().max() > 1e-3, name
         torch.testing.assert_close(two_processes[name], one_process[name], rtol=1e-6, atol=1e-6, msg=name)

@@ -1,9 +1,10 @@
 """Balanced L1 box-regression losses for torchvision detectors, switched on per instance.
 
-:func:`use_balanced_l1` changes how one torchvision Faster / Mask / Keypoint R-CNN or RetinaNet
-*instance* computes its box-regression losses. It swaps the class of the model's RPN, RoI heads or
-RetinaNet regression head for a cached subclass with a mixin (see :mod:`._mixins`); no torchvision
-module global is patched, so every other model in the process keeps torchvision's losses.
+:func:`use_balanced_l1` changes how one torchvision Faster / Mask / Keypoint R-CNN, RetinaNet or
+SSD / SSDlite *instance* computes its box-regression losses. It swaps the class of the model's RPN,
+RoI heads or RetinaNet regression head (of the SSD itself, whose ``compute_loss`` holds its losses)
+for a cached subclass with a mixin (see :mod:`._mixins`); no torchvision module global is patched,
+so every other model in the process keeps torchvision's losses.
 
 The normalisation is torchvision's, so loss magnitudes stay comparable:
 
@@ -12,11 +13,14 @@ The normalisation is torchvision's, so loss magnitudes stay comparable:
 - RPN: sum over sampled positive anchors, divided by the number of sampled anchors (objectness:
   mean over sampled anchors);
 - RetinaNet: per image, sum over foreground anchors divided by ``max(1, num_foreground)``,
-  averaged over images.
+  averaged over images;
+- SSD / SSDlite: sum over the foreground default boxes of all images divided by
+  ``max(1, num_foreground)`` (the classification loss is torchvision's, divided by the same count);
+  see :mod:`.ssd`.
 
 In a distributed run (``torch.distributed`` initialised, world size > 1) every count that differs
-between ranks (sampled RoIs, sampled anchors, images) is summed over ranks, so that after DDP's
-gradient averaging the gradients equal those of one process on the global batch (see
+between ranks (sampled RoIs, sampled anchors, images, SSD's foreground boxes) is summed over ranks,
+so that after DDP's gradient averaging the gradients equal those of one process on the global batch (see
 :mod:`._distributed`). Mask and keypoint losses are torchvision's own functions, unchanged.
 """
 
@@ -32,9 +36,11 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressionHead
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.ssd import SSD
 
 from balanced_l1.detection._distributed import normaliser
 from balanced_l1.detection._mixins import _with_mixin
+from balanced_l1.detection.ssd import ssd_losses
 from balanced_l1.functional import balanced_l1_loss
 from balanced_l1.params import BalancedL1Params
 
@@ -45,7 +51,8 @@ CONFIG_ATTRIBUTE = "balanced_l1_config"
 
 _SUPPORTED = (
     "torchvision FasterRCNN, MaskRCNN, KeypointRCNN (a GeneralizedRCNN whose rpn is a "
-    "RegionProposalNetwork and whose roi_heads is a RoIHeads) and RetinaNet (with a RetinaNetRegressionHead)"
+    "RegionProposalNetwork and whose roi_heads is a RoIHeads), RetinaNet (with a RetinaNetRegressionHead) "
+    "and SSD (SSD and SSDlite); FCOS, whose box loss is an IoU loss on distances, is not supported"
 )
 
 
@@ -263,6 +270,38 @@ class _BalancedL1RetinaNetRegression(RetinaNetRegressionHead):
         return retinanet_box_loss(self, targets, head_outputs["bbox_regression"], anchors, matched_idxs, config)
 
 
+class _BalancedL1SSD(SSD):
+    """SSD / SSDlite mixin: Balanced L1 on the encoded deltas of foreground default boxes.
+
+    The classification loss (hard negative mining included) is torchvision's own ``compute_loss``
+    result; its smooth L1 box loss is computed there too and discarded (a sum over the foreground
+    boxes, small next to the cross-entropy over every default box).
+    """
+
+    mixin_label = "BalancedL1"
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        classification = super().compute_loss(targets, head_outputs, anchors, matched_idxs)["classification"]
+        config = getattr(self, CONFIG_ATTRIBUTE)
+        regression = head_outputs["bbox_regression"]
+        return ssd_losses(self.box_coder, targets, regression, anchors, matched_idxs, classification, config)
+
+
+def _one_stage_module(model: nn.Module) -> nn.Module | None:
+    """The module whose class a one-stage model's switch swaps, or None for other models."""
+    if isinstance(model, RetinaNet) and isinstance(model.head.regression_head, RetinaNetRegressionHead):
+        return model.head.regression_head
+    if isinstance(model, SSD):
+        return model
+    return None
+
+
 def _switch(module: nn.Module, mixin: type, config: BoxLossConfig) -> None:
     module.__class__ = _with_mixin(type(module), mixin)
     setattr(module, CONFIG_ATTRIBUTE, config)
@@ -281,21 +320,23 @@ def use_balanced_l1(
 ) -> nn.Module:
     """Switch the box-regression losses of one torchvision detector instance to Balanced L1.
 
-    Only this instance changes: its RPN, RoI heads or RetinaNet regression head gets a subclass
-    with a mixin and keeps its parameters in a :class:`BoxLossConfig` attribute named
-    ``balanced_l1_config``. Weights, ``state_dict``, ``deepcopy`` and pickling are unaffected, and
-    inference (eval mode) is torchvision's. Calling it again replaces the parameters. Call it on
-    the bare model, before wrapping it in ``DistributedDataParallel``; in a distributed run every
-    rank must run the training forward pass, since the loss normalisers are summed over ranks.
+    Only this instance changes: its RPN, RoI heads or RetinaNet regression head (an SSD: the model
+    itself, whose ``compute_loss`` computes its losses) gets a subclass with a mixin and keeps its
+    parameters in a :class:`BoxLossConfig` attribute named ``balanced_l1_config``. Weights,
+    ``state_dict``, ``deepcopy`` and pickling are unaffected, and inference (eval mode) is
+    torchvision's. Calling it again replaces the parameters. Call it on the bare model, before
+    wrapping it in ``DistributedDataParallel``; in a distributed run every rank must run the
+    training forward pass, since the loss normalisers are summed over ranks.
     RetinaNet's regression loss is replaced whatever its ``_loss_type`` (l1, smooth_l1, giou, ...);
     Balanced L1 acts on the encoded deltas. The switched modules are not TorchScript-able.
 
     Args:
-        model: a torchvision ``FasterRCNN``, ``MaskRCNN``, ``KeypointRCNN`` or ``RetinaNet``.
+        model: a torchvision ``FasterRCNN``, ``MaskRCNN``, ``KeypointRCNN``, ``RetinaNet`` or ``SSD``
+            (``ssd300_vgg16``, ``ssdlite320_mobilenet_v3_large`` or any other ``SSD``).
         rpn: switch the RPN's box loss (R-CNN models). False leaves the RPN as it is.
         roi_heads: switch the RoI head's box loss (R-CNN models). False leaves it as it is.
-            RetinaNet has one box loss, its regression head's, which is always switched; since it
-            has neither an RPN nor RoI heads, ``rpn`` and ``roi_heads`` must stay True for it.
+            RetinaNet and SSD have one box loss, which is always switched; since they have neither
+            an RPN nor RoI heads, ``rpn`` and ``roi_heads`` must stay True for them.
         alpha: inlier gradient scale, finite and > 0.
         gamma: outlier gradient (cap), finite and > 0.
         beta: inflection point, finite and > 0 (torchvision's smooth L1 uses 1/9 in both R-CNN stages).
@@ -306,9 +347,9 @@ def use_balanced_l1(
         ``model`` itself, switched in place.
 
     Raises:
-        TypeError: for an unsupported model (for example FCOS, SSD, a plain ``nn.Module``).
+        TypeError: for an unsupported model (for example FCOS, a plain ``nn.Module``, a DDP wrapper).
         ValueError: for invalid parameters, ``rpn=False`` with ``roi_heads=False``, or either False
-            for a RetinaNet.
+            for a RetinaNet or an SSD.
 
     Example:
         >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
@@ -319,14 +360,16 @@ def use_balanced_l1(
         >>> model.roi_heads.balanced_l1_config.params.beta
         0.5
     """
-    if isinstance(model, RetinaNet) and isinstance(model.head.regression_head, RetinaNetRegressionHead):
+    one_stage = _one_stage_module(model)
+    if one_stage is not None:
+        name = "SSD" if one_stage is model else "RetinaNet"
         if not (rpn and roi_heads):
             raise ValueError(
-                "RetinaNet has neither an RPN nor RoI heads, its only box loss is the regression head's: "
+                f"{name} has neither an RPN nor RoI heads, it has one box loss: "
                 f"leave rpn and roi_heads at True (got rpn={rpn!r}, roi_heads={roi_heads!r})"
             )
         config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)
-        _switch(model.head.regression_head, _BalancedL1RetinaNetRegression, config)
+        _switch(one_stage, _BalancedL1SSD if one_stage is model else _BalancedL1RetinaNetRegression, config)
         return model
     if not (
         isinstance(model, GeneralizedRCNN)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from balanced_l1.experiments.coco_data import write_json_atomically
+from balanced_l1._files import write_json_atomically
 from balanced_l1.experiments.evaluate import IOU_THRESHOLDS, METRICS
 
 
@@ -160,7 +160,7 @@ def save_figures(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from balanced_l1.plots import save_figure_atomically
+    from balanced_l1._files import save_figure_atomically
 
     root = Path(out)
     paths = []

@@ -214,7 +214,7 @@ def train(
                 "rng": states,
                 "history": history,
             }
-            write_atomically(checkpoint_path, partial(torch.save, state), mode=None)
+            write_atomically(checkpoint_path, partial(torch.save, state), owner_only=True)
         barrier(ctx)
 
     model.train()

@@ -50,9 +50,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(
-    path: str | os.PathLike[str], write: Callable[[str], None], *, owner_only: bool = False
-) -> Path:
+def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None], *, owner_only: bool = False) -> Path:
     """Write ``path`` through a temporary file in the same folder, ``fsync`` and an atomic rename.
 
     Args:

@@ -216,9 +216,7 @@ def load_coco_folder(path: str | os.PathLike[str], *, follow_symlinks: bool = Fa
                 "(expected layout: PATH/annotations/{train,val}.json and PATH/images/)"
             )
     images = root / "images"
-    return load_coco_dataset(
-        ann / "train.json", images, ann / "val.json", images, follow_symlinks=follow_symlinks
-    )
+    return load_coco_dataset(ann / "train.json", images, ann / "val.json", images, follow_symlinks=follow_symlinks)
 
 
 def format_data_report(splits: dict[str, DetectionSplit]) -> str:

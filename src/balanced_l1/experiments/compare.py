@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from balanced_l1._files import write_json_atomically
 from balanced_l1.detection.models import build_small_faster_rcnn
 from balanced_l1.experiments.arms import BASELINE_ARM, get_arm
-from balanced_l1._files import write_json_atomically
 from balanced_l1.experiments.coco_data import DetectionDataset, DetectionSplit, load_coco_folder
 from balanced_l1.experiments.distributed import DistContext, barrier, setup_distributed, teardown_distributed
 from balanced_l1.experiments.evaluate import evaluate_detector

@@ -118,7 +118,7 @@ def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode == "F":
         raise ImageReadError(f"{path}: floating-point image (mode 'F') is not supported; convert it to 8 bits")
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_image(root: Path, file_name: str, size: tuple[int, int], *, follow_symlinks: bool = False) -> np.ndarray:

@@ -96,10 +96,11 @@ def _read_bytes(root: Path, file_name: str, follow_symlinks: bool) -> bytes:
         raise ImageReadError(f"{path}: image file not found") from None
     except OSError as err:
         raise ImageReadError(f"{path}: cannot open the image ({err.strerror or err})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageReadError(f"{path}: the image is {_kind(mode)}, not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise ImageReadError(f"{path}: the image is {_kind(mode)}, not a regular file")
         try:
             return handle.read()
         except OSError as err:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.experiments.coco_fixture import CATEGORIES, MODES, write_coco_quirks
 
 from balanced_l1.experiments import images as images_module
 from balanced_l1.experiments.coco_data import (
@@ -24,7 +25,6 @@ from balanced_l1.experiments.coco_data import (
     load_coco_split,
 )
 from balanced_l1.experiments.evaluate import coco_metrics
-from tests.experiments.coco_fixture import CATEGORIES, MODES, write_coco_quirks
 
 
 @pytest.fixture(scope="module")

@@ -69,10 +69,12 @@ class SplitSamples:
 
     def _index(self, index: int) -> int:
         try:
+            if isinstance(index, (bool, np.bool_)):
+                raise TypeError
             position = operator.index(index)
         except TypeError:
             raise TypeError(f"an image index must be an integer, got {type(index).__name__} {index!r}") from None
-        if isinstance(index, bool) or not 0 <= position < len(self):
+        if not 0 <= position < len(self):
             raise IndexError(f"image index {index!r} out of range for a split of {len(self)} images")
         return position
 

@@ -91,7 +91,7 @@ def predict(
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc="evaluating", disable=not show_progress, leave=False, dynamic_ncols=True):
         batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        outputs = model([image.to(device) for image, _ in batch])
+        outputs = model([image.to(device).float().div_(255.0) for image, _ in batch])
         for (_, target), out in zip(batch, outputs, strict=True):
             image_id = int(target["image_id"])
             for box, label, score in zip(

@@ -222,7 +222,7 @@ def train(
     for iteration in range(start, config.iters):
         shard = global_batch(seed, iteration, config.batch_size, len(dataset))[ctx.rank :: ctx.world_size]
         samples = [dataset[i] for i in shard]
-        images = [image.to(ctx.device) for image, _ in samples]
+        images = [image.to(ctx.device).float().div_(255.0) for image, _ in samples]
         targets = [{k: v.to(ctx.device) for k, v in target.items()} for _, target in samples]
         losses = ddp(images, targets)
         total: torch.Tensor = torch.stack(list(losses.values())).sum()

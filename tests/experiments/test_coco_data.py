@@ -117,6 +117,13 @@ def test_box_past_the_border_is_clipped_for_training_and_evaluation(
     assert split.target(0)["boxes"][0].tolist() == [x, y, x + w, y + h]
 
 
+def test_box_inside_the_image_is_kept_exactly_and_not_counted_as_clipped(folder: Path) -> None:
+    bbox = [0.1, 0.7, 0.2, 63.3]  # 0.1 + 0.2 - 0.1 != 0.2 in floating point
+    _edit(folder, "val", lambda doc: doc["annotations"][0].update(bbox=bbox))
+    split = load_coco_folder(folder)["val"]
+    assert split.coco["annotations"][0]["bbox"] == bbox and split.report["boxes_clipped"] == 0
+
+
 def test_box_wholly_outside_the_image_is_dropped_and_counted(folder: Path) -> None:
     _edit(folder, "train", lambda doc: doc["annotations"][0].update(bbox=[64, 3, 5, 5]))
     split = load_coco_folder(folder)["train"]

@@ -124,6 +124,8 @@ def _check_annotation(ann: Any, index: int, images: dict[int, dict[str, Any]], c
 
 def _clip(bbox: list[float], width: int, height: int) -> list[float] | None:
     x, y, w, h = bbox
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+        return bbox  # inside: kept exactly (x + w - x need not equal w in floating point)
     x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
     if x2 <= x1 or y2 <= y1:
         return None
@@ -163,7 +165,7 @@ def _clean(
         if clipped is None:
             counts["boxes_outside_image_dropped"] += 1
             continue
-        if clipped != bbox:
+        if clipped is not bbox:
             counts["boxes_clipped"] += 1
         kept.append((ann, clipped))
     next_id = max(given_ids, default=0) + 1

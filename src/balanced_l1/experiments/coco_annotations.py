@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return (type(value) is int or type(value) is float) and math.isfinite(value)  # type: ignore[arg-type]
+    return (type(value) is int or type(value) is float) and math.isfinite(value)
 
 
 def _require_list(doc: dict[str, Any], key: str, where: Path) -> list[Any]:
@@ -188,7 +189,7 @@ def _clean(
     return annotations, counts
 
 
-def read_coco_annotations(path: str | Path) -> CleanAnnotations:
+def read_coco_annotations(path: str | os.PathLike[str]) -> CleanAnnotations:
     """Read, validate and clean a COCO detection annotation file (rules in the module docstring).
 
     Args:

@@ -33,7 +33,11 @@ CATEGORIES = [{"id": 1 + 2 * k, "name": f"class{k}"} for k in range(80)]
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    # VmHWM belongs to this process's memory map; getrusage's ru_maxrss would carry the parent's over exec
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_jpeg_set(folder: Path, count: int) -> Path:

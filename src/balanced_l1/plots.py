@@ -7,14 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from balanced_l1._files import write_atomically
+from balanced_l1._files import save_figure_atomically
 from balanced_l1.params import BalancedL1Params
 from balanced_l1.reference import balanced_l1, balanced_l1_grad, smooth_l1, smooth_l1_grad
-
-
-def save_figure_atomically(fig: object, out: str | os.PathLike[str]) -> Path:
-    """Save a matplotlib figure as a PNG to ``out`` through a temporary file and an atomic rename."""
-    return write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))  # type: ignore[attr-defined]
 
 
 def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_beta: float | None = None) -> Path:
@@ -22,17 +17,16 @@ def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_b
 
     Smooth L1 uses the same inflection point as ``params`` unless ``smooth_l1_beta`` is given. The
     x-axis spans ``[0, 3 * max(beta, smooth_l1_beta)]`` so the inflection points are visible; the
-    gradient is drawn for ``|x| > 0`` (at 0 itself it is 0 by the sign convention).
+    gradient is drawn for ``|x| > 0`` (at 0 itself it is 0 by the sign convention). The figure is drawn
+    without pyplot, so matplotlib's global backend (a notebook's, say) is left as it is.
     """
     smooth_l1_beta = params.beta if smooth_l1_beta is None else smooth_l1_beta
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     span = 3.0 * max(params.beta, smooth_l1_beta)
     x = np.linspace(0.0, span, 3001)
-    fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    ax_loss, ax_grad = fig.subplots(1, 2)
     label = f"Balanced L1 ({params.formulation}, α={params.alpha:g}, γ={params.gamma:g}, β={params.beta:g})"
     ax_loss.plot(x, balanced_l1(x, params), label=label, color="tab:red")
     ax_loss.plot(x, smooth_l1(x, smooth_l1_beta), label=f"smooth L1 (β={smooth_l1_beta:g})", color="tab:blue")
@@ -48,7 +42,4 @@ def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_b
         ax.grid(alpha=0.3)
     ax_grad.legend(fontsize=8, loc="lower right")
     fig.suptitle("Balanced L1 raises the inliers' gradient and caps the outliers' (Libra R-CNN)")
-    try:
-        return save_figure_atomically(fig, out)
-    finally:
-        plt.close(fig)
+    return save_figure_atomically(fig, out)

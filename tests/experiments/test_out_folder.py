@@ -53,7 +53,7 @@ def test_a_folder_where_a_figure_goes_is_refused_before_training(
 def test_temporary_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
-    stale = [out / ".loss_curves.png.abc123.tmp", out / "checkpoints" / ".smooth_l1_seed0.pt.x9.tmp"]
+    stale = [out / ".loss_curves.png.abc123de.tmp", out / "checkpoints" / ".smooth_l1_seed0.pt.x9y8z7w6.tmp"]
     for path in stale:
         path.write_bytes(b"half")
     keep = out / "notes.tmp"

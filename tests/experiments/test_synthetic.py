@@ -12,30 +12,33 @@ def test_same_seed_gives_identical_images_and_annotations() -> None:
     a = make_synthetic_split("train", 6, seed=7)
     b = make_synthetic_split("train", 6, seed=7)
     assert a.coco == b.coco
-    assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
+    assert all(np.array_equal(a.load_image(i), b.load_image(i)) for i in range(6))
+    assert a.fingerprint == b.fingerprint
 
 
 def test_other_seed_gives_other_images() -> None:
     a = make_synthetic_split("train", 3, seed=0)
     b = make_synthetic_split("train", 3, seed=1)
-    assert not np.array_equal(a.images[0], b.images[0])
+    assert not np.array_equal(a.load_image(0), b.load_image(0))
+    assert a.fingerprint != b.fingerprint
 
 
 def test_a_larger_set_starts_with_the_images_of_a_smaller_one() -> None:
     small = make_synthetic_split("val", 3, seed=2)
     large = make_synthetic_split("val", 5, seed=2)
-    assert all(np.array_equal(x, y) for x, y in zip(small.images, large.images[:3], strict=True))
+    assert all(np.array_equal(small.load_image(i), large.load_image(i)) for i in range(3))
     assert large.coco["annotations"][: len(small.coco["annotations"])] == small.coco["annotations"]
 
 
 def test_held_out_split_differs_from_training_split() -> None:
     data = make_synthetic_dataset(4, 4, seed=0)
-    assert not any(np.array_equal(t, v) for t in data["train"].images for v in data["val"].images)
+    train, val = data["train"], data["val"]
+    assert not any(np.array_equal(train.load_image(i), val.load_image(j)) for i in range(4) for j in range(4))
 
 
 def test_images_have_the_requested_size_and_dtype() -> None:
     split = make_synthetic_split("train", 2, image_size=96)
-    assert all(im.shape == (96, 96, 3) and im.dtype == np.uint8 for im in split.images)
+    assert all(im.shape == (96, 96, 3) and im.dtype == np.uint8 for im in map(split.load_image, range(2)))
     assert all(info["width"] == 96 and info["height"] == 96 for info in split.coco["images"])
 
 
@@ -73,10 +76,34 @@ def test_shape_fills_its_box_edges() -> None:
     split = make_synthetic_split("val", 1, seed=5)
     ann = split.coco["annotations"][-1]  # drawn last, so nothing hides it
     x, y, w, h = ann["bbox"]
-    patch = split.images[0][y : y + h, x : x + w].astype(int)
+    patch = split.load_image(0)[y : y + h, x : x + w].astype(int)
     colour = patch[h // 2, w // 2]
     mask = np.abs(patch - colour).sum(axis=2) == 0
     assert mask[:, 0].any() and mask[:, -1].any() and mask[0].any() and mask[-1].any()
+
+
+def test_loaded_image_is_a_copy_that_the_caller_may_modify() -> None:
+    split = make_synthetic_split("val", 1, seed=4)
+    split.load_image(0)[:] = 0
+    assert split.load_image(0).any()
+
+
+def test_report_counts_images_and_boxes_and_nothing_cleaned() -> None:
+    split = make_synthetic_split("train", 5, seed=1)
+    boxes = len(split.coco["annotations"])
+    assert split.report["images"] == 5 and split.report["annotations"] == boxes == split.report["training_boxes"]
+    assert split.report["boxes_clipped"] == split.report["degenerate_boxes_dropped"] == 0
+
+
+def test_fingerprint_depends_on_every_setting() -> None:
+    base = make_synthetic_split("train", 2, image_size=64, seed=0).fingerprint
+    others = [
+        make_synthetic_split("val", 2, image_size=64, seed=0),
+        make_synthetic_split("train", 3, image_size=64, seed=0),
+        make_synthetic_split("train", 2, image_size=72, seed=0),
+        make_synthetic_split("train", 2, image_size=64, seed=1),
+    ]
+    assert base not in {split.fingerprint for split in others}
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically (owner-only permissions: checkpoints may hold private weights)."""
-    write_atomically(path, partial(torch.save, {"version": CHECKPOINT_VERSION, **state}), mode=None)
+    write_atomically(path, partial(torch.save, {"version": CHECKPOINT_VERSION, **state}), owner_only=True)
 
 
 def _unpickling_reason(message: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from balanced_l1._files import write_json_atomically
+from balanced_l1._files import remove_stale_temp_files, write_json_atomically
 from balanced_l1.detection.zoo import build_detector
 from balanced_l1.experiments.arms import get_arm
 from balanced_l1.experiments.checkpoint import CheckpointMismatchError, load_checkpoint
@@ -133,12 +133,9 @@ def _check_out(out: Path) -> None:
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Remove temporary files that a killed run left behind (``.NAME.XXXX.tmp`` of an atomic write)."""
+    """Remove temporary files that a killed run left behind (called while holding the lock on ``out``)."""
     for folder in (out, *(out / name for name in _OUTPUT_FOLDERS)):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
-                if tmp.is_file() and not tmp.is_symlink():
-                    tmp.unlink(missing_ok=True)
+        remove_stale_temp_files(folder)
 
 
 @contextlib.contextmanager

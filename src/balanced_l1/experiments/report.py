@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from balanced_l1._files import write_json_atomically
+from balanced_l1._files import save_figure_atomically, write_json_atomically
 from balanced_l1.experiments.evaluate import IOU_THRESHOLDS, METRICS
 
 
@@ -245,8 +245,6 @@ def save_figures(
     Returns:
         The paths of the two figures (each written atomically).
     """
-    from balanced_l1.plots import save_figure_atomically
-
     root = Path(out)
     return [
         save_figure_atomically(_loss_figure(histories), root / "loss_curves.png"),

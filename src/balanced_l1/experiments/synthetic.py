@@ -13,6 +13,7 @@ split depends only on ``(seed, split, i)``, so a larger set starts with the imag
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import math
 from typing import Any
 
@@ -20,11 +21,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from balanced_l1.experiments.coco_data import DetectionSplit
+from balanced_l1.experiments.datasets import SplitSamples
+from balanced_l1.experiments.images import MemoryImages
 
 CATEGORIES = ({"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}, {"id": 3, "name": "triangle"})
 _SPLIT_KEYS = {"train": 1, "val": 2}
 _MAX_OCCLUSION = 0.5
 _CLASS_HUES = {1: 0.0, 2: 1 / 3, 3: 2 / 3}
+_GENERATOR_VERSION = 1  # raise it whenever a change of this module changes the images or annotations
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -122,8 +126,27 @@ def _make_image(seed: int, split_key: int, index: int, size: int) -> tuple[np.nd
     return np.asarray(image, dtype=np.uint8), objects
 
 
+def _report(coco: dict[str, Any]) -> dict[str, int]:
+    annotated = {a["image_id"] for a in coco["annotations"]}
+    used = {a["category_id"] for a in coco["annotations"]}
+    images, annotations = len(coco["images"]), len(coco["annotations"])
+    return {
+        "images": images,
+        "annotations": annotations,
+        "degenerate_boxes_dropped": 0,
+        "boxes_outside_image_dropped": 0,
+        "boxes_clipped": 0,
+        "crowd_regions": 0,
+        "training_boxes": annotations,
+        "images_without_annotations": images - len(annotated),
+        "images_without_training_boxes": images - len(annotated),
+        "categories": len(coco["categories"]),
+        "unused_categories": len(coco["categories"]) - len(used),
+    }
+
+
 def make_synthetic_split(split: str, num_images: int, *, image_size: int = 128, seed: int = 0) -> DetectionSplit:
-    """Generate one split of the synthetic data set.
+    """Generate one split of the synthetic data set, held in memory.
 
     Args:
         split: ``"train"`` or ``"val"``; the splits draw from different random streams, so they never share images.
@@ -132,7 +155,8 @@ def make_synthetic_split(split: str, num_images: int, *, image_size: int = 128, 
         seed: the data set's seed (independent of the training seed).
 
     Returns:
-        A :class:`DetectionSplit` with COCO annotations (boxes ``[x, y, width, height]`` in pixels).
+        A :class:`DetectionSplit` with COCO annotations (boxes ``[x, y, width, height]`` in pixels); its
+        fingerprint is a hash of these settings and of the generator's version.
 
     Raises:
         ValueError: for an unknown split, ``num_images < 1`` or ``image_size < 64``.
@@ -140,7 +164,7 @@ def make_synthetic_split(split: str, num_images: int, *, image_size: int = 128, 
     Example:
         >>> a = make_synthetic_split("val", 2, seed=3)
         >>> b = make_synthetic_split("val", 2, seed=3)
-        >>> bool((a.images[1] == b.images[1]).all()) and a.coco == b.coco
+        >>> bool((a.load_image(1) == b.load_image(1)).all()) and a.coco == b.coco
         True
     """
     if split not in _SPLIT_KEYS:
@@ -165,7 +189,10 @@ def make_synthetic_split(split: str, num_images: int, *, image_size: int = 128, 
                 {"id": len(annotations) + 1, "image_id": image_id, "area": float(w * h), "iscrowd": 0, **obj}
             )
     coco = {"images": infos, "annotations": annotations, "categories": [dict(c) for c in CATEGORIES]}
-    return DetectionSplit(split, images, coco)
+    settings = f"synthetic v{_GENERATOR_VERSION} split={split} images={num_images} size={image_size} seed={seed}"
+    fingerprint = hashlib.sha256(settings.encode("utf-8")).hexdigest()
+    samples = SplitSamples.from_coco(coco, MemoryImages(tuple(images)))
+    return DetectionSplit(split, coco, samples, _report(coco), fingerprint)
 
 
 def make_synthetic_dataset(

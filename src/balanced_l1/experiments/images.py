@@ -1,0 +1,194 @@
+"""Reading one image safely: only regular files inside the image root, decoded by Pillow into RGB ``uint8``.
+
+An image path is ``root / file_name``. It is refused (:class:`ImageReadError` naming the entry) when
+``file_name`` is absolute or has ``..`` components, when an entry on the way is a symbolic link (unless
+``follow_symlinks``), and when the file is not a regular file: the file is opened non-blocking and checked with
+``fstat`` before a byte is read, so a FIFO can never hang a run. Decoding follows Pillow, with these rules:
+
+* grayscale, palette, RGBA, LA/PA, CMYK and YCbCr images become RGB through ``Image.convert`` (alpha dropped);
+* 16-bit grayscale (``I;16`` and friends, or ``I`` with values in ``[0, 65535]``) is scaled to 8 bits,
+  ``round(v / 257)``, so 65535 stays white and nothing is clipped; other ``I`` or ``F`` images are refused;
+* an image over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is refused;
+* the decoded size must equal the size the annotation file declares; EXIF orientation is not applied (COCO's
+  boxes refer to the stored pixels).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+from PIL import Image
+
+from balanced_l1.experiments.data_errors import ImageReadError
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_name_problem(file_name: str) -> str | None:
+    """Why ``file_name`` may not name an image inside its root, or ``None`` if it may.
+
+    Args:
+        file_name: the image's ``file_name`` from the annotation file.
+
+    Returns:
+        ``None`` for a relative path without ``..`` components; otherwise the reason, as a phrase.
+    """
+    if not file_name:
+        return "is empty"
+    if "\x00" in file_name:
+        return "contains a NUL character"
+    if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).anchor:
+        return "is an absolute path; file names must be relative to the image folder"
+    if ".." in PurePosixPath(file_name.replace("\\", "/")).parts:
+        return "has a '..' component that escapes the image folder"
+    return None
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _check_no_symlinks(root: Path, file_name: str) -> None:
+    entry = root
+    for part in PurePosixPath(file_name).parts[:-1]:
+        entry = entry / part
+        try:
+            if stat.S_ISLNK(os.lstat(entry).st_mode):
+                raise ImageReadError(
+                    f"{root / file_name}: folder {entry} is a symbolic link; links are refused "
+                    "unless you allow them (follow_symlinks=True, --follow-symlinks)"
+                )
+        except FileNotFoundError:
+            raise ImageReadError(f"{root / file_name}: image file not found (no folder {entry})") from None
+
+
+def _read_bytes(root: Path, file_name: str, follow_symlinks: bool) -> bytes:
+    problem = file_name_problem(file_name)
+    if problem is not None:
+        raise ImageReadError(f"{root}: image file_name {file_name!r} {problem}")
+    path = root / file_name
+    if not follow_symlinks:
+        _check_no_symlinks(root, file_name)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        if not follow_symlinks and stat.S_ISLNK(os.lstat(path).st_mode):
+            raise ImageReadError(
+                f"{path}: the image is a symbolic link; links are refused unless you allow them "
+                "(follow_symlinks=True, --follow-symlinks)"
+            )
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot open the image ({err.strerror or err})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageReadError(f"{path}: the image is {_kind(mode)}, not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as err:
+            raise ImageReadError(f"{path}: cannot read the image ({err.strerror or err})") from None
+
+
+def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageReadError(
+                f"{path}: 32-bit integer image with values in [{values.min()}, {values.max()}] cannot be mapped "
+                "to 8 bits; convert it to 8- or 16-bit"
+            )
+        gray = np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise ImageReadError(f"{path}: floating-point image (mode 'F') is not supported; convert it to 8 bits")
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(root: Path, file_name: str, size: tuple[int, int], *, follow_symlinks: bool = False) -> np.ndarray:
+    """Read ``root / file_name`` as RGB ``uint8`` of shape ``(height, width, 3)`` (rules in the module docstring).
+
+    Args:
+        root: the image folder.
+        file_name: the path relative to ``root`` given by the annotation file.
+        size: the declared ``(width, height)``.
+        follow_symlinks: allow symbolic links (also ones leading outside ``root``).
+
+    Returns:
+        The pixels.
+
+    Raises:
+        ImageReadError: naming the file, for every refusal listed in the module docstring.
+    """
+    data = _read_bytes(root, file_name, follow_symlinks)
+    path = root / file_name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.size != tuple(size):
+                    raise ImageReadError(
+                        f"{path}: image is {image.size[0]}x{image.size[1]} but its annotation file declares "
+                        f"{size[0]}x{size[1]}"
+                    )
+                return _to_rgb(image, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageReadError(
+            f"{path}: refused as a possible decompression bomb, over Pillow's limit of "
+            f"{Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS) ({err})"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        if isinstance(err, ImageReadError):
+            raise
+        raise ImageReadError(f"{path}: cannot decode the image ({err})") from None
+
+
+@dataclass(frozen=True)
+class FileImages:
+    """Images read from files on each call: a root, one file name and declared ``(width, height)`` per image."""
+
+    root: str
+    file_names: tuple[str, ...]
+    sizes: np.ndarray
+    follow_symlinks: bool = False
+
+    def __len__(self) -> int:
+        return len(self.file_names)
+
+    def load(self, index: int) -> np.ndarray:
+        """Read image ``index`` (see :func:`read_image`)."""
+        width, height = (int(v) for v in self.sizes[index])
+        return read_image(
+            Path(self.root), self.file_names[index], (width, height), follow_symlinks=self.follow_symlinks
+        )
+
+
+@dataclass(frozen=True)
+class MemoryImages:
+    """Images held in memory (the embedded synthetic set): each call returns a copy, safe to modify."""
+
+    arrays: tuple[np.ndarray, ...]
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def load(self, index: int) -> np.ndarray:
+        """A copy of image ``index``."""
+        return self.arrays[index].copy()

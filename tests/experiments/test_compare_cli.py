@@ -107,13 +107,14 @@ def test_zero_iters_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "iters must be >= 1, got 0" in capsys.readouterr().err
 
 
-def test_bad_data_folder_exits_1_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_broken_held_out_image_exits_1_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = save_coco_folder(make_synthetic_dataset(2, 2, image_size=64), tmp_path / "data")
     (data / "images" / "val_00001.png").write_bytes(b"broken")
     code = main(["compare", *TINY, "--data", str(data), "--out", str(tmp_path / "out")])
     assert code == 1
-    assert "val_00001.png: cannot load image" in capsys.readouterr().err
-    _assert_refused_before_training(tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "val_00001.png: cannot decode" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_missing_annotation_file_exits_1_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

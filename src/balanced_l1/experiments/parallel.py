@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -22,7 +25,19 @@ class RunFailedError(RuntimeError):
     """A run in a child process failed with an error that is not one of the documented ones."""
 
 
-def _child(config: CompareConfig, arm: str, seed: int, position: int, errors: Any) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this process soon after its parent dies (SIGKILL included), so no run outlives the lock on --out."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _child(config: CompareConfig, arm: str, seed: int, position: int, errors: Any, parent: int) -> None:
+    _exit_with_parent(parent)
     try:
         import torch
 
@@ -61,7 +76,10 @@ def run_in_processes(config: CompareConfig, tasks: list[tuple[str, int]], jobs: 
                 arm, seed = pending.pop(0)
                 position = free_positions.pop(0)
                 process = context.Process(
-                    target=_child, args=(config, arm, seed, position, errors), name=f"{arm}_seed{seed}", daemon=False
+                    target=_child,
+                    args=(config, arm, seed, position, errors, os.getpid()),
+                    name=f"{arm}_seed{seed}",
+                    daemon=False,
                 )
                 process.start()
                 running[process] = (arm, seed, position)

@@ -131,9 +131,9 @@ def _loss_and_grad(
         return (loss.sum() if reduce_sum else loss), grad
     flat_pred, flat_target = pred.reshape(-1), target.reshape(-1)
     grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
-    loss = None if reduce_sum else torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
+    elementwise = None if reduce_sum else torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
     flat_grad = grad.view(-1)
-    flat_loss = None if loss is None else loss.view(-1)
+    flat_loss = None if elementwise is None else elementwise.view(-1)
     n = flat_pred.numel()
     scratch = [torch.empty(_BLOCK, dtype=pred.dtype, device=pred.device) for _ in range(6)]
     sums = torch.empty((n + _BLOCK - 1) // _BLOCK, dtype=pred.dtype, device=pred.device)
@@ -149,7 +149,7 @@ def _loss_and_grad(
         block_loss, _ = _fill(flat_pred[start:stop], flat_target[start:stop], c, tuple(buffers))
         if flat_loss is None:
             torch.sum(block_loss, dim=0, out=sums[i])
-    return (sums.sum() if loss is None else loss), grad
+    return (sums.sum() if elementwise is None else elementwise), grad
 
 
 def _input_grads(ctx: Any, grad_loss: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -345,7 +345,7 @@ def balanced_l1_loss(
         tensor([ 0.3350,  1.1777, -1.5000])
     """
     check_reduction(reduction)
-    avg_factor = check_avg_factor(avg_factor, reduction)
+    avg_factor = check_avg_factor(avg_factor, reduction)  # type: ignore[assignment]
     _check_tensors(pred, target, weight)
     _check_avg_factor_tensor(avg_factor, pred)
     dtype = _compute_dtype(pred, target)

@@ -2,6 +2,7 @@
 
 Baselines: (a) the naive formula most code uses (``torch.where`` over both branches, everything through
 autograd) and (b) ``F.smooth_l1_loss``. float32, reduction "sum", 2 threads unless ``--threads``.
+Also: an op-by-op breakdown of the eager loss (torch.profiler), and the goals checked in this run.
 
     .venv/bin/python benchmarks/bench_loss.py [--sizes 4096,65536,4194304] [--device cpu] [--no-compile]
 """
@@ -83,6 +84,29 @@ def saved_bytes(fn: LossFn, pred: torch.Tensor, target: torch.Tensor) -> tuple[i
     return len(sizes), sum(sizes)
 
 
+def op_breakdown(pred: torch.Tensor, target: torch.Tensor, calls: int) -> list[tuple[str, int, float]]:
+    """(op, calls per forward + backward, self ms per forward + backward) of the eager loss, slowest first."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if pred.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    ours(pred, target).backward()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(calls):
+            pred.grad = None
+            ours(pred, target).backward()
+        _sync(pred.device)
+    rows = []
+    for event in prof.key_averages():
+        self_us = event.self_device_time_total if pred.device.type == "cuda" else event.self_cpu_time_total
+        if self_us > 0:
+            rows.append((event.key, event.count // calls, self_us / calls / 1e3))
+    return sorted(rows, key=lambda row: -row[2])
+
+
+def _goal(text: str, value: float, limit: float) -> None:
+    print(f"- {text}: {value:.2f}x (goal <= {limit:g}x) {'met' if value <= limit else 'NOT met'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="4096,65536,4194304")
@@ -100,14 +124,27 @@ def main() -> None:
     print("| N | naive ms | ours ms | smooth L1 ms | ours / naive | ours / smooth L1 |")
     print("|---|---|---|---|---|---|")
     gen = torch.Generator(device="cpu").manual_seed(0)
+    eager: dict[int, dict[str, float]] = {}
     for n in sizes:
         pred = (torch.randn(n, generator=gen) * 2).to(device).requires_grad_(True)
         target = torch.randn(n, generator=gen).to(device)
         t = time_fwd_bwd({"naive": naive_balanced_l1, "ours": ours, "smooth_l1": smooth_l1}, pred, target, args.budget)
+        eager[n] = t
         print(
             f"| {n} | {t['naive'] * 1e3:.3f} | {t['ours'] * 1e3:.3f} | {t['smooth_l1'] * 1e3:.3f} "
             f"| {t['ours'] / t['naive']:.2f}x | {t['ours'] / t['smooth_l1']:.2f}x |"
         )
+
+    for n in (min(sizes), max(sizes)):
+        pred = (torch.randn(n, generator=gen) * 2).to(device).requires_grad_(True)
+        target = torch.randn(n, generator=gen).to(device)
+        rows = op_breakdown(pred, target, calls=max(1, 2_000_000 // n))
+        total = sum(ms for _, _, ms in rows)
+        print(f"\nEager balanced_l1_loss, op by op (self time per forward + backward, N = {n}, total {total:.3f} ms)")
+        print("| op | calls | ms | share |")
+        print("|---|---|---|---|")
+        for name, count, ms in rows[:14]:
+            print(f"| {name} | {count} | {ms:.3f} | {ms / total:.0%} |")
 
     print("\nTensors saved for backward (N = 65536)")
     print("| implementation | tensors | bytes | N-element float32 tensors |")
@@ -119,6 +156,11 @@ def main() -> None:
         count, total = saved_bytes(fn, pred, target)
         print(f"| {name} | {count} | {total} | {total / (4 * n):.2f} |")
 
+    print("\nGoals (this run)")
+    big, small = max(sizes), min(sizes)
+    _goal(f"eager ours / naive at N = {big}", eager[big]["ours"] / eager[big]["naive"], 0.25)
+    _goal(f"eager ours / smooth L1 at N = {big}", eager[big]["ours"] / eager[big]["smooth_l1"], 5.0)
+    _goal(f"eager ours / smooth L1 at N = {small}", eager[small]["ours"] / eager[small]["smooth_l1"], 3.0)
     if args.no_compile:
         return
     n = max(sizes)
@@ -137,6 +179,7 @@ def main() -> None:
         f"| {t['ours'] * 1e3:.3f} | {t['smooth_l1'] * 1e3:.3f} | {t['smooth_l1_compiled'] * 1e3:.3f} "
         f"| {t['ours'] / t['smooth_l1']:.2f}x | {t['ours'] / t['smooth_l1_compiled']:.2f}x |"
     )
+    _goal(f"compiled ours / compiled smooth L1 at N = {n}", t["ours"] / t["smooth_l1_compiled"], 1.3)
 
 
 if __name__ == "__main__":

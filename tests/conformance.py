@@ -20,3 +20,16 @@ def conformance_cases() -> list[tuple[float, str, float, float, float]]:
         for f in (formulation,) if formulation else ("scaled", "mmdet"):
             rows.append((beta, f, x, value, grad))
     return rows
+
+
+def _devices() -> list:
+    """``cpu``, and ``cuda`` skipped (with its reason) where no GPU is available: the core tests' device axis."""
+    import pytest
+    import torch
+
+    no_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    return ["cpu", pytest.param("cuda", marks=no_gpu)]
+
+
+#: The device axis: ``@pytest.mark.parametrize("device", DEVICES)``.
+DEVICES: list = _devices()

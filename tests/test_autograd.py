@@ -5,25 +5,28 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from balanced_l1 import BalancedL1Loss, balanced_l1_loss
+from tests.conformance import DEVICES
 
 FORMULATIONS = ["scaled", "mmdet"]
 
 
-def _away_from_kinks(n: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _away_from_kinks(n: int, beta: float, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs whose |pred - target| stays clear of 0 and beta, where finite differences straddle a kink."""
     gen = torch.Generator().manual_seed(0)
     magnitude = torch.cat([torch.rand(n, generator=gen) * 0.8 + 0.1, torch.rand(n, generator=gen) * 2 + 1.2]) * beta
     sign = torch.where(torch.rand(2 * n, generator=gen) > 0.5, 1.0, -1.0)
     target = torch.randn(2 * n, generator=gen, dtype=torch.float64)
-    return (target + sign * magnitude).double().requires_grad_(True), target.requires_grad_(True)
+    pred = (target + sign * magnitude).double()
+    return pred.to(device).requires_grad_(True), target.to(device).requires_grad_(True)
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("beta", [0.11, 1.0, 2.0])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_gradcheck_float64(formulation, beta, reduction):
-    pred, target = _away_from_kinks(6, beta)
-    weight = torch.rand(12, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(formulation, beta, reduction, device):
+    pred, target = _away_from_kinks(6, beta, device)
+    weight = torch.rand(12, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda p, t, w: balanced_l1_loss(p, t, weight=w, beta=beta, reduction=reduction, formulation=formulation),
         (pred, target, weight),

@@ -96,7 +96,13 @@ def test_tiny_beta_whose_scale_overflows_float32_still_gives_finite_results():
     assert math.isfinite(loss.item()) and torch.isfinite(pred.grad).all()
 
 
-@pytest.mark.parametrize("loss_weight", [math.nan, math.inf, "1.0", None, True])
-def test_bad_loss_weight_raises_value_error(loss_weight):
-    with pytest.raises(ValueError, match=r"loss_weight must be a finite real number, got"):
+@pytest.mark.parametrize("loss_weight", [math.nan, math.inf, -1.0, -(10**400)])
+def test_bad_loss_weight_value_raises_value_error(loss_weight):
+    with pytest.raises(ValueError, match=r"loss_weight must be finite and >= 0, got"):
+        BalancedL1Loss(loss_weight=loss_weight)
+
+
+@pytest.mark.parametrize("loss_weight", ["1.0", None, True])
+def test_non_numeric_loss_weight_raises_type_error(loss_weight):
+    with pytest.raises(TypeError, match=r"loss_weight must be a real number, got"):
         BalancedL1Loss(loss_weight=loss_weight)

@@ -10,28 +10,30 @@ import torch.nn.functional as F  # noqa: N812
 from balanced_l1 import BalancedL1Params, balanced_l1_loss
 from balanced_l1.params import AVG_FACTOR_EPS
 from balanced_l1.reference import balanced_l1, balanced_l1_grad
-from tests.conformance import conformance_cases
+from tests.conformance import DEVICES, conformance_cases
 
 FORMULATIONS = ["scaled", "mmdet"]
 
 
-def _loss_and_grad(x: float, dtype: torch.dtype, **kwargs):
-    pred = torch.tensor([x], dtype=dtype, requires_grad=True)
-    loss = balanced_l1_loss(pred, torch.zeros(1, dtype=dtype), reduction="sum", **kwargs)
+def _loss_and_grad(x: float, dtype: torch.dtype, device: str = "cpu", **kwargs):
+    pred = torch.tensor([x], dtype=dtype, device=device, requires_grad=True)
+    loss = balanced_l1_loss(pred, torch.zeros(1, dtype=dtype, device=device), reduction="sum", **kwargs)
     loss.backward()
     return loss.item(), pred.grad.item()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("beta", "formulation", "x", "value", "grad"), conformance_cases())
-def test_conformance_table_in_float64(beta, formulation, x, value, grad):
-    got_value, got_grad = _loss_and_grad(x, torch.float64, beta=beta, formulation=formulation)
+def test_conformance_table_in_float64(beta, formulation, x, value, grad, device):
+    got_value, got_grad = _loss_and_grad(x, torch.float64, device, beta=beta, formulation=formulation)
     assert got_value == pytest.approx(value, rel=1e-12)
     assert got_grad == pytest.approx(grad, rel=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("beta", "formulation", "x", "value", "grad"), conformance_cases())
-def test_conformance_table_in_float32(beta, formulation, x, value, grad):
-    got_value, got_grad = _loss_and_grad(x, torch.float32, beta=beta, formulation=formulation)
+def test_conformance_table_in_float32(beta, formulation, x, value, grad, device):
+    got_value, got_grad = _loss_and_grad(x, torch.float32, device, beta=beta, formulation=formulation)
     assert got_value == pytest.approx(value, rel=1e-6)
     assert got_grad == pytest.approx(grad, rel=1e-6)
 
@@ -131,11 +133,12 @@ def test_nan_propagates_like_smooth_l1(formulation):
     assert loss[2].item() == math.inf == expected[2].item()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_up_to_65504_give_finite_float32_loss_and_half_gradient(dtype, formulation):
+def test_half_inputs_up_to_65504_give_finite_float32_loss_and_half_gradient(dtype, formulation, device):
     values = [0.0, 1e-4, 0.05, 0.11, 0.5, 1.0, 3.0, 100.0, 6e4, 65504.0]
-    pred = torch.tensor(values + [-v for v in values], dtype=dtype, requires_grad=True)
+    pred = torch.tensor(values + [-v for v in values], dtype=dtype, device=device, requires_grad=True)
     target = torch.zeros_like(pred)
     loss = balanced_l1_loss(pred, target, beta=0.11, reduction="none", formulation=formulation)
     assert loss.dtype == torch.float32
@@ -145,10 +148,11 @@ def test_half_inputs_up_to_65504_give_finite_float32_loss_and_half_gradient(dtyp
     assert torch.isfinite(pred.grad).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_extreme_differences_stay_finite(dtype):
-    pred = torch.tensor([65504.0, -65504.0], dtype=dtype).to(dtype)
-    target = torch.tensor([-65504.0, 65504.0], dtype=dtype)
+def test_half_extreme_differences_stay_finite(dtype, device):
+    pred = torch.tensor([65504.0, -65504.0], dtype=dtype, device=device)
+    target = torch.tensor([-65504.0, 65504.0], dtype=dtype, device=device)
     pred.requires_grad_(True)
     loss = balanced_l1_loss(pred, target, reduction="sum")
     loss.backward()

@@ -8,6 +8,7 @@ reductions, same errors. Everything is ``jax.numpy``, so the function works unde
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -15,7 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from balanced_l1.params import AVG_FACTOR_EPS, BalancedL1Params, check_avg_factor, check_reduction
+from balanced_l1.params import (
+    AVG_FACTOR_EPS,
+    BalancedL1Params,
+    DtypeRange,
+    check_avg_factor,
+    check_reduction,
+    inlier_threshold,
+)
 
 __all__ = ["balanced_l1_loss"]
 
@@ -37,10 +45,20 @@ class _Coefficients(NamedTuple):
     gamma: float
     alpha: float
     jump: float  # alpha * (q - 1): mmdet's extra inlier gradient at u = 0, 0 for scaled
+    threshold: float  # beta rounded up to the dtype: a < threshold there is exactly a < beta
 
     @classmethod
-    def of(cls, p: BalancedL1Params) -> _Coefficients:
-        return cls(p.b / p.beta, p.b, p.beta, p.alpha * p.beta / p.b, p.q, p.gamma, p.alpha, p.alpha * (p.q - 1.0))
+    def of(cls, p: BalancedL1Params, dtype: jnp.dtype) -> _Coefficients:
+        info = jnp.finfo(dtype)
+        threshold = inlier_threshold(p.beta, info.nmant + 1, math.frexp(float(info.smallest_subnormal))[1] - 1)
+        return cls(
+            p.b / p.beta, p.b, p.beta, p.alpha * p.beta / p.b, p.q, p.gamma, p.alpha, p.alpha * (p.q - 1.0), threshold
+        )
+
+
+def _dtype_range(dtype: jnp.dtype) -> DtypeRange:
+    info = jnp.finfo(dtype)
+    return DtypeRange(jnp.dtype(dtype).name, float(info.max), float(info.smallest_subnormal))
 
 
 def _inlier_coordinate(a: jax.Array, c: _Coefficients) -> jax.Array:
@@ -65,7 +83,8 @@ def _elementwise_loss_jvp(
 ) -> tuple[jax.Array, jax.Array]:
     """``dL/dx = sign(x) * (alpha * log1p(u) + [|x| < beta] * alpha * (q - 1) / (1 + u))``.
 
-    At ``|x| = beta`` this is the outlier side (``gamma``), at ``x = 0`` it is 0 (``sign(0) = 0``),
+    At ``|x| = beta`` this is the outlier side (``gamma``), at ``x = 0`` it is 0 (``sign(0) = 0``);
+    the test ``|x| < beta`` is exact (``beta`` rounded up to the dtype, see ``inlier_threshold``),
     as in :func:`balanced_l1.reference.balanced_l1_grad`. Written out rather than left to autodiff,
     which differentiates ``abs`` to 1 at 0 and splits the ``minimum``/``maximum`` ties at the kink
     in two. The coefficients are constants: their tangents are ignored.
@@ -74,7 +93,7 @@ def _elementwise_loss_jvp(
     x_dot = tangents[0]
     a = jnp.abs(x)
     u = _inlier_coordinate(a, c)
-    magnitude = c.alpha * jnp.log1p(u) + jnp.where(a < c.beta, c.jump / (1.0 + u), 0.0)
+    magnitude = c.alpha * jnp.log1p(u) + jnp.where(a < c.threshold, c.jump / (1.0 + u), 0.0)
     return _elementwise_loss(x, c), jnp.sign(x) * magnitude * x_dot
 
 
@@ -106,10 +125,15 @@ def _check_inputs(pred: object, target: object, weight: object) -> None:
 
 
 def _check_avg_factor_array(avg_factor: object) -> None:
-    if avg_factor is None or isinstance(avg_factor, (int, float)):
+    if avg_factor is None or isinstance(avg_factor, float):
         return
-    if not isinstance(avg_factor, (jax.Array, np.ndarray, np.generic)):
-        raise TypeError(f"avg_factor must be a number, a 0-dim array or None, got {type(avg_factor).__name__}")
+    if not isinstance(avg_factor, (jax.Array, np.ndarray)):
+        raise TypeError(
+            "avg_factor must be a number, a 0-dim array or None, "
+            f"got {avg_factor!r} of type {type(avg_factor).__name__}"
+        )
+    if not (jnp.issubdtype(avg_factor.dtype, jnp.floating) or jnp.issubdtype(avg_factor.dtype, jnp.integer)):
+        raise TypeError(f"avg_factor must be a real (integer or floating) array, got {avg_factor.dtype}")
     if avg_factor.ndim != 0:
         raise ValueError(f"avg_factor must be a number or a 0-dim array, got an array of shape {avg_factor.shape}")
 
@@ -181,11 +205,12 @@ def balanced_l1_loss(
     """
     params = BalancedL1Params(alpha, gamma, beta, formulation)
     check_reduction(reduction)
-    check_avg_factor(avg_factor, reduction)
+    avg_factor = check_avg_factor(avg_factor, reduction)  # type: ignore[assignment]
     _check_avg_factor_array(avg_factor)
     _check_inputs(pred, target, weight)
-
-    return _balanced_l1(pred, target, weight, avg_factor, _Coefficients.of(params), reduction)
+    dtype = jax.dtypes.canonicalize_dtype(_compute_dtype(pred, target))  # float32 unless x64 is enabled
+    params.check_fits(_dtype_range(dtype), _dtype_range(jax.dtypes.canonicalize_dtype(pred.dtype)))
+    return _balanced_l1(pred, target, weight, avg_factor, _Coefficients.of(params, dtype), reduction)
 
 
 @partial(jax.jit, static_argnames=("reduction",))

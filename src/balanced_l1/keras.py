@@ -12,12 +12,15 @@ and the :class:`BalancedL1Loss` class reduces it with ``sample_weight`` and a Ke
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
+import ml_dtypes
+import numpy as np
 from keras import ops
 
-from balanced_l1.params import BalancedL1Params
+from balanced_l1.params import BalancedL1Params, DtypeRange, inlier_threshold
 
 __all__ = ["BalancedL1Loss", "balanced_l1_loss"]
 
@@ -38,6 +41,11 @@ def _check_shapes(y_true: Any, y_pred: Any) -> None:
         raise ValueError("y_pred must have at least one dimension (the loss is averaged over the last axis), got ()")
 
 
+def _dtype_range(dtype: str) -> DtypeRange:
+    info = ml_dtypes.finfo(dtype) if dtype == "bfloat16" else np.finfo(dtype)
+    return DtypeRange(dtype, float(info.max), float(info.smallest_subnormal))
+
+
 def _elementwise_loss(diff: Any, params: BalancedL1Params) -> Any:
     """Element-wise loss of ``diff = y_pred - y_true`` whose autodiff gradient matches the reference.
 
@@ -47,11 +55,15 @@ def _elementwise_loss(diff: Any, params: BalancedL1Params) -> Any:
     ``min``/``max`` of the PyTorch rewrite would split that tie in two (JAX and PyTorch do). ``|x|`` is
     ``x * sign(x)``, whose derivative is 0 at 0 on every backend (JAX's ``abs`` has 1 there).
     ``beta`` is made a tensor of ``diff``'s dtype first: some backends turn a Python float given to
-    ``where`` or ``less`` into float32, which would cost float64 inputs their precision.
+    ``where`` or ``less`` into float32, which would cost float64 inputs their precision. The test
+    ``|x| < beta`` is exact: it compares with ``beta`` rounded up to the dtype (``inlier_threshold``).
     """
+    dtype = keras.backend.standardize_dtype(diff.dtype)
+    info = np.finfo(dtype)
+    threshold = inlier_threshold(params.beta, info.nmant + 1, math.frexp(float(info.smallest_subnormal))[1] - 1)
     beta = ops.convert_to_tensor(params.beta, dtype=diff.dtype)
     a = diff * ops.sign(diff)
-    inlier = ops.less(a, beta)
+    inlier = ops.less(a, ops.convert_to_tensor(threshold, dtype=diff.dtype))
     u = ops.where(inlier, a, beta) * (params.b / params.beta)
     excess = ops.where(inlier, ops.zeros_like(a), a - beta)
     log_term = ((u + params.q) * ops.log1p(u) - u) * (params.alpha * params.beta / params.b)
@@ -98,6 +110,7 @@ def balanced_l1_loss(
     if not keras.backend.is_float_dtype(dtype):
         raise TypeError(f"y_pred must be a floating tensor (float16, bfloat16, float32, float64), got {dtype}")
     compute_dtype = "float32" if dtype in _HALF_DTYPES else dtype
+    params.check_fits(_dtype_range(compute_dtype), _dtype_range(dtype))
     y_pred = ops.cast(y_pred, compute_dtype)
     y_true = ops.cast(ops.convert_to_tensor(y_true), compute_dtype)
     _check_shapes(y_true, y_pred)

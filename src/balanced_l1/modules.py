@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 from balanced_l1.functional import balanced_l1_loss
-from balanced_l1.params import BalancedL1Params, check_reduction
+from balanced_l1.params import BalancedL1Params, check_loss_weight, check_reduction
 
 __all__ = ["BalancedL1Loss"]
 
@@ -20,7 +18,7 @@ class BalancedL1Loss(nn.Module):
         gamma: outlier gradient (cap), finite and > 0.
         beta: inflection point, finite and > 0.
         reduction: default reduction, ``"none"``, ``"mean"`` or ``"sum"``.
-        loss_weight: factor applied to the result.
+        loss_weight: factor applied to the result, finite and >= 0.
         formulation: ``"scaled"`` (default) or ``"mmdet"``; see :func:`balanced_l1_loss`.
 
     Example:
@@ -45,9 +43,7 @@ class BalancedL1Loss(nn.Module):
         self.alpha, self.gamma, self.beta = params.alpha, params.gamma, params.beta
         self.formulation = params.formulation
         self.reduction = check_reduction(reduction)
-        if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not math.isfinite(loss_weight):
-            raise ValueError(f"loss_weight must be a finite real number, got {loss_weight!r}")
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = check_loss_weight(loss_weight)
 
     def forward(
         self,
@@ -71,6 +67,14 @@ class BalancedL1Loss(nn.Module):
             formulation=self.formulation,
         )
         return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def __prepare_scriptable__(self) -> BalancedL1Loss:
+        """Refuse ``torch.jit.script`` with a clear message instead of a failure deep inside TorchScript."""
+        raise RuntimeError(
+            "BalancedL1Loss can not be compiled with torch.jit.script: the loss is a custom "
+            "torch.autograd.Function, which TorchScript does not support. Use torch.compile instead "
+            "(fullgraph=True works), or keep the module in eager mode"
+        )
 
     def extra_repr(self) -> str:
         return (

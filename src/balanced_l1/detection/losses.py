@@ -26,7 +26,6 @@ so that after DDP's gradient averaging the gradients equal those of one process 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -42,7 +41,7 @@ from balanced_l1.detection._distributed import normaliser
 from balanced_l1.detection._mixins import _with_mixin
 from balanced_l1.detection.ssd import ssd_losses
 from balanced_l1.functional import balanced_l1_loss
-from balanced_l1.params import BalancedL1Params
+from balanced_l1.params import BalancedL1Params, check_loss_weight
 
 __all__ = ["BoxLossConfig", "retinanet_box_loss", "roi_head_losses", "rpn_losses", "use_balanced_l1"]
 
@@ -69,12 +68,7 @@ class BoxLossConfig:
     loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        weight = self.loss_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise TypeError(f"loss_weight must be a real number, got {weight!r} of type {type(weight).__name__}")
-        if not (math.isfinite(weight) and weight >= 0.0):
-            raise ValueError(f"loss_weight must be finite and >= 0, got {weight!r}")
-        object.__setattr__(self, "loss_weight", float(weight))
+        object.__setattr__(self, "loss_weight", check_loss_weight(self.loss_weight))
 
     def summed(self, pred: Tensor, target: Tensor) -> Tensor:
         """Return ``loss_weight * sum(balanced_l1(pred - target))`` (0 with a gradient if empty)."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import binary_cross_entropy_with_logits, cross_entropy
+from torch.nn.functional import binary_cross_entropy_with_logits, cross_entropy, l1_loss, smooth_l1_loss
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressionHead
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, maskrcnn_loss
@@ -43,7 +43,18 @@ from balanced_l1.detection.ssd import ssd_losses
 from balanced_l1.functional import balanced_l1_loss
 from balanced_l1.params import BalancedL1Params, check_loss_weight
 
-__all__ = ["BoxLossConfig", "retinanet_box_loss", "roi_head_losses", "rpn_losses", "use_balanced_l1"]
+__all__ = [
+    "BOX_LOSSES",
+    "BoxLossConfig",
+    "retinanet_box_loss",
+    "roi_head_losses",
+    "rpn_losses",
+    "use_balanced_l1",
+    "use_box_loss",
+]
+
+#: The box losses a switched module can use: Balanced L1, and the baselines it is compared with.
+BOX_LOSSES = ("balanced_l1", "smooth_l1", "l1")
 
 #: The instance attribute that holds a switched module's :class:`BoxLossConfig`.
 CONFIG_ATTRIBUTE = "balanced_l1_config"
@@ -57,25 +68,35 @@ _SUPPORTED = (
 
 @dataclass(frozen=True)
 class BoxLossConfig:
-    """The Balanced L1 box loss a switched module uses: validated parameters and a loss weight.
+    """The box loss a switched module uses: validated parameters, a loss weight and which loss.
 
     Args:
         params: alpha, gamma, beta and formulation, validated by :class:`BalancedL1Params`.
         loss_weight: factor applied to the box loss; finite and >= 0.
+        loss: ``"balanced_l1"`` (the default), or a baseline with the same normalisation:
+            ``"smooth_l1"`` (with ``params.beta`` as its beta) or ``"l1"`` (``params`` unused).
     """
 
     params: BalancedL1Params = field(default_factory=BalancedL1Params)
     loss_weight: float = 1.0
+    loss: str = "balanced_l1"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss_weight", check_loss_weight(self.loss_weight))
+        if self.loss not in BOX_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(BOX_LOSSES)}, got {self.loss!r}")
 
     def summed(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Return ``loss_weight * sum(balanced_l1(pred - target))`` (0 with a gradient if empty)."""
+        """Return ``loss_weight * sum(loss(pred - target))`` (0 with a gradient if empty)."""
         p = self.params
-        total = balanced_l1_loss(
-            pred, target, alpha=p.alpha, gamma=p.gamma, beta=p.beta, reduction="sum", formulation=p.formulation
-        )
+        if self.loss == "smooth_l1":
+            total = smooth_l1_loss(pred, target, beta=p.beta, reduction="sum")
+        elif self.loss == "l1":
+            total = l1_loss(pred, target, reduction="sum")
+        else:
+            total = balanced_l1_loss(
+                pred, target, alpha=p.alpha, gamma=p.gamma, beta=p.beta, reduction="sum", formulation=p.formulation
+            )
         return total * self.loss_weight if self.loss_weight != 1.0 else total
 
 
@@ -354,6 +375,51 @@ def use_balanced_l1(
         >>> model.roi_heads.balanced_l1_config.params.beta
         0.5
     """
+    config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)
+    return _use_box_loss(model, config, rpn=rpn, roi_heads=roi_heads)
+
+
+def use_box_loss(
+    model: nn.Module,
+    loss: str,
+    *,
+    rpn: bool = True,
+    roi_heads: bool = True,
+    beta: float = 1.0,
+    loss_weight: float = 1.0,
+) -> nn.Module:
+    """Switch one detector instance's box losses to a baseline loss, with the same design as :func:`use_balanced_l1`.
+
+    This is how the baselines Balanced L1 is compared with are built: ``"smooth_l1"`` with beta 1 (the
+    paper's baseline; torchvision's own is beta 1/9) or ``"l1"`` (mmdetection's Faster R-CNN baseline),
+    with torchvision's normalisation and the distributed normalisers of :func:`use_balanced_l1`.
+
+    Args:
+        model: a model that :func:`use_balanced_l1` supports.
+        loss: ``"smooth_l1"``, ``"l1"`` or ``"balanced_l1"`` (then alpha 0.5, gamma 1.5 and ``beta``).
+        rpn: switch the RPN's box loss (R-CNN models).
+        roi_heads: switch the RoI head's box loss (R-CNN models).
+        beta: smooth L1's (or Balanced L1's) beta, finite and > 0; unused by ``"l1"``.
+        loss_weight: factor applied to the box losses, finite and >= 0.
+
+    Returns:
+        ``model`` itself, switched in place.
+
+    Raises:
+        TypeError: for an unsupported model, as :func:`use_balanced_l1`.
+        ValueError: for an unknown loss (listing the valid ones) or invalid parameters.
+
+    Example:
+        >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+        >>> model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
+        >>> use_box_loss(model, "l1").roi_heads.balanced_l1_config.loss
+        'l1'
+    """
+    config = BoxLossConfig(BalancedL1Params(beta=beta), loss_weight, loss)
+    return _use_box_loss(model, config, rpn=rpn, roi_heads=roi_heads)
+
+
+def _use_box_loss(model: nn.Module, config: BoxLossConfig, *, rpn: bool, roi_heads: bool) -> nn.Module:
     one_stage = _one_stage_module(model)
     if one_stage is not None:
         name = "SSD" if one_stage is model else "RetinaNet"
@@ -362,7 +428,6 @@ def use_balanced_l1(
                 f"{name} has neither an RPN nor RoI heads, it has one box loss: "
                 f"leave rpn and roi_heads at True (got rpn={rpn!r}, roi_heads={roi_heads!r})"
             )
-        config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)
         _switch(one_stage, _BalancedL1SSD if one_stage is model else _BalancedL1RetinaNetRegression, config)
         return model
     if not (
@@ -375,7 +440,6 @@ def use_balanced_l1(
         raise TypeError(f"use_balanced_l1 supports {_SUPPORTED}; got {type(model).__name__}{hint}")
     if not (rpn or roi_heads):
         raise ValueError("rpn=False and roi_heads=False would switch nothing; set at least one of them to True")
-    config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)
     if rpn:
         _switch(model.rpn, _BalancedL1RPN, config)
     if roi_heads:

@@ -104,6 +104,20 @@ register_arm(
         _keep_torchvision_losses,
     )
 )
+
+
+def _use_smooth_l1_beta1(model: nn.Module) -> None:
+    from balanced_l1.detection.losses import use_box_loss
+
+    use_box_loss(model, "smooth_l1", beta=1.0)
+
+
+def _use_l1(model: nn.Module) -> None:
+    from balanced_l1.detection.losses import use_box_loss
+
+    use_box_loss(model, "l1")
+
+
 register_arm(
     Arm(
         "balanced_l1",
@@ -111,6 +125,16 @@ register_arm(
         _use_balanced_l1,
     )
 )
+
+
+register_arm(
+    Arm(
+        "smooth_l1_beta1",
+        "smooth L1 with beta 1 in the RPN and the RoI heads (the paper's baseline; torchvision's uses beta 1/9)",
+        _use_smooth_l1_beta1,
+    )
+)
+register_arm(Arm("l1", "L1 box losses in the RPN and the RoI heads (mmdetection's Faster R-CNN baseline)", _use_l1))
 
 
 def _use_iou_balanced_sampling(model: nn.Module) -> None:

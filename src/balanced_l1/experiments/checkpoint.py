@@ -21,7 +21,7 @@ import torch
 
 from balanced_l1._files import write_atomically
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 class CheckpointMismatchError(ValueError):

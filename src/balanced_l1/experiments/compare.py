@@ -7,7 +7,8 @@ RNG streams; only the arm's ``configure`` differs. Output folder ``--out``::
     results.json        settings, per-arm metrics per seed, mean and std, paired differences
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
-    runs/<arm>_seed<s>.json        one finished run: its fingerprint, metrics and loss history
+    gradient_balance.png  the gradient-balance statistics over training per arm (the paper's 0.3 marked)
+    runs/<arm>_seed<s>.json        one finished run: its fingerprint, metrics, loss history and gradient balance
     checkpoints/<arm>_seed<s>.pt   the latest checkpoint of that run (for --resume)
 
 Every file is written atomically; ``results.json`` is written last, and one left by an earlier run is
@@ -29,8 +30,10 @@ from typing import Any
 import torch
 
 from balanced_l1._files import remove_stale_temp_files, write_json_atomically
+from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.detection.zoo import build_detector
 from balanced_l1.experiments.arms import get_arm
+from balanced_l1.experiments.balance import Series, format_balance_table, run_summary, save_balance_figure
 from balanced_l1.experiments.checkpoint import CheckpointMismatchError, load_checkpoint
 from balanced_l1.experiments.coco_data import (
     DetectionSplit,
@@ -111,7 +114,7 @@ def run_fingerprint(config: CompareConfig, splits: dict[str, DetectionSplit], ar
     return {"arm": arm, "seed": seed, "settings": settings, "data": data}
 
 
-_OUTPUT_FILES = ("results.json", "loss_curves.png", "ap_vs_iou.png")
+_OUTPUT_FILES = ("results.json", "loss_curves.png", "ap_vs_iou.png", "gradient_balance.png")
 _OUTPUT_FOLDERS = ("runs", "checkpoints")
 LOCK_NAME = ".balanced-l1.lock"
 
@@ -178,18 +181,14 @@ def _read_record(path: Path) -> dict[str, Any]:
             f"{path}: cannot read this finished-run record ({type(err).__name__}: {err}); "
             "delete it to train the run again"
         ) from None
-    if not isinstance(record, dict) or not {"fingerprint", "metrics", "history"} <= set(record):
+    if not isinstance(record, dict) or not {"fingerprint", "metrics", "history", "gradient_balance"} <= set(record):
         raise CheckpointMismatchError(
             f"{path}: not a run record of balanced-l1 compare; delete it to train the run again"
         )
     return record
 
 
-def _check_resumable(
-    config: CompareConfig, splits: dict[str, DetectionSplit], ctx: DistContext, tc: TrainConfig
-) -> None:
-    from dataclasses import asdict
-
+def _check_resumable(config: CompareConfig, splits: dict[str, DetectionSplit], ctx: DistContext) -> None:
     for arm in config.arms:
         for seed in config.seeds:
             record_path, ckpt = _paths(config, arm, seed)
@@ -201,8 +200,7 @@ def _check_resumable(
                         "Use another --out or run without --resume to start over."
                     )
             elif ckpt.exists():
-                train_part = asdict(tc) | {"lr_steps": list(tc.lr_steps)}
-                load_checkpoint(ckpt, {**fingerprint, "train": train_part}, ctx.world_size)
+                load_checkpoint(ckpt, fingerprint, ctx.world_size)
 
 
 def _build(
@@ -261,7 +259,8 @@ def _run_one(
     torch.manual_seed(seed)
     model = _build(config, len(splits["train"].category_ids), arm)
     model.to(ctx.device)
-    history = train(
+    monitor = GradientBalanceMonitor(model, task_balance_every=config.balance_every)
+    result = train(
         model,
         splits["train"],
         tc,
@@ -273,11 +272,20 @@ def _run_one(
         desc=f"{arm} seed {seed}",
         workers=config.workers,
         position=position,
+        monitor=monitor,
     )
+    monitor.remove()
     metrics = evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers)
     record: dict[str, Any] | None = None
     if ctx.is_main:
-        record = {"arm": arm, "seed": seed, "fingerprint": fingerprint, "metrics": metrics, "history": history}
+        record = {
+            "arm": arm,
+            "seed": seed,
+            "fingerprint": fingerprint,
+            "metrics": metrics,
+            "history": result.history,
+            "gradient_balance": result.gradient_balance,
+        }
         write_json_atomically(record, record_path)
     barrier(ctx)
     return record
@@ -329,11 +337,12 @@ def _compare(
     _check_arms_fit_model(config, len(splits["train"].category_ids))
     tc = train_config(config, len(splits["train"]))
     if config.resume:
-        _check_resumable(config, splits, ctx, tc)
+        _check_resumable(config, splits, ctx)
     if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
         (Path(config.out) / "results.json").unlink(missing_ok=True)
     runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in config.arms}
     histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in config.arms}
+    balance: dict[str, dict[int, Series]] = {arm: {} for arm in config.arms}
     tasks = [(arm, seed) for seed in config.seeds for arm in config.arms]
     todo = [t for t in tasks if not (config.resume and _paths(config, *t)[0].exists())]
     if config.jobs > 1 and not ctx.distributed and len(todo) > 1:
@@ -346,16 +355,18 @@ def _compare(
         else:
             record = _run_one(config, ctx, splits, tc, arm, seed)
         if record is not None:
-            runs[arm][seed] = record["metrics"]
+            runs[arm][seed] = {**record["metrics"], **run_summary(record["gradient_balance"])}
             histories[arm][seed] = record["history"]
+            balance[arm][seed] = record["gradient_balance"]
     if not ctx.is_main:
         return None
     descriptions = {arm: get_arm(arm).description for arm in config.arms}
     summary = summarize(runs, config.arms[0], descriptions)  # paired differences against the first arm
     settings = {**as_dict(config), "iters_resolved": tc.iters, "world_size": ctx.world_size}
     results = {"config": settings, "data": {n: s.report for n, s in splits.items()}, **summary}
-    figures = save_figures(histories, summary, config.out)
+    figures = [*save_figures(histories, summary, config.out), save_balance_figure(balance, config.out)]
     path = write_results(results, config.out)
     log(format_table(summary))
+    log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))
     log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")
     return results

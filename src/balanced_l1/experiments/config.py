@@ -99,6 +99,9 @@ class CompareConfig:
     workers: int = _setting(0, "DataLoader worker processes per training process")
     jobs: int = _setting(2, "trainings run side by side, each in its own process (ignored under torchrun)")
     checkpoint_every: int = _setting(20, "iterations between checkpoints")
+    balance_every: int = _setting(
+        10, "measure the box/classification gradient balance every this many iterations (the rest: every one)"
+    )
 
     @property
     def uses_coco_files(self) -> bool:
@@ -150,7 +153,7 @@ class CompareConfig:
             raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
         if not self.weights_backbone:
             raise ConfigError("weights_backbone must be none, DEFAULT or the path of a local file, got ''")
-        for name in ("threads", "checkpoint_every", "jobs"):
+        for name in ("threads", "checkpoint_every", "jobs", "balance_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from balanced_l1._files import save_figure_atomically, write_json_atomically
+from balanced_l1.experiments.balance import inlier_outlier_cell, mean_over_seeds
 from balanced_l1.experiments.evaluate import IOU_THRESHOLDS, METRICS
 
 
@@ -82,6 +83,7 @@ def summarize(
             "mean": mean,
             "std": std,
             "ap_per_iou_mean": curves.mean(axis=0).tolist(),
+            "gradient_balance_mean": mean_over_seeds(per_seed),
         }
     differences: dict[str, Any] = {}
     for arm in runs:
@@ -149,18 +151,22 @@ def _cell(mean: float | None, std: float | None, *, signed: bool = False) -> str
 def format_table(summary: dict[str, Any]) -> str:
     """A Markdown table of the metrics (in percent): one row per arm, one per paired difference.
 
+    The last column is the RoI head's inlier/outlier gradient ratio per sample (mean over seeds of its
+    second-half mean; the paper's smooth L1 figure is 0.3), ``n/a`` where it was not measured.
+
     Args:
         summary: the result of :func:`summarize`.
 
     Returns:
         The table; cells read ``mean ± std`` when there are several seeds, ``n/a`` for pycocotools' ``-1``.
     """
-    rows = [["arm", "seeds", *METRICS]]
+    rows = [["arm", "seeds", *METRICS, "in/out grad"]]
     for arm, data in summary["arms"].items():
-        rows.append([arm, str(len(data["per_seed"])), *(_cell(data["mean"][n], data["std"][n]) for n in METRICS)])
+        cells = [_cell(data["mean"][n], data["std"][n]) for n in METRICS]
+        rows.append([arm, str(len(data["per_seed"])), *cells, inlier_outlier_cell(data)])
     for name, data in summary["paired_difference"].items():
         cells = [_cell(data["mean"][n], data["std"][n], signed=True) for n in METRICS]
-        rows.append([name, str(len(data["per_seed"])), *cells])
+        rows.append([name, str(len(data["per_seed"])), *cells, ""])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.experiments.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from balanced_l1.experiments.coco_data import DetectionSplit
 from balanced_l1.experiments.distributed import DistContext, barrier, gather_objects, mean_over_ranks
@@ -101,6 +102,7 @@ class _State:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     history: list[dict[str, float]]
+    balance: list[dict[str, dict[str, float | None]]] = field(default_factory=list)
     start: int = 0
 
     def restore(self, ckpt: dict[str, Any], ctx: DistContext) -> None:
@@ -108,7 +110,7 @@ class _State:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"][ctx.rank], ctx.device)
-        self.history, self.start = ckpt["history"], ckpt["iteration"]
+        self.history, self.balance, self.start = ckpt["history"], ckpt["gradient_balance"], ckpt["iteration"]
 
     def save(self, path: Path, iteration: int, fingerprint: dict[str, Any], ctx: DistContext) -> None:
         states = gather_objects(ctx, rng_state(ctx.device))
@@ -123,6 +125,7 @@ class _State:
                     "scaler": self.scaler.state_dict(),
                     "rng": states,
                     "history": self.history,
+                    "gradient_balance": self.balance,
                 },
             )
         barrier(ctx)
@@ -135,6 +138,7 @@ def _step(
     config: TrainConfig,
     ctx: DistContext,
     iteration: int,
+    monitor: GradientBalanceMonitor | None,
 ) -> dict[str, float]:
     images, targets = unpack(batch)
     device = ctx.device
@@ -147,6 +151,8 @@ def _step(
     total: torch.Tensor = torch.stack([v.float() for v in losses.values()]).sum()
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(total).backward()
+    if monitor is not None:  # reads the gradients of this backward pass; changes nothing
+        state.balance.append(monitor.step())
     if config.grad_clip > 0:
         state.scaler.unscale_(state.optimizer)
         params = [p for g in state.optimizer.param_groups for p in g["params"]]
@@ -156,6 +162,54 @@ def _step(
     names = ["loss", *sorted(losses)]
     values = torch.stack([total.detach(), *(losses[n].detach().float() for n in names[1:])])
     return dict(zip(names, mean_over_ranks(ctx, values).cpu().tolist(), strict=True))
+
+
+@dataclass
+class TrainResult:
+    """What a training run records besides the weights.
+
+    Attributes:
+        history: one ``{"loss": total, <component>: value, ...}`` per iteration, averaged over ranks.
+        gradient_balance: one :meth:`~balanced_l1.detection.GradientBalanceMonitor.step` record per
+            iteration (global batch), empty when no monitor was given.
+    """
+
+    history: list[dict[str, float]]
+    gradient_balance: list[dict[str, dict[str, float | None]]]
+
+
+def _start(
+    model: nn.Module,
+    config: TrainConfig,
+    ctx: DistContext,
+    *,
+    seed: int,
+    checkpoint_path: Path,
+    fingerprint: dict[str, Any],
+    resume: bool,
+) -> _State:
+    """A fresh run's state (random streams seeded), or the checkpoint's when resuming."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp and ctx.device.type == "cuda")
+    state = _State(model, optimizer, scaler, [])
+    if resume and checkpoint_path.exists():
+        state.restore(load_checkpoint(checkpoint_path, fingerprint, ctx.world_size), ctx)
+    else:
+        _seed_everything(seed * 1000 + ctx.rank)
+    return state
+
+
+def _progress(config: TrainConfig, state: _State, ctx: DistContext, desc: str, position: int) -> tqdm[Any]:
+    return tqdm(
+        total=config.iters,
+        initial=state.start,
+        desc=desc,
+        disable=not ctx.is_main,
+        leave=True,
+        dynamic_ncols=True,
+        position=position,
+    )
 
 
 def train(
@@ -171,7 +225,8 @@ def train(
     desc: str,
     workers: int = 0,
     position: int = 0,
-) -> list[dict[str, float]]:
+    monitor: GradientBalanceMonitor | None = None,
+) -> TrainResult:
     """Train ``model`` in place, checkpointing every ``config.checkpoint_every`` iterations and at the end.
 
     Args:
@@ -181,14 +236,16 @@ def train(
         seed: the run's seed (data order, flips and the per-rank RNG streams).
         ctx: this process's place in the job.
         checkpoint_path: where rank 0 writes the checkpoint.
-        fingerprint: the run's identity (settings, data, seed), stored in the checkpoint and checked on resume.
+        fingerprint: the run's identity (settings, data, seed; see
+            :func:`~balanced_l1.experiments.compare.run_fingerprint`), stored in the checkpoint and checked on resume.
         resume: continue from ``checkpoint_path`` if it exists.
         desc: label of the progress bar.
         workers: DataLoader worker processes.
         position: line of the progress bar (runs side by side each have their own).
+        monitor: a gradient-balance monitor attached to ``model``; read after every backward pass.
 
     Returns:
-        The loss history: one ``{"loss": total, <component>: value, ...}`` per iteration, averaged over ranks.
+        The loss history and the gradient-balance series.
 
     Raises:
         TrainingDivergedError: if the loss becomes NaN or infinite.
@@ -196,19 +253,14 @@ def train(
         ImageReadError: if a training image cannot be read (the last checkpoint is kept).
     """
     ddp: nn.Module = DistributedDataParallel(model) if ctx.distributed else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp and ctx.device.type == "cuda")
-    state = _State(model, optimizer, scaler, [])
-    fingerprint = {**fingerprint, "train": asdict(config) | {"lr_steps": list(config.lr_steps)}}
-    if resume and checkpoint_path.exists():
-        state.restore(load_checkpoint(checkpoint_path, fingerprint, ctx.world_size), ctx)
-    else:
-        _seed_everything(seed * 1000 + ctx.rank)
-    order = DataOrder(seed, len(split), config.hflip)
+    state = _start(
+        model, config, ctx, seed=seed, checkpoint_path=checkpoint_path, fingerprint=fingerprint, resume=resume
+    )
+    if monitor is not None:
+        monitor.resume_at(state.start)
     loader = training_loader(
         split,
-        order,
+        DataOrder(seed, len(split), config.hflip),
         batch_size=config.batch_size,
         start=state.start,
         stop=config.iters,
@@ -218,18 +270,10 @@ def train(
         device=ctx.device,
     )
     model.train()
-    bar = tqdm(
-        total=config.iters,
-        initial=state.start,
-        desc=desc,
-        disable=not ctx.is_main,
-        leave=True,
-        dynamic_ncols=True,
-        position=position,
-    )
+    bar = _progress(config, state, ctx, desc, position)
     try:
         for iteration, batch in enumerate(loader, start=state.start):
-            record = _step(ddp, state, batch, config, ctx, iteration)
+            record = _step(ddp, state, batch, config, ctx, iteration, monitor)
             if not math.isfinite(record["loss"]):
                 raise TrainingDivergedError(
                     f"{desc}: loss became {record['loss']} at iteration {iteration}; lower --lr"
@@ -242,4 +286,4 @@ def train(
                 state.save(checkpoint_path, done, fingerprint, ctx)
     finally:
         bar.close()
-    return state.history
+    return TrainResult(state.history, state.balance)

@@ -1,0 +1,556 @@
+"""Measure the gradient balance Libra R-CNN argues about, in any torchvision detector, without changing it.
+
+The paper's case for Balanced L1 is about gradients: under smooth L1 the *inliers* (positive samples
+whose regression loss is below 1.0) "only contribute 30% gradients average per sample compared with
+outliers", and Balanced L1 promotes them to balance classification and localisation.
+:class:`GradientBalanceMonitor` records, per training iteration and per box-regression stage (the RoI
+head and the RPN of an R-CNN; the one head of RetinaNet or SSD), over that stage's positive samples:
+
+- ``inlier_fraction``: the share of positive samples that are inliers. The partition is the paper's
+  and is the same whatever loss the model trains with: a sample is an inlier when the smooth L1 loss
+  with beta 1 of its 4 encoded deltas, summed, is < 1.0.
+- ``inlier_outlier_gradient_ratio``: the mean per-sample gradient magnitude of the inliers over that
+  of the outliers (the paper's 30%). A sample's magnitude is the L1 norm over its 4 deltas of the
+  gradient of the loss the model actually uses (read from the backward pass).
+- ``inlier_gradient_share``: the inliers' share of the summed magnitudes of all positive samples.
+- ``box_cls_gradient_ratio`` (the RoI head, or a one-stage head): the L2 norm of the gradient the box
+  loss sends into the representation shared by both tasks (the RoI box head's output, which feeds both
+  predictors; the feature maps a one-stage head reads) over the norm of the gradient from the
+  classification loss. It needs one extra, gradient-only pass through the predictor, so it is measured
+  every ``task_balance_every`` iterations (``None`` in between).
+
+A statistic that is undefined in an iteration (no positives, no outliers, no gradient) is ``None``.
+
+The monitor only *reads*: it registers tensor hooks that return nothing and records the samples the
+model's own sampler drew, so losses, gradients and random streams are those of the unmonitored model
+(tested bit for bit). Ratios do not depend on a common factor of the gradients, so a loss weight, AMP's
+gradient scaling and DDP's averaging do not change them. Under ``torch.distributed`` :meth:`step`
+sums the counts, magnitudes and squared norms over ranks, so the statistics are those of the global
+batch; every rank must call it, once per iteration.
+
+Attach it last, after ``use_balanced_l1``, ``use_libra`` or any sampler mixin: they replace the methods
+it observes, and :meth:`step` raises if a training pass recorded nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressionHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.ssd import SSD
+
+from balanced_l1.detection._mixins import _with_mixin
+
+__all__ = [
+    "PAPER_INLIER_OUTLIER_RATIO",
+    "SAMPLE_STATISTICS",
+    "STATISTICS",
+    "GradientBalanceMonitor",
+    "box_gradient_statistics",
+    "is_inlier",
+]
+
+#: The paper's figure: under smooth L1 an inlier gets about 30% of an outlier's gradient.
+PAPER_INLIER_OUTLIER_RATIO = 0.3
+#: Statistics computed from the positive samples of one stage.
+SAMPLE_STATISTICS = ("inlier_fraction", "inlier_outlier_gradient_ratio", "inlier_gradient_share")
+#: Every statistic of a stage, in report order.
+STATISTICS = (*SAMPLE_STATISTICS, "box_cls_gradient_ratio")
+_MONITOR_ATTRIBUTE = "_balanced_l1_gradient_monitor"
+_SUMS = 6  # per stage: inliers, outliers, inlier magnitude, outlier magnitude, box |g|^2, cls |g|^2
+
+
+def is_inlier(pred: Tensor, target: Tensor) -> Tensor:
+    """The paper's partition: smooth L1 (beta 1) of a sample's deltas, summed over its last dim, is < 1.0.
+
+    Args:
+        pred: ``(P, 4)`` predicted encoded deltas.
+        target: ``(P, 4)`` target encoded deltas.
+
+    Returns:
+        ``(P,)`` bool tensor, computed in float64.
+
+    Example:
+        >>> is_inlier(torch.tensor([[0.1, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]), torch.zeros(2, 4)).tolist()
+        [True, False]
+    """
+    x = (pred.detach().double() - target.detach().double()).abs()
+    loss = torch.where(x < 1.0, 0.5 * x * x, x - 0.5).sum(dim=-1)
+    return loss < 1.0
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 and math.isfinite(numerator / denominator) else None
+
+
+def _statistics(sums: Sequence[float], with_task_balance: bool) -> dict[str, float | None]:
+    inliers, outliers, g_in, g_out, box_sq, cls_sq = sums
+    stats: dict[str, float | None] = {
+        "inlier_fraction": _ratio(inliers, inliers + outliers),
+        "inlier_outlier_gradient_ratio": (
+            _ratio(g_in / inliers, g_out / outliers) if inliers > 0 and outliers > 0 else None
+        ),
+        "inlier_gradient_share": _ratio(g_in, g_in + g_out),
+    }
+    stats["box_cls_gradient_ratio"] = _ratio(math.sqrt(box_sq), math.sqrt(cls_sq)) if with_task_balance else None
+    return stats
+
+
+def box_gradient_statistics(pred: Tensor, target: Tensor, grad: Tensor) -> dict[str, float | None]:
+    """The sample statistics of one set of positive samples, from their deltas and the loss's gradient.
+
+    Args:
+        pred: ``(P, 4)`` predicted encoded deltas of the positive samples.
+        target: ``(P, 4)`` their targets.
+        grad: ``(P, 4)`` the gradient of the training loss with respect to ``pred``.
+
+    Returns:
+        ``{"inlier_fraction", "inlier_outlier_gradient_ratio", "inlier_gradient_share"}``, each ``None``
+        where undefined.
+
+    Raises:
+        ValueError: if the shapes differ or are not ``(P, 4)``.
+    """
+    if not (pred.shape == target.shape == grad.shape and pred.dim() == 2 and pred.shape[-1] == 4):
+        raise ValueError(
+            f"pred, target and grad must all be (P, 4), got {tuple(pred.shape)}, {tuple(target.shape)}, "
+            f"{tuple(grad.shape)}"
+        )
+    sums = _sample_sums(is_inlier(pred, target), grad)
+    stats = _statistics([*sums.tolist(), 0.0, 0.0], with_task_balance=False)
+    return {name: stats[name] for name in SAMPLE_STATISTICS}
+
+
+def _sample_sums(inlier: Tensor, grad: Tensor) -> Tensor:
+    magnitude = grad.detach().double().abs().sum(dim=-1)
+    inlier = inlier.to(magnitude.device)
+    return torch.stack(
+        [
+            inlier.sum().double(),
+            (~inlier).sum().double(),
+            magnitude[inlier].sum(),
+            magnitude[~inlier].sum(),
+        ]
+    )
+
+
+class _Stage:
+    """The per-iteration sums of one box-regression stage (kept on the model's device: no host sync)."""
+
+    def __init__(self, name: str, task_balance: bool) -> None:
+        self.name = name
+        self.task_balance = task_balance
+        self.sums: Tensor | None = None
+        self.recorded = False
+
+    def add(self, values: Tensor, offset: int = 0) -> None:
+        padded = torch.zeros(_SUMS, dtype=torch.float64, device=values.device)
+        padded[offset : offset + values.numel()] = values
+        self.sums = padded if self.sums is None else self.sums + padded.to(self.sums.device)
+
+    def record(self, pred: Tensor, select: Callable[[Tensor], Tensor], target: Tensor) -> None:
+        """Record positives ``select(pred)`` against ``target``; their gradient magnitudes arrive in backward."""
+        self.recorded = True
+        inlier = is_inlier(select(pred), target)
+        self.add(torch.stack([inlier.sum().double(), (~inlier).sum().double()]))
+        if pred.requires_grad:
+
+            def hook(grad: Tensor) -> None:
+                sums = _sample_sums(inlier, select(grad))
+                self.add(sums[2:], offset=2)
+
+            pred.register_hook(hook)
+
+
+class _TaskBalance:
+    """Captures a shared representation and the gradients of the two task outputs computed from it.
+
+    After the backward pass, :meth:`norms` re-runs ``module`` on a detached copy of its input (buffers
+    restored afterwards, parameters untouched) and takes the vector-Jacobian product of each output
+    with the gradient it received, which separates the two contributions to the representation's gradient.
+    """
+
+    def __init__(self, module: nn.Module, outputs: Callable[[Any], tuple[Tensor, Tensor]]) -> None:
+        self.module = module
+        self.outputs = outputs  # module output -> (classification output, box output)
+        self.armed = False
+        self.inputs: tuple[Any, ...] | None = None
+        self.grads: list[Tensor | None] = [None, None]
+
+    def capture(self, inputs: tuple[Any, ...], output: Any) -> None:
+        if not self.armed or not torch.is_grad_enabled():
+            return
+        cls_out, box_out = self.outputs(output)
+        self.inputs = tuple(_detached(x) for x in inputs)
+        self.grads = [None, None]
+        for index, tensor in enumerate((cls_out, box_out)):
+            if tensor.requires_grad:
+                tensor.register_hook(self._keeper(index))
+
+    def _keeper(self, index: int) -> Callable[[Tensor], None]:
+        def keep(grad: Tensor) -> None:
+            self.grads[index] = grad.detach()
+
+        return keep
+
+    def norms(self) -> Tensor | None:
+        """``[|g_box|^2, |g_cls|^2]`` at the representation, or None if nothing was captured."""
+        if self.inputs is None:
+            return None
+        inputs, grads = self.inputs, self.grads
+        self.inputs, self.grads = None, [None, None]
+        leaves = [t for t in _tensors(inputs) if t.is_floating_point()]
+        buffers = [b.detach().clone() for b in self.module.buffers()]
+        try:
+            with torch.enable_grad():
+                for leaf in leaves:
+                    leaf.requires_grad_(True)
+                outputs = self.outputs(self.module(*inputs))
+                squared = []
+                for output, grad in zip(outputs, grads, strict=True):
+                    total = torch.zeros((), dtype=torch.float64, device=output.device)
+                    if grad is not None and output.requires_grad:
+                        parts = torch.autograd.grad(
+                            output, leaves, grad.to(output.dtype), retain_graph=True, allow_unused=True
+                        )
+                        for part in parts:
+                            if part is not None:
+                                total = total + part.double().square().sum()
+                    squared.append(total)
+        finally:
+            with torch.no_grad():
+                for buffer, saved in zip(self.module.buffers(), buffers, strict=True):
+                    buffer.copy_(saved)
+        cls_sq, box_sq = squared
+        return torch.stack([box_sq, cls_sq.to(box_sq.device)])
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _monitor(module: nn.Module) -> GradientBalanceMonitor | None:
+    return module.__dict__.get(_MONITOR_ATTRIBUTE)
+
+
+class _RecordingSampler:
+    """Stands in for an RPN's ``fg_bg_sampler`` during one ``compute_loss`` call and keeps what it drew."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.positives: list[Tensor] = []
+
+    def __call__(self, labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        positives, negatives = self.sampler(labels)
+        self.positives = positives
+        return positives, negatives
+
+
+class _MonitoredRPN(RegionProposalNetwork):
+    mixin_label = "GradientBalance"
+
+    def compute_loss(
+        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        monitor = _monitor(self)
+        if monitor is None:
+            return super().compute_loss(objectness, pred_bbox_deltas, labels, regression_targets)
+        recorder = _RecordingSampler(self.fg_bg_sampler)
+        self.fg_bg_sampler = recorder
+        try:
+            losses = super().compute_loss(objectness, pred_bbox_deltas, labels, regression_targets)
+        finally:
+            self.fg_bg_sampler = recorder.sampler
+        positive = torch.where(torch.cat(recorder.positives, dim=0))[0]
+        target = torch.cat(regression_targets, dim=0)[positive]
+        monitor.stages["rpn"].record(pred_bbox_deltas, lambda t: t.reshape(-1, 4)[positive], target)
+        return losses
+
+
+class _MonitoredRoIHeads(RoIHeads):
+    mixin_label = "GradientBalance"
+
+    def select_training_samples(self, proposals: list[Tensor], targets: Any) -> Any:
+        result = super().select_training_samples(proposals, targets)
+        monitor = _monitor(self)
+        if monitor is not None:
+            _, _, labels, regression_targets = result
+            monitor.roi_samples = (torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0))
+        return result
+
+
+class _MonitoredRetinaNetRegression(RetinaNetRegressionHead):
+    mixin_label = "GradientBalance"
+
+    def compute_loss(
+        self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> Tensor:  # fmt: skip
+        loss = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        monitor = _monitor(self)
+        if monitor is not None:
+            monitor.record_one_stage(self.box_coder, targets, head_outputs["bbox_regression"], anchors, matched_idxs)
+        return loss
+
+
+class _MonitoredSSD(SSD):
+    mixin_label = "GradientBalance"
+
+    def compute_loss(
+        self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:  # fmt: skip
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        monitor = _monitor(self)
+        if monitor is not None:
+            monitor.record_one_stage(self.box_coder, targets, head_outputs["bbox_regression"], anchors, matched_idxs)
+        return losses
+
+
+def _dict_outputs(output: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    return output["cls_logits"], output["bbox_regression"]
+
+
+def _tuple_outputs(output: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return output[0], output[1]
+
+
+class GradientBalanceMonitor:
+    """Record the inlier/outlier and box/classification gradient balance of a detector while it trains.
+
+    Args:
+        model: a torchvision Faster / Mask / Keypoint R-CNN, RetinaNet or SSD / SSDlite (switched by
+            ``use_balanced_l1`` or ``use_libra`` or not), the bare model (not a DDP wrapper).
+        task_balance_every: measure ``box_cls_gradient_ratio`` every this many iterations (>= 1),
+            starting with the first; it costs a gradient-only pass through the predictor.
+
+    Call :meth:`step` once per training iteration, after ``backward()`` (and before the optimizer
+    changes the weights). :meth:`remove` detaches the monitor and leaves the model as it was.
+
+    Raises:
+        TypeError: for a model this monitor does not know.
+        ValueError: for ``task_balance_every < 1``.
+
+    Example:
+        >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+        >>> model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
+        >>> monitor = GradientBalanceMonitor(model)
+        >>> sorted(monitor.stages)
+        ['roi_heads', 'rpn']
+        >>> monitor.remove()
+    """
+
+    def __init__(self, model: nn.Module, *, task_balance_every: int = 1) -> None:
+        if isinstance(task_balance_every, bool) or not isinstance(task_balance_every, int) or task_balance_every < 1:
+            raise ValueError(f"task_balance_every must be an integer >= 1, got {task_balance_every!r}")
+        self.task_balance_every = task_balance_every
+        self.iteration = 0
+        self.history: list[dict[str, dict[str, float | None]]] = []
+        self.roi_samples: tuple[Tensor, Tensor] | None = None
+        self._trained = False
+        self._undo: list[Callable[[], None]] = []
+        self.stages: dict[str, _Stage] = {}
+        self._task: _TaskBalance | None = None
+        if (
+            isinstance(model, GeneralizedRCNN)
+            and isinstance(model.rpn, RegionProposalNetwork)
+            and isinstance(model.roi_heads, RoIHeads)
+        ):
+            self.stages = {"roi_heads": _Stage("roi_heads", True), "rpn": _Stage("rpn", False)}
+            self._attach(model.rpn, _MonitoredRPN)
+            self._attach(model.roi_heads, _MonitoredRoIHeads)
+            self._task = _TaskBalance(model.roi_heads.box_predictor, _tuple_outputs)
+            self._hook(model.roi_heads.box_predictor, self._roi_predictor_hook)
+        elif isinstance(model, RetinaNet) and isinstance(model.head.regression_head, RetinaNetRegressionHead):
+            self.stages = {"head": _Stage("head", True)}
+            self._attach(model.head.regression_head, _MonitoredRetinaNetRegression)
+            self._task = _TaskBalance(model.head, _dict_outputs)
+            self._hook(model.head, self._one_stage_head_hook)
+        elif isinstance(model, SSD):
+            self.stages = {"head": _Stage("head", True)}
+            self._attach(model, _MonitoredSSD)
+            self._task = _TaskBalance(model.head, _dict_outputs)
+            self._hook(model.head, self._one_stage_head_hook)
+        else:
+            wrapped = isinstance(getattr(model, "module", None), nn.Module)
+            hint = " (pass the bare model, e.g. ddp_model.module)" if wrapped else ""
+            raise TypeError(
+                "GradientBalanceMonitor supports torchvision FasterRCNN, MaskRCNN, KeypointRCNN, RetinaNet and "
+                f"SSD / SSDlite, as use_balanced_l1 does; got {type(model).__name__}{hint}"
+            )
+        self._hook_pre(model)
+        self._arm()
+
+    # --- attaching -------------------------------------------------------------------------------
+    def _attach(self, module: nn.Module, mixin: type) -> None:
+        original = type(module)
+        module.__class__ = _with_mixin(original, mixin)
+        module.__dict__[_MONITOR_ATTRIBUTE] = self
+
+        def undo() -> None:
+            module.__class__ = original
+            module.__dict__.pop(_MONITOR_ATTRIBUTE, None)
+
+        self._undo.append(undo)
+
+    def _hook(self, module: nn.Module, hook: Callable[..., None]) -> None:
+        handle = module.register_forward_hook(hook)
+        self._undo.append(handle.remove)
+
+    def _hook_pre(self, model: nn.Module) -> None:
+        def seen(module: nn.Module, args: Any) -> None:
+            if module.training and torch.is_grad_enabled():
+                self._trained = True
+
+        handle = model.register_forward_pre_hook(seen)
+        self._undo.append(handle.remove)
+
+    def resume_at(self, iteration: int) -> None:
+        """Continue counting from ``iteration``, so a resumed run measures the task balance where a whole one does."""
+        self.iteration = iteration
+        self._arm()
+
+    def remove(self) -> None:
+        """Detach the monitor: the model's classes and hooks are those it had before."""
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
+
+    # --- recording -------------------------------------------------------------------------------
+    def _arm(self) -> None:
+        if self._task is not None:
+            self._task.armed = self.iteration % self.task_balance_every == 0
+
+    def _roi_predictor_hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        samples, self.roi_samples = self.roi_samples, None
+        if samples is None or not torch.is_grad_enabled():
+            return
+        labels, targets = samples
+        class_logits, box_regression = output
+        positive = torch.where(labels > 0)[0]
+        classes = labels[positive]
+        rows = class_logits.shape[0]
+
+        def select(t: Tensor) -> Tensor:
+            return t.reshape(rows, -1, 4)[positive, classes]
+
+        self.stages["roi_heads"].record(box_regression, select, targets[positive])
+        if self._task is not None:
+            self._task.capture(inputs, output)
+
+    def _one_stage_head_hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if self._task is not None and module.training:
+            self._task.capture(inputs, output)
+
+    def record_one_stage(
+        self, box_coder: Any, targets: list[dict[str, Tensor]], bbox_regression: Tensor, anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> None:  # fmt: skip
+        """Record the foreground anchors of a RetinaNet or SSD batch (called from its ``compute_loss``)."""
+        foreground = [torch.where(m >= 0)[0] for m in matched_idxs]
+        with torch.no_grad():
+            encoded = [
+                box_coder.encode_single(t["boxes"][m[f]], a[f])
+                for t, a, m, f in zip(targets, anchors, matched_idxs, foreground, strict=True)
+            ]
+        target = torch.cat(encoded, dim=0) if encoded else bbox_regression.new_zeros((0, 4))
+
+        def select(t: Tensor) -> Tensor:
+            return torch.cat([t[i, f] for i, f in enumerate(foreground)], dim=0)
+
+        self.stages["head"].record(bbox_regression, select, target)
+
+    # --- each iteration --------------------------------------------------------------------------
+    def step(self) -> dict[str, dict[str, float | None]]:
+        """Close this iteration: reduce over ranks, append to :attr:`history` and return its statistics.
+
+        Returns:
+            ``{stage: {statistic: value or None}}`` with stages ``"roi_heads"`` and ``"rpn"`` (R-CNN) or
+            ``"head"`` (RetinaNet, SSD).
+
+        Raises:
+            RuntimeError: if a training forward pass ran but no stage recorded samples (the monitor was
+                attached before a mixin that replaced what it observes: attach it last).
+        """
+        measured = self._task is not None and self._task.armed
+        device = next((s.sums.device for s in self.stages.values() if s.sums is not None), torch.device("cpu"))
+        rows = []
+        for stage in self.stages.values():
+            sums = torch.zeros(_SUMS, dtype=torch.float64, device=device) if stage.sums is None else stage.sums
+            rows.append(sums.to(device))
+        if measured and self._task is not None:
+            norms = self._task.norms()
+            if norms is not None:
+                index = next(i for i, s in enumerate(self.stages.values()) if s.task_balance)
+                zeros = torch.zeros(4, dtype=torch.float64, device=device)
+                rows[index] = rows[index] + torch.cat([zeros, norms.to(device)])
+        if self._trained and not any(s.recorded for s in self.stages.values()):
+            raise RuntimeError(
+                "GradientBalanceMonitor saw a training pass but no box-regression samples: attach it after "
+                "use_balanced_l1, use_libra and the sampler mixins, which replace the methods it observes"
+            )
+        table = torch.stack(rows)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(table, op=dist.ReduceOp.SUM)
+        values = table.cpu().tolist()
+        record = {
+            stage.name: _statistics(row, with_task_balance=measured and stage.task_balance)
+            for stage, row in zip(self.stages.values(), values, strict=True)
+        }
+        for stage in self.stages.values():
+            stage.sums, stage.recorded = None, False
+        self._trained = False
+        self.roi_samples = None
+        self.history.append(record)
+        self.iteration += 1
+        self._arm()
+        return record
+
+
+def second_half_means(history: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:
+    """Each statistic's mean over the second half of ``history`` (values that are ``None`` left out).
+
+    Args:
+        history: :attr:`GradientBalanceMonitor.history`, one record per iteration.
+
+    Returns:
+        ``{stage: {statistic: mean or None}}``; iterations ``len(history) // 2`` onwards are averaged.
+
+    Example:
+        >>> second_half_means([{"rpn": {"inlier_fraction": 0.0}}, {"rpn": {"inlier_fraction": 0.5}}])
+        {'rpn': {'inlier_fraction': 0.5}}
+    """
+    half = history[len(history) // 2 :]
+    stages = {stage for record in half for stage in record}
+    means: dict[str, dict[str, float | None]] = {}
+    for stage in sorted(stages):
+        names = [n for n in STATISTICS if any(n in r.get(stage, {}) for r in half)]
+        means[stage] = {}
+        for name in names:
+            values = [r[stage][name] for r in half if r.get(stage, {}).get(name) is not None]
+            means[stage][name] = sum(values) / len(values) if values else None  # type: ignore[arg-type]
+    return means

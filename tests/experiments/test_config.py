@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from balanced_l1.cli import main
+from balanced_l1.experiments.arms import get_arm
 from balanced_l1.experiments.config import (
     DEFAULTS,
     CompareConfig,
@@ -21,6 +22,8 @@ from balanced_l1.experiments.config import (
     resolve,
     to_toml,
 )
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def _printed_config(args: list[str]) -> CompareConfig:
@@ -45,6 +48,14 @@ def test_coco_1x_recipe_is_the_mmdetection_schedule() -> None:
     assert (recipe.epochs, recipe.iters, recipe.lr_schedule, recipe.lr_steps) == (12, None, "step", (8, 11))
     assert (recipe.min_size, recipe.max_size, recipe.hflip) == (800, 1333, 0.5)
     recipe.validate()
+
+
+def test_coco_1x_recipe_trains_the_mmdetection_faithful_libra_arm() -> None:
+    recipe = resolve([load_recipe("coco-1x")])
+    assert recipe.arms == ("smooth_l1", "balanced_l1", "libra_mmdet")
+    assert get_arm("libra_mmdet").name == "libra_mmdet"
+    section = README.split("## Reproduce Libra R-CNN on COCO", 1)[1].split("\n## ", 1)[0]
+    assert "Its arms are `smooth_l1`, `balanced_l1` and `libra_mmdet`" in " ".join(section.split())
 
 
 def test_flags_override_the_recipe_and_iters_replaces_its_epochs() -> None:

@@ -88,7 +88,7 @@ class InstanceBalancedPositiveSampler:
     def __init__(
         self, batch_size_per_image: int, positive_fraction: float, *, generator: torch.Generator | None = None
     ) -> None:
-        check_batch(batch_size_per_image, positive_fraction)
+        batch_size_per_image, positive_fraction = check_batch(batch_size_per_image, positive_fraction)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.generator = generator

@@ -90,6 +90,7 @@ class BalancedFeaturePyramid(nn.Module):
             attention width, and the scale keeps the softmax from saturating as features grow.
 
     Raises:
+        TypeError: if ``in_channels``, ``num_levels`` or ``refine_level`` is not an integer (NumPy integers are).
         ValueError: if an argument is out of range or ``refine_type`` is unknown.
 
     Example:

@@ -34,6 +34,8 @@ class NegativeCappedSampler(BalancedPositiveNegativeSampler):
         generator: random number generator for reproducible draws; ``None`` uses torch's global one.
 
     Raises:
+        TypeError: if a number is not one (``bool`` and strings are not; NumPy scalars are), or a count
+            not an integer.
         ValueError: if an argument is outside the range given above.
 
     Example:
@@ -104,7 +106,8 @@ def use_rpn_negative_cap(
 
     Raises:
         TypeError: if ``model.rpn`` is missing or not a torchvision ``RegionProposalNetwork``.
-        ValueError: if ``neg_pos_ub`` is not an int >= 0.
+        TypeError: if ``neg_pos_ub`` is not an integer.
+        ValueError: if ``neg_pos_ub`` is negative.
     """
     rpn = getattr(model, "rpn", None)
     if not isinstance(rpn, RegionProposalNetwork):

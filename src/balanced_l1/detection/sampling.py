@@ -71,6 +71,8 @@ class IoUBalancedNegativeSampler:
         generator: random number generator for reproducible draws; ``None`` uses torch's global one.
 
     Raises:
+        TypeError: if a number is not one (``bool`` and strings are not; NumPy scalars are), or a count
+            not an integer.
         ValueError: if an argument is outside the range given above.
 
     Example:

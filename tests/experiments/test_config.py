@@ -141,6 +141,32 @@ def test_bad_settings_exit_2_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("device", "gpus", "message"),
+    [
+        ("cuda:3", 1, "--device 'cuda:3': this machine has 1 CUDA device(s)"),
+        ("cuda", 0, "--device 'cuda': CUDA is not available here; use --device cpu"),
+    ],
+)
+def test_a_cuda_device_this_machine_lacks_exits_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    gpus: int,
+    message: str,
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--device", device, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_every_setting_has_a_flag_with_the_dataclass_default_in_its_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["compare", "--help"])

@@ -271,3 +271,13 @@ def test_the_number_rules_have_one_checker_used_by_params_samplers_pyramid_and_c
         if "check_number(" not in path.read_text()
     ]
     assert not second_checkers, second_checkers
+
+
+def test_params_has_no_dead_aliases_or_arguments():
+    import inspect
+
+    from balanced_l1 import params
+
+    assert not hasattr(params, "Formulation") and not hasattr(params, "Reduction")
+    assert list(inspect.signature(params.check_reduction).parameters) == ["reduction"]
+    assert list(inspect.signature(params.check_formulation).parameters) == ["formulation"]

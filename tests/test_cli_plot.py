@@ -98,3 +98,15 @@ def test_plot_out_with_a_missing_parent_creates_it(tmp_path):
     out = tmp_path / "a" / "b" / "fig.png"
     assert main(["plot", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_defaults_are_the_loss_defaults():
+    import dataclasses
+
+    from balanced_l1.cli import build_parser
+    from balanced_l1.params import BalancedL1Params
+
+    args = build_parser().parse_args(["plot"])
+    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(BalancedL1Params)} == dataclasses.asdict(
+        BalancedL1Params()
+    )

@@ -1,4 +1,4 @@
-"""SPEC section 4: conformance values in float64 (alpha = 0.5, gamma = 1.5), shared by every backend's tests."""
+"""docs/contract.md's "4. Conformance values" (float64, alpha = 0.5, gamma = 1.5), shared by every backend's tests."""
 
 # (beta, formulation, x, L(x), dL/dx); formulation None means both.
 CONFORMANCE: list[tuple[float, str | None, float, float, float]] = [

@@ -253,3 +253,32 @@ def test_eager_cpu_blocks_keep_the_input_shape_and_non_contiguous_inputs():
     expected = balanced_l1_grad(pred.detach().double().numpy() - target.double().numpy(), BalancedL1Params())
     assert loss.shape == pred.shape and pred.grad.shape == pred.shape
     np.testing.assert_allclose(pred.grad.double().numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_the_number_rules_have_one_checker_used_by_params_samplers_pyramid_and_coco_data():
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "balanced_l1"
+    users = ["params.py", "detection/_draw.py", "detection/sampling.py", "detection/rpn_sampling.py"]
+    users += ["detection/bfp.py", "detection/libra.py", "detection/models.py", "experiments/coco_annotations.py"]
+    users += ["experiments/synthetic.py"]
+    for name in users:
+        assert "check_number(" in (src / name).read_text(), name
+    second_checkers = [
+        f"{path.relative_to(src)}: {match}"
+        for path in src.rglob("*.py")
+        for match in re.findall(r"^def (_?is_(?:int|real|number)\w*)\(", path.read_text(), flags=re.M)
+        if "check_number(" not in path.read_text()
+    ]
+    assert not second_checkers, second_checkers
+
+
+def test_params_has_no_dead_aliases_or_arguments():
+    import inspect
+
+    from balanced_l1 import params
+
+    assert not hasattr(params, "Formulation") and not hasattr(params, "Reduction")
+    assert list(inspect.signature(params.check_reduction).parameters) == ["reduction"]
+    assert list(inspect.signature(params.check_formulation).parameters) == ["formulation"]

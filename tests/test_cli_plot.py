@@ -1,5 +1,8 @@
 """`balanced-l1 plot`: a PNG for good arguments, a clear message and exit code 2 for bad ones."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from balanced_l1.cli import main
@@ -61,3 +64,49 @@ def test_plot_out_with_a_long_but_valid_name_is_written(tmp_path):
     out = tmp_path / ("x" * 240 + ".png")  # 244 bytes: valid, though a temporary name beside it must be shorter
     assert main(["plot", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def _read_only(folder, monkeypatch):
+    """Make ``folder`` read-only; as root (who writes anywhere) make the permission check see it as a user would."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real_access = os.access
+
+        def access(path, mode, **kwargs):
+            if Path(path) == folder and mode & os.W_OK:
+                return False
+            return real_access(path, mode, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+
+
+def test_plot_out_in_a_read_only_folder_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    _read_only(folder, monkeypatch)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["plot", "--out", str(folder / "fig.png")])
+    finally:
+        folder.chmod(0o755)
+    assert exit_info.value.code == 2
+    assert f"the folder {str(folder)!r} is not writable" in capsys.readouterr().err
+    assert list(folder.iterdir()) == []
+
+
+def test_plot_out_with_a_missing_parent_creates_it(tmp_path):
+    out = tmp_path / "a" / "b" / "fig.png"
+    assert main(["plot", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_defaults_are_the_loss_defaults():
+    import dataclasses
+
+    from balanced_l1.cli import build_parser
+    from balanced_l1.params import BalancedL1Params
+
+    args = build_parser().parse_args(["plot"])
+    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(BalancedL1Params)} == dataclasses.asdict(
+        BalancedL1Params()
+    )

@@ -30,7 +30,7 @@ from tests.conformance import conformance_cases
 
 BACKENDS = ("jax", "torch")
 CASES = [(beta, formulation) for beta in (0.11, 1.0, 2.5) for formulation in ("scaled", "mmdet")]
-CONFORMANCE = conformance_cases()  # SPEC section 4: (beta, formulation, x, L(x), dL/dx)
+CONFORMANCE = conformance_cases()  # docs/contract.md "4. Conformance values": (beta, formulation, x, L, dL/dx)
 PROBE = Path(__file__).with_name("_keras_backend_probe.py")
 RTOL, ATOL = 1e-6, 1e-7  # float32: a few ulps of the loss, and an absolute floor for losses near 0
 

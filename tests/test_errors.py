@@ -1,4 +1,4 @@
-"""Every bad input of SPEC section 3 gets a clear error naming the argument and the value or shapes."""
+"""Every bad input of docs/contract.md ("3. The PyTorch API") gets a clear error naming the argument and the value."""
 
 import math
 

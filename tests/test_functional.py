@@ -1,4 +1,4 @@
-"""balanced_l1_loss against SPEC section 3: values, reductions, weights, avg_factor, dtypes, edge cases."""
+"""balanced_l1_loss against docs/contract.md, "3. The PyTorch API": values, reductions, weights, dtypes, edge cases."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""balanced_l1.jax: the PyTorch contract (SPEC section 3) in JAX, checked against the float64 reference."""
+"""balanced_l1.jax: the contract of docs/contract.md ("3. The PyTorch API") in JAX, against the float64 reference."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from balanced_l1.jax import balanced_l1_loss
 from balanced_l1.params import AVG_FACTOR_EPS, BalancedL1Params
 from tests.conformance import conformance_cases
 
-CONFORMANCE = conformance_cases()  # SPEC section 4: (beta, formulation, x, L(x), dL/dx)
+CONFORMANCE = conformance_cases()  # docs/contract.md "4. Conformance values": (beta, formulation, x, L, dL/dx)
 CASES = [(beta, formulation) for beta in (0.11, 1.0, 2.5) for formulation in ("scaled", "mmdet")]
 
 

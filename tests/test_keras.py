@@ -22,7 +22,7 @@ CASES = [(beta, formulation) for beta in (0.11, 1.0, 2.5) for formulation in ("s
 
 
 def _conformance_by_parameters() -> dict[tuple[float, str], tuple[list[float], list[float], list[float]]]:
-    """SPEC section 4 grouped by (beta, formulation): the x, L(x) and dL/dx of its rows, one call each."""
+    """docs/contract.md's "4. Conformance values" grouped by (beta, formulation): x, L(x), dL/dx, one call each."""
     groups: dict[tuple[float, str], tuple[list[float], list[float], list[float]]] = {}
     for beta, formulation, x, loss, grad in conformance_cases():
         xs, losses, grads = groups.setdefault((beta, formulation), ([], [], []))

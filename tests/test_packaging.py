@@ -53,6 +53,24 @@ def _cpu_torch_pin(python: Path, cwd: Path) -> list[str]:
     return []
 
 
+def test_the_version_is_written_once_and_read_from_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import importlib.metadata
+
+    import balanced_l1
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    written = re.search(r'^version = "([^"]+)"$', pyproject, flags=re.M)
+    assert written and balanced_l1.__version__ == importlib.metadata.version("balanced-l1") == written.group(1)
+    assert written.group(1) not in (ROOT / "src" / "balanced_l1" / "__init__.py").read_text()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: f"9.9.9+{name}")
+    try:
+        assert importlib.reload(balanced_l1).__version__ == "9.9.9+balanced-l1"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(balanced_l1)
+
+
 def test_bare_requirements_are_torch_and_numpy_only() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^dependencies = \["torch>=[\d.]+", "numpy>=[\d.]+"\]$', pyproject, flags=re.M)

@@ -51,3 +51,21 @@ def test_quick_start_runs():
 def test_every_python_example_runs(index):
     code = re.findall(r"```python\n(.*?)```", README, flags=re.S)[index]
     exec(compile(code, f"README python block {index}", "exec"), {})
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [" ".join(block.split()) for block in re.split(r"\n\s*\n", text)]
+
+
+def test_bit_for_bit_claims_say_where_they_hold_and_what_varies():
+    claims = [p for p in _paragraphs(README) if re.search(r"bit-for-bit", p, flags=re.I)]
+    assert claims
+    for paragraph in claims:
+        assert "one machine with the same library versions" in paragraph, paragraph
+        assert "What varies across machines" in paragraph and "another CPU gave other numbers" in paragraph
+
+
+def test_the_quoted_paired_t_statistic_is_said_to_come_from_results_json():
+    quoted = [p for p in _paragraphs(README) if "paired t statistic is" in p]
+    assert quoted
+    assert all("results.json" in p and "ttest_1samp" in p for p in quoted)

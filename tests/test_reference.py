@@ -1,4 +1,4 @@
-"""The NumPy float64 reference reproduces SPEC section 4 and the laws of section 1."""
+"""The NumPy float64 reference reproduces docs/contract.md's "4. Conformance values" and the laws of "1. The loss"."""
 
 import math
 

@@ -106,30 +106,34 @@ def check_number(
         >>> check_number("num_bins", 3, minimum=1, integer=True)
         3
     """
-    bounds = _bounds_text(minimum, maximum, strictly_positive)
+    kind = type(value)  # fast path for exact int and float (bool is its own type); the messages are built on error
     if integer:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-        result: float | int = int(value)
-        if (strictly_positive and result <= 0) or (minimum is not None and result < minimum):
-            raise ValueError(f"{name} must be an integer {bounds}, got {_describe(value)}")
-        if maximum is not None and result > maximum:
-            raise ValueError(f"{name} must be an integer {bounds}, got {_describe(value)}")
+        if kind is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"{name} must be an integer, got {value!r} of type {kind.__name__}")
+        result: float | int = int(value)  # type: ignore[call-overload]  # an Integral
+        if (
+            (strictly_positive and result <= 0)
+            or (minimum is not None and result < minimum)
+            or (maximum is not None and result > maximum)
+        ):
+            raise ValueError(
+                f"{name} must be an integer {_bounds_text(minimum, maximum, strictly_positive)}, got {_describe(value)}"
+            )
         return result
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    finite_and = f"finite and {bounds}" if bounds else "finite"
+    if kind is not float and kind is not int and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {kind.__name__}")
     try:
-        result = float(value)
+        result = float(value)  # type: ignore[arg-type]  # a Real
     except OverflowError:
-        raise ValueError(f"{name} must be {finite_and}, got {_describe(value)}") from None
-    out_of_bounds = (
-        (strictly_positive and not result > 0.0)
-        or (minimum is not None and not result >= minimum)
-        or (maximum is not None and not result <= maximum)
-    )
-    if not math.isfinite(result) or out_of_bounds:
-        raise ValueError(f"{name} must be {finite_and}, got {_describe(value)}")
+        result = math.inf
+    if not (
+        math.isfinite(result)
+        and (not strictly_positive or result > 0.0)
+        and (minimum is None or result >= minimum)
+        and (maximum is None or result <= maximum)
+    ):
+        bounds = _bounds_text(minimum, maximum, strictly_positive)
+        raise ValueError(f"{name} must be {f'finite and {bounds}' if bounds else 'finite'}, got {_describe(value)}")
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -86,17 +87,22 @@ def test_the_non_local_refinement_attends_over_all_positions() -> None:
         ({"refine_level": 4}, ValueError, r"refine_level must be in \[0, 4\) \(num_levels=4\), got 4"),
         ({"refine_level": -1}, ValueError, r"refine_level must be in \[0, 4\) \(num_levels=4\), got -1"),
         ({"refine_type": "gaussian"}, ValueError, r"refine_type must be one of .*'non_local'.*got 'gaussian'"),
-        ({"num_levels": 0}, ValueError, r"num_levels must be >= 1, got 0"),
-        ({"in_channels": 0}, ValueError, r"in_channels must be >= 1, got 0"),
-        ({"in_channels": 4.0}, TypeError, r"in_channels must be an int, got 4.0 of type float"),
-        ({"num_levels": True}, TypeError, r"num_levels must be an int, got True of type bool"),
-        ({"refine_level": "1"}, TypeError, r"refine_level must be an int, got '1' of type str"),
+        ({"num_levels": 0}, ValueError, r"num_levels must be an integer >= 1, got 0"),
+        ({"in_channels": 0}, ValueError, r"in_channels must be an integer >= 1, got 0"),
+        ({"in_channels": 4.0}, TypeError, r"in_channels must be an integer, got 4.0 of type float"),
+        ({"num_levels": True}, TypeError, r"num_levels must be an integer, got True of type bool"),
+        ({"refine_level": "1"}, TypeError, r"refine_level must be an integer, got '1' of type str"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
     args: dict[str, object] = {"in_channels": 4, "num_levels": 4, **kwargs}
     with pytest.raises(error, match=message):
         BalancedFeaturePyramid(**args)  # type: ignore[arg-type]
+
+
+def test_numpy_integers_are_accepted_as_python_ints() -> None:
+    bfp = BalancedFeaturePyramid(np.int64(4), np.int32(3), np.int64(1), "conv")  # type: ignore[arg-type]
+    assert (bfp.num_levels, bfp.refine_level) == (3, 1) and type(bfp.refine_level) is int
 
 
 def test_a_wrong_number_of_levels_is_rejected() -> None:

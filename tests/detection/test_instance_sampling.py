@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -100,16 +101,22 @@ def test_the_sampler_draws_negatives_at_random_and_never_ignored_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "error", "message"),
     [
-        ((0, 0.5), r"batch_size_per_image must be an int >= 1, got 0"),
-        ((8, 1.5), r"positive_fraction must be a number in \[0, 1\], got 1.5"),
-        ((8, "0.5"), r"positive_fraction must be a number in \[0, 1\], got '0.5'"),
+        ((0, 0.5), ValueError, r"batch_size_per_image must be an integer >= 1, got 0"),
+        ((8, 1.5), ValueError, r"positive_fraction must be finite and >= 0 and <= 1, got 1.5"),
+        ((8, "0.5"), TypeError, r"positive_fraction must be a real number, got '0.5' of type str"),
+        ((8, True), TypeError, r"positive_fraction must be a real number, got True of type bool"),
     ],
 )
-def test_bad_arguments_are_rejected(args: tuple[object, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_are_rejected(args: tuple[object, object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
         InstanceBalancedPositiveSampler(*args)  # type: ignore[arg-type]
+
+
+def test_numpy_scalars_are_accepted() -> None:
+    sampler = InstanceBalancedPositiveSampler(np.int64(8), np.float32(0.5))
+    assert (sampler.batch_size_per_image, sampler.positive_fraction) == (8, 0.5)
 
 
 def test_inputs_must_match() -> None:

@@ -45,7 +45,7 @@ def _assert_mmdet_parts(model: FasterRCNN, num_levels: int, refine_level: int) -
 
 def test_the_refine_level_is_the_middle_level_the_finer_of_two() -> None:
     assert [libra_refine_level(n) for n in range(1, 8)] == [0, 0, 1, 1, 2, 2, 3]
-    with pytest.raises(ValueError, match="num_levels must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_levels must be an integer >= 1, got 0"):
         libra_refine_level(0)
 
 

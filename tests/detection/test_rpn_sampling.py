@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
@@ -58,12 +59,23 @@ def test_the_same_seed_gives_the_same_sample() -> None:
     assert not torch.equal(_sampler(seed=1)(labels)[1][0], _sampler(seed=2)(labels)[1][0])
 
 
-@pytest.mark.parametrize("neg_pos_ub", [-1, 2.5, True, None])
-def test_bad_caps_are_rejected(neg_pos_ub: object) -> None:
-    with pytest.raises(
-        ValueError, match=rf"neg_pos_ub must be an int >= 0 \(negatives per positive\), got {neg_pos_ub}"
-    ):
+@pytest.mark.parametrize(
+    ("neg_pos_ub", "error", "allowed"),
+    [
+        (-1, ValueError, "an integer >= 0"),
+        (2.5, TypeError, "an integer"),
+        (True, TypeError, "an integer"),
+        (None, TypeError, "an integer"),
+    ],
+)
+def test_bad_caps_are_rejected(neg_pos_ub: object, error: type[Exception], allowed: str) -> None:
+    with pytest.raises(error, match=rf"neg_pos_ub \(negatives per positive\) must be {allowed}, got {neg_pos_ub}"):
         NegativeCappedSampler(256, 0.5, neg_pos_ub=neg_pos_ub)  # type: ignore[arg-type]
+
+
+def test_numpy_integers_are_accepted_as_the_cap() -> None:
+    sampler = NegativeCappedSampler(np.int64(256), np.float32(0.5), neg_pos_ub=np.int64(3))
+    assert (sampler.neg_pos_ub, type(sampler.neg_pos_ub)) == (3, int)
 
 
 def test_use_rpn_negative_cap_changes_only_that_models_sampler() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -169,25 +170,36 @@ def test_same_seed_gives_the_same_sample_and_another_seed_another() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"num_bins": 0}, r"num_bins must be an int >= 1, got 0"),
-        ({"floor_fraction": 1.5, "floor_thr": 0.1}, r"floor_fraction must be a number in \[0, 1\], got 1.5"),
-        ({"floor_fraction": -0.1, "floor_thr": 0.1}, r"floor_fraction must be a number in \[0, 1\], got -0.1"),
-        ({"floor_fraction": "0.2", "floor_thr": 0.1}, r"floor_fraction must be a number in \[0, 1\], got '0.2'"),
-        ({"floor_thr": None}, r"floor_thr must be finite and < 1 .*got None"),
-        ({"batch_size_per_image": 8.0}, r"batch_size_per_image must be an int >= 1, got 8.0"),
-        ({"positive_fraction": "half"}, r"positive_fraction must be a number in \[0, 1\], got 'half'"),
-        ({"floor_fraction": 0.5}, r"floor_fraction=0.5 needs a floor set, but floor_thr=-1.0 < 0"),
-        ({"floor_thr": 1.0}, r"floor_thr must be finite and < 1 .*got 1.0"),
-        ({"batch_size_per_image": 0}, r"batch_size_per_image must be an int >= 1, got 0"),
-        ({"positive_fraction": 1.2}, r"positive_fraction must be a number in \[0, 1\], got 1.2"),
+        ({"num_bins": 0}, ValueError, r"num_bins must be an integer >= 1, got 0"),
+        ({"num_bins": True}, TypeError, r"num_bins must be an integer, got True of type bool"),
+        ({"floor_fraction": 1.5, "floor_thr": 0.1}, ValueError, r"floor_fraction must be finite and >= 0 and <= 1"),
+        ({"floor_fraction": -0.1, "floor_thr": 0.1}, ValueError, r"floor_fraction must be .*>= 0 .*got -0.1"),
+        ({"floor_fraction": "0.2", "floor_thr": 0.1}, TypeError, r"floor_fraction must be a real number, got '0.2'"),
+        ({"floor_thr": None}, TypeError, r"floor_thr must be a real number, got None"),
+        ({"floor_thr": float("nan")}, ValueError, r"floor_thr must be finite, got nan"),
+        ({"batch_size_per_image": 8.0}, TypeError, r"batch_size_per_image must be an integer, got 8.0 of type float"),
+        ({"positive_fraction": "half"}, TypeError, r"positive_fraction must be a real number, got 'half'"),
+        ({"floor_fraction": 0.5}, ValueError, r"floor_fraction=0.5 needs a floor set, but floor_thr=-1.0 < 0"),
+        ({"floor_thr": 1.0}, ValueError, r"floor_thr must be finite and < 1 .*got 1.0"),
+        ({"batch_size_per_image": 0}, ValueError, r"batch_size_per_image must be an integer >= 1, got 0"),
+        ({"positive_fraction": 1.2}, ValueError, r"positive_fraction must be finite and >= 0 and <= 1, got 1.2"),
     ],
 )
-def test_bad_arguments_are_rejected(kwargs: dict[str, float], message: str) -> None:
+def test_bad_arguments_are_rejected(kwargs: dict[str, float], error: type[Exception], message: str) -> None:
     args = {"batch_size_per_image": 8, "positive_fraction": 0.25, **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         IoUBalancedNegativeSampler(**args)  # type: ignore[arg-type]
+
+
+def test_numpy_scalars_are_accepted_as_python_numbers() -> None:
+    sampler = IoUBalancedNegativeSampler(
+        np.int64(8), np.float32(0.25), num_bins=np.int32(3), floor_thr=np.float64(0.1), floor_fraction=np.float32(0.5)
+    )
+    settings = (sampler.batch_size_per_image, sampler.positive_fraction, sampler.num_bins, sampler.floor_thr)
+    assert settings == (8, 0.25, 3, 0.1) and sampler.floor_fraction == 0.5
+    assert [type(v) for v in settings] == [int, float, int, float]
 
 
 def test_ious_must_match_the_labels() -> None:
@@ -314,6 +326,6 @@ def test_a_model_without_roi_heads_is_rejected() -> None:
 def test_bad_sampling_arguments_leave_the_model_unchanged() -> None:
     model = nn.Module()
     model.roi_heads = _roi_heads()
-    with pytest.raises(ValueError, match=r"num_bins must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_bins must be an integer >= 1, got 0"):
         use_iou_balanced_sampling(model, num_bins=0)
     assert type(model.roi_heads) is RoIHeads

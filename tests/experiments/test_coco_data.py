@@ -268,7 +268,15 @@ def test_missing_annotation_ids_do_not_collide_with_given_ones(folder: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "allowed"), [("area", "big", "a finite 'area' >= 0"), ("iscrowd", 2, "'iscrowd' 0 or 1")]
+    ("key", "value", "allowed"),
+    [
+        ("area", "big", "a finite 'area' >= 0"),
+        ("area", True, "a finite 'area' >= 0"),
+        ("area", float("inf"), "a finite 'area' >= 0"),
+        ("iscrowd", 2, "'iscrowd' 0 or 1"),
+        ("iscrowd", True, "'iscrowd' 0 or 1"),
+        ("iscrowd", 1.0, "'iscrowd' 0 or 1"),
+    ],
 )
 def test_ill_typed_optional_field_is_named(folder: Path, key: str, value: Any, allowed: str) -> None:
     _edit(folder, "train", lambda doc: doc["annotations"][0].update({key: value}))

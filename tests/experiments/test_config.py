@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from balanced_l1.cli import main
+from balanced_l1.experiments.arms import get_arm
 from balanced_l1.experiments.config import (
     DEFAULTS,
     CompareConfig,
@@ -21,6 +22,8 @@ from balanced_l1.experiments.config import (
     resolve,
     to_toml,
 )
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def _printed_config(args: list[str]) -> CompareConfig:
@@ -45,6 +48,14 @@ def test_coco_1x_recipe_is_the_mmdetection_schedule() -> None:
     assert (recipe.epochs, recipe.iters, recipe.lr_schedule, recipe.lr_steps) == (12, None, "step", (8, 11))
     assert (recipe.min_size, recipe.max_size, recipe.hflip) == (800, 1333, 0.5)
     recipe.validate()
+
+
+def test_coco_1x_recipe_trains_the_mmdetection_faithful_libra_arm() -> None:
+    recipe = resolve([load_recipe("coco-1x")])
+    assert recipe.arms == ("smooth_l1", "balanced_l1", "libra_mmdet")
+    assert get_arm("libra_mmdet").name == "libra_mmdet"
+    section = README.split("## Reproduce Libra R-CNN on COCO", 1)[1].split("\n## ", 1)[0]
+    assert "Its arms are `smooth_l1`, `balanced_l1` and `libra_mmdet`" in " ".join(section.split())
 
 
 def test_flags_override_the_recipe_and_iters_replaces_its_epochs() -> None:
@@ -125,6 +136,32 @@ def test_bad_settings_exit_2_before_anything_is_written(
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", *args, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "message"),
+    [
+        ("cuda:3", 1, "--device 'cuda:3': this machine has 1 CUDA device(s)"),
+        ("cuda", 0, "--device 'cuda': CUDA is not available here; use --device cpu"),
+    ],
+)
+def test_a_cuda_device_this_machine_lacks_exits_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    gpus: int,
+    message: str,
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--device", device, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

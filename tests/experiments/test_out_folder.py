@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,33 @@ def test_temporary_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     keep.write_text("mine")
     assert _quiet(["--out", str(out), "--arms", "smooth_l1"]) == 0
     assert not any(path.exists() for path in stale) and keep.exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the permission check see the folder as a user would
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode, **kw: False if Path(path) == out else real_access(path, mode, **kw)
+        )
+    try:
+        assert _quiet(["--out", str(out)]) == 2
+    finally:
+        out.chmod(0o755)
+    assert f"out {out}: the output folder is not writable" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_a_corrupt_run_record_on_resume_exits_1_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    record = out / "runs" / "smooth_l1_seed0.json"
+    record.write_text('{"fingerprint": ')  # cut off mid-write by an older tool, or edited by hand
+    assert _quiet(["--out", str(out), "--arms", "smooth_l1", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert f"{record}: cannot read this finished-run record" in err and "delete it to train the run again" in err
+    assert not (out / "results.json").exists() and not (out / "checkpoints").exists()

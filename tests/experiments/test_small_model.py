@@ -39,11 +39,16 @@ def test_detects_in_eval_mode_on_images_of_another_size() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_classes": 0}, "num_classes must be >= 1, got 0"),
-        ({"num_classes": 2, "image_size": 16}, "image_size must be >= 32 pixels, got 16"),
+        ({"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
+        ({"num_classes": 2, "image_size": 16}, r"image_size \(pixels\) must be an integer >= 32, got 16"),
         ({"num_classes": 2, "anchor_sizes": (8, 16)}, "anchor_sizes needs one size per level"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_small_faster_rcnn(**kwargs)
+
+
+def test_a_class_count_that_is_not_an_integer_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"num_classes must be an integer, got 2\.5 of type float"):
+        build_small_faster_rcnn(2.5)  # type: ignore[arg-type]

@@ -110,10 +110,25 @@ def test_fingerprint_depends_on_every_setting() -> None:
     ("kwargs", "match"),
     [
         ({"split": "test", "num_images": 1}, "split must be one of"),
-        ({"split": "train", "num_images": 0}, "num_images must be >= 1, got 0"),
-        ({"split": "train", "num_images": 1, "image_size": 32}, "image_size must be >= 64 pixels, got 32"),
+        ({"split": "train", "num_images": 0}, "num_images must be an integer >= 1, got 0"),
+        (
+            {"split": "train", "num_images": 1, "image_size": 32},
+            r"image_size \(pixels\) must be an integer >= 64, got 32",
+        ),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_synthetic_split(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_images": 2.0}, "num_images must be an integer, got 2.0"),
+        ({"num_images": True}, "num_images must be an integer, got True"),
+    ],
+)
+def test_counts_that_are_not_integers_are_a_type_error(kwargs: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        make_synthetic_split("train", **kwargs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from balanced_l1.params import check_number
+
 
 def permutation(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
     """A random permutation of ``range(n)`` on ``device``, drawn from ``generator`` (torch's global one if ``None``)."""
@@ -55,22 +57,19 @@ def top_up(chosen: Tensor, eligible: Tensor, missing: int, generator: torch.Gene
     chosen[rest[permutation(rest.numel(), chosen.device, generator)[:missing]]] = True
 
 
-def is_int(value: object) -> bool:
-    """Whether ``value`` is a Python int (``bool`` excluded)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+def check_batch(batch_size_per_image: object, positive_fraction: object) -> tuple[int, float]:
+    """The batch size (an integer >= 1) and the positive fraction (a number in [0, 1]), checked.
 
+    Both go through :func:`balanced_l1.params.check_number`: NumPy scalars are accepted, ``bool`` is not.
 
-def is_real(value: object) -> bool:
-    """Whether ``value`` is a Python int or float (``bool`` excluded)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_batch(batch_size_per_image: object, positive_fraction: object) -> None:
-    """Raise ``ValueError`` unless the batch size is an int >= 1 and the positive fraction a number in [0, 1]."""
-    if not is_int(batch_size_per_image) or batch_size_per_image < 1:  # type: ignore[operator]
-        raise ValueError(f"batch_size_per_image must be an int >= 1, got {batch_size_per_image!r}")
-    if not is_real(positive_fraction) or not 0.0 <= positive_fraction <= 1.0:  # type: ignore[operator]
-        raise ValueError(f"positive_fraction must be a number in [0, 1], got {positive_fraction!r}")
+    Raises:
+        TypeError: if either is not a number (or the batch size not an integer).
+        ValueError: if either is out of range or not finite.
+    """
+    return (
+        check_number("batch_size_per_image", batch_size_per_image, minimum=1, integer=True),
+        check_number("positive_fraction", positive_fraction, minimum=0.0, maximum=1.0),
+    )
 
 
 def check_image(image: int, labels: Tensor, other: Tensor, other_name: str) -> None:

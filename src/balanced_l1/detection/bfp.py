@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from torch.nn.functional import adaptive_max_pool2d, interpolate, max_pool2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from balanced_l1.params import check_number
+
 REFINE_TYPES = ("non_local", "non_local_mmdet", "conv", None)
 POOL_LEVEL = "pool"
 
@@ -88,6 +90,7 @@ class BalancedFeaturePyramid(nn.Module):
             attention width, and the scale keeps the softmax from saturating as features grow.
 
     Raises:
+        TypeError: if ``in_channels``, ``num_levels`` or ``refine_level`` is not an integer (NumPy integers are).
         ValueError: if an argument is out of range or ``refine_type`` is unknown.
 
     Example:
@@ -101,13 +104,9 @@ class BalancedFeaturePyramid(nn.Module):
 
     def __init__(self, in_channels: int, num_levels: int, refine_level: int = 2, refine_type: str | None = "non_local"):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_levels", num_levels), ("refine_level", refine_level)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        if num_levels < 1:
-            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+        in_channels = check_number("in_channels", in_channels, minimum=1, integer=True)
+        num_levels = check_number("num_levels", num_levels, minimum=1, integer=True)
+        refine_level = check_number("refine_level", refine_level, integer=True)
         if not 0 <= refine_level < num_levels:
             raise ValueError(f"refine_level must be in [0, {num_levels}) (num_levels={num_levels}), got {refine_level}")
         if refine_type not in REFINE_TYPES:

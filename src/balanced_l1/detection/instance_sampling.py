@@ -73,6 +73,8 @@ class InstanceBalancedPositiveSampler:
         generator: random number generator for reproducible draws; ``None`` uses torch's global one.
 
     Raises:
+        TypeError: if a number is not one (``bool`` and strings are not; NumPy scalars are), or a count
+            not an integer.
         ValueError: if an argument is outside the range given above.
 
     Example:
@@ -88,7 +90,7 @@ class InstanceBalancedPositiveSampler:
     def __init__(
         self, batch_size_per_image: int, positive_fraction: float, *, generator: torch.Generator | None = None
     ) -> None:
-        check_batch(batch_size_per_image, positive_fraction)
+        batch_size_per_image, positive_fraction = check_batch(batch_size_per_image, positive_fraction)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.generator = generator

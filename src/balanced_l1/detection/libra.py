@@ -20,6 +20,7 @@ from balanced_l1.detection.bfp import BackboneWithBFP, _infer_num_levels, use_ba
 from balanced_l1.detection.losses import use_balanced_l1
 from balanced_l1.detection.rpn_sampling import use_rpn_negative_cap
 from balanced_l1.detection.sampling import use_iou_balanced_sampling
+from balanced_l1.params import check_number
 
 
 def _check_two_stage(model: nn.Module, caller: str) -> None:
@@ -48,9 +49,7 @@ def libra_refine_level(num_levels: int) -> int:
         >>> [libra_refine_level(n) for n in (1, 2, 3, 4, 5)]
         [0, 0, 1, 1, 2]
     """
-    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
-        raise ValueError(f"num_levels must be an int >= 1, got {num_levels!r}")
-    return (num_levels - 1) // 2
+    return (check_number("num_levels", num_levels, minimum=1, integer=True) - 1) // 2
 
 
 def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | None = "non_local") -> nn.Module:

@@ -37,7 +37,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, 
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.ssd import SSD
 
-from balanced_l1.detection._distributed import normaliser
+from balanced_l1.detection._loss_normaliser import normaliser
 from balanced_l1.detection._mixins import _with_mixin
 from balanced_l1.detection.ssd import ssd_losses
 from balanced_l1.functional import balanced_l1_loss

@@ -19,6 +19,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from balanced_l1.params import check_number
+
 _STAGE_CHANNELS = (16, 32, 64, 96)
 FPN_LEVELS = ("0", "1", "2")
 
@@ -84,10 +86,8 @@ def build_small_faster_rcnn(
         >>> list(model.backbone(torch.zeros(1, 3, 128, 128)).keys())
         ['0', '1', '2', 'pool']
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+    num_classes = check_number("num_classes", num_classes, minimum=1, integer=True)
+    image_size = check_number("image_size (pixels)", image_size, minimum=32, integer=True)
     if len(anchor_sizes) != len(FPN_LEVELS) + 1:
         raise ValueError(
             f"anchor_sizes needs one size per level {[*FPN_LEVELS, 'pool']}, got {len(anchor_sizes)}: {anchor_sizes}"

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from balanced_l1.detection._draw import check_batch, is_int, permutation
+from balanced_l1.detection._draw import check_batch, permutation
+from balanced_l1.params import check_number
 
 
 class NegativeCappedSampler(BalancedPositiveNegativeSampler):
@@ -33,6 +34,8 @@ class NegativeCappedSampler(BalancedPositiveNegativeSampler):
         generator: random number generator for reproducible draws; ``None`` uses torch's global one.
 
     Raises:
+        TypeError: if a number is not one (``bool`` and strings are not; NumPy scalars are), or a count
+            not an integer.
         ValueError: if an argument is outside the range given above.
 
     Example:
@@ -52,9 +55,8 @@ class NegativeCappedSampler(BalancedPositiveNegativeSampler):
         neg_pos_ub: int = 5,
         generator: torch.Generator | None = None,
     ) -> None:
-        check_batch(batch_size_per_image, positive_fraction)
-        if not is_int(neg_pos_ub) or neg_pos_ub < 0:
-            raise ValueError(f"neg_pos_ub must be an int >= 0 (negatives per positive), got {neg_pos_ub!r}")
+        batch_size_per_image, positive_fraction = check_batch(batch_size_per_image, positive_fraction)
+        neg_pos_ub = check_number("neg_pos_ub (negatives per positive)", neg_pos_ub, minimum=0, integer=True)
         super().__init__(batch_size_per_image, positive_fraction)
         self.neg_pos_ub = neg_pos_ub
         self.generator = generator
@@ -104,7 +106,8 @@ def use_rpn_negative_cap(
 
     Raises:
         TypeError: if ``model.rpn`` is missing or not a torchvision ``RegionProposalNetwork``.
-        ValueError: if ``neg_pos_ub`` is not an int >= 0.
+        TypeError: if ``neg_pos_ub`` is not an integer.
+        ValueError: if ``neg_pos_ub`` is negative.
     """
     rpn = getattr(model, "rpn", None)
     if not isinstance(rpn, RegionProposalNetwork):

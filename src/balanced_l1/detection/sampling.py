@@ -16,22 +16,13 @@ statistics say they should be. This module gives:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from balanced_l1.detection._draw import (
-    check_batch,
-    check_image,
-    is_int,
-    is_real,
-    permutation,
-    take_per_group,
-    top_up,
-)
+from balanced_l1.detection._draw import check_batch, check_image, permutation, take_per_group, top_up
 from balanced_l1.detection._roi_sampling import switch_roi_sampler
 from balanced_l1.detection.instance_sampling import instance_balanced_positives
+from balanced_l1.params import check_number
 
 MODES = ("paper", "mmdet")
 POSITIVE_SAMPLING = ("random", "instance_balanced")
@@ -80,6 +71,8 @@ class IoUBalancedNegativeSampler:
         generator: random number generator for reproducible draws; ``None`` uses torch's global one.
 
     Raises:
+        TypeError: if a number is not one (``bool`` and strings are not; NumPy scalars are), or a count
+            not an integer.
         ValueError: if an argument is outside the range given above.
 
     Example:
@@ -104,13 +97,12 @@ class IoUBalancedNegativeSampler:
         positive_sampling: str = "random",
         generator: torch.Generator | None = None,
     ) -> None:
-        check_batch(batch_size_per_image, positive_fraction)
-        if not is_int(num_bins) or num_bins < 1:
-            raise ValueError(f"num_bins must be an int >= 1, got {num_bins!r}")
-        if not is_real(floor_thr) or not math.isfinite(floor_thr) or floor_thr >= 1.0:
+        batch_size_per_image, positive_fraction = check_batch(batch_size_per_image, positive_fraction)
+        num_bins = check_number("num_bins", num_bins, minimum=1, integer=True)
+        floor_thr = check_number("floor_thr", floor_thr)
+        if floor_thr >= 1.0:
             raise ValueError(f"floor_thr must be finite and < 1 (negative: no floor set), got {floor_thr!r}")
-        if not is_real(floor_fraction) or not 0.0 <= floor_fraction <= 1.0:
-            raise ValueError(f"floor_fraction must be a number in [0, 1], got {floor_fraction!r}")
+        floor_fraction = check_number("floor_fraction", floor_fraction, minimum=0.0, maximum=1.0)
         if floor_thr < 0 and floor_fraction > 0:
             raise ValueError(
                 f"floor_fraction={floor_fraction!r} needs a floor set, but floor_thr={floor_thr!r} < 0 disables it; "

@@ -6,7 +6,7 @@ divides it by ``N = max(1, number of foreground boxes)``; the classification los
 over the foreground boxes and the hard negatives, ``neg_to_pos_ratio`` per foreground box) is
 divided by the same ``N``. Here the box loss is Balanced L1 on the same deltas with the same
 normaliser, and the classification loss is torchvision's own. In a distributed run ``N`` is summed
-over ranks for both losses (see :mod:`._distributed`).
+over ranks for both losses (see :mod:`._loss_normaliser`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torchvision.models.detection._utils import BoxCoder
 
-from balanced_l1.detection._distributed import normaliser
+from balanced_l1.detection._loss_normaliser import normaliser
 
 if TYPE_CHECKING:
     from balanced_l1.detection.losses import BoxLossConfig

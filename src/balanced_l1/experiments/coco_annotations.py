@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from balanced_l1.experiments.data_errors import DataError, ImageReadError
 from balanced_l1.experiments.images import file_name_problem
+from balanced_l1.params import check_number
 
 _KEPT_FIELDS = frozenset(("id", "image_id", "category_id", "bbox", "area", "iscrowd"))
 
@@ -50,12 +50,22 @@ class CleanAnnotations:
     sha256: str
 
 
-def _is_int(value: object) -> bool:
-    return type(value) is int
+def _is_int(value: object, minimum: int | None = None) -> bool:
+    """Whether a JSON value is an integer (``true`` is not) of at least ``minimum``, by the package's one checker."""
+    try:
+        check_number("value", value, minimum=minimum, integer=True)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
-def _is_number(value: object) -> bool:
-    return (type(value) is int or type(value) is float) and math.isfinite(value)
+def _is_number(value: object, minimum: float | None = None) -> bool:
+    """Whether a JSON value is a finite number (``true`` is not; NaN and Infinity are not) of at least ``minimum``."""
+    try:
+        check_number("value", value, minimum=minimum)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _require_list(doc: dict[str, Any], key: str, where: Path) -> list[Any]:
@@ -84,7 +94,7 @@ def _check_images(images: list[Any], where: Path) -> dict[int, dict[str, Any]]:
         if not isinstance(info, dict) or not _is_int(info.get("id")) or not isinstance(info.get("file_name"), str):
             raise DataError(f"{where}: every image needs an integer 'id' and a string 'file_name', got {info!r}")
         for key in ("width", "height"):
-            if not _is_int(info.get(key)) or info[key] <= 0:
+            if not _is_int(info.get(key), minimum=1):
                 raise DataError(
                     f"{where}: image {info['file_name']!r} needs a positive integer {key!r}, got {info.get(key)!r}"
                 )
@@ -116,12 +126,12 @@ def _check_annotation(ann: Any, index: int, images: dict[int, dict[str, Any]], c
             f"{where}: annotation #{index} on {images[image_id]['file_name']!r} has box {bbox} with a negative "
             "size: width and height must be >= 0 (zero-size boxes are dropped)"
         )
-    if "id" in ann and (not _is_int(ann["id"]) or ann["id"] < 1):
+    if "id" in ann and not _is_int(ann["id"], minimum=1):
         # pycocotools marks an unmatched box with id 0, so an annotation with id 0 could never be matched
         raise DataError(f"{where}: annotation #{index} needs a positive integer 'id' if given, got {ann['id']!r}")
-    if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+    if "area" in ann and not _is_number(ann["area"], minimum=0.0):
         raise DataError(f"{where}: annotation #{index} needs a finite 'area' >= 0 if given, got {ann['area']!r}")
-    if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
+    if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
         raise DataError(f"{where}: annotation #{index} needs 'iscrowd' 0 or 1 if given, got {ann['iscrowd']!r}")
 
 

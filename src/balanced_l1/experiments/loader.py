@@ -131,10 +131,12 @@ def unpack(batch: list[Sample | ReadFailure]) -> tuple[list[torch.Tensor], list[
     Raises:
         ImageReadError: naming the first image of the batch that could not be read.
     """
+    samples: list[Sample] = []
     for item in batch:
         if isinstance(item, ReadFailure):
             raise ImageReadError(item.message)
-    return [image for image, _ in batch], [target for _, target in batch]  # type: ignore[union-attr]
+        samples.append(item)
+    return [image for image, _ in samples], [target for _, target in samples]
 
 
 def _loader(dataset: Dataset[Any], sampler: Sampler[Any], workers: int, device: torch.device) -> DataLoader[Any]:

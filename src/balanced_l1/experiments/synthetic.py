@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from balanced_l1.experiments.coco_data import DetectionSplit
 from balanced_l1.experiments.datasets import SplitSamples
 from balanced_l1.experiments.images import MemoryImages
+from balanced_l1.params import check_number
 
 CATEGORIES = ({"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}, {"id": 3, "name": "triangle"})
 _SPLIT_KEYS = {"train": 1, "val": 2}
@@ -169,10 +170,8 @@ def make_synthetic_split(split: str, num_images: int, *, image_size: int = 128, 
     """
     if split not in _SPLIT_KEYS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_KEYS)}, got {split!r}")
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if image_size < 64:
-        raise ValueError(f"image_size must be >= 64 pixels, got {image_size}")
+    num_images = check_number("num_images", num_images, minimum=1, integer=True)
+    image_size = check_number("image_size (pixels)", image_size, minimum=64, integer=True)
     images: list[np.ndarray] = []
     infos: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []

@@ -297,7 +297,7 @@ def test_a_monitor_attached_before_a_mixin_that_bypasses_it_says_so() -> None:
 
 
 def test_bad_models_and_settings_are_named() -> None:
-    with pytest.raises(TypeError, match="supports torchvision FasterRCNN.*got Linear"):
+    with pytest.raises(TypeError, match=r"supports torchvision FasterRCNN.*got Linear"):
         GradientBalanceMonitor(nn.Linear(2, 2))
     wrapped = nn.Module()
     wrapped.module = FasterRCNN(nn.Conv2d(3, 8, 3), 3)  # type: ignore[arg-type]

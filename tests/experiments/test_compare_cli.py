@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from balanced_l1.cli import main
+from balanced_l1.detection.gradient_balance import STATISTICS
 from balanced_l1.experiments.coco_data import save_coco_folder
 from balanced_l1.experiments.evaluate import METRICS
 from balanced_l1.experiments.synthetic import make_synthetic_dataset
@@ -45,7 +46,7 @@ def test_results_hold_metrics_per_seed_and_their_mean_for_both_arms(finished: tu
 
 def test_figures_are_valid_pngs(finished: tuple[Path, dict[str, Any], str]) -> None:
     out, _, _ = finished
-    for name in ("loss_curves.png", "ap_vs_iou.png"):
+    for name in ("loss_curves.png", "ap_vs_iou.png", "gradient_balance.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 300
             image.verify()
@@ -73,6 +74,43 @@ def test_arms_start_from_the_same_weights_and_data_so_first_losses_match_outside
     assert first[0]["loss_classifier"] == first[1]["loss_classifier"]
     assert first[0]["loss_objectness"] == first[1]["loss_objectness"]
     assert first[0]["loss_box_reg"] != first[1]["loss_box_reg"]
+
+
+def test_every_run_records_its_gradient_balance_series_and_second_half_means(
+    finished: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, results, printed = finished
+    for arm, data in results["arms"].items():
+        for seed, entry in data["per_seed"].items():
+            record = json.loads((out / "runs" / f"{arm}_seed{seed}.json").read_text())
+            series = record["gradient_balance"]
+            assert len(series) == 2 and set(series[0]) == {"roi_heads", "rpn"}
+            assert set(entry["gradient_balance"]) == set(STATISTICS)
+            assert set(entry["rpn_gradient_balance"]) == set(STATISTICS)
+            second = series[1]["roi_heads"]["inlier_fraction"]  # the second half of 2 iterations is the last one
+            assert entry["gradient_balance"]["inlier_fraction"] == second
+            assert entry["rpn_gradient_balance"]["box_cls_gradient_ratio"] is None  # measured for the RoI head only
+        assert set(data["gradient_balance_mean"]) == {"gradient_balance", "rpn_gradient_balance"}
+    assert "in/out grad" in printed and "gradient balance, second half of training" in printed
+
+
+def test_the_baseline_arms_switch_the_losses_they_name() -> None:
+    import torch
+
+    from balanced_l1.detection import build_small_faster_rcnn
+    from balanced_l1.experiments.arms import get_arm
+
+    for arm, loss, beta in (
+        ("smooth_l1_beta1", "smooth_l1", 1.0),
+        ("l1", "l1", 1.0),
+        ("balanced_l1", "balanced_l1", 1.0),
+    ):
+        torch.manual_seed(0)
+        model = build_small_faster_rcnn(3)
+        get_arm(arm).configure(model)
+        for stage in (model.rpn, model.roi_heads):
+            config = stage.balanced_l1_config
+            assert (config.loss, config.params.beta) == (loss, beta), arm
 
 
 def _assert_refused_before_training(out: Path) -> None:

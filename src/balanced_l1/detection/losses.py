@@ -21,7 +21,7 @@ The normalisation is torchvision's, so loss magnitudes stay comparable:
 In a distributed run (``torch.distributed`` initialised, world size > 1) every count that differs
 between ranks (sampled RoIs, sampled anchors, images, SSD's foreground boxes) is summed over ranks,
 so that after DDP's gradient averaging the gradients equal those of one process on the global batch (see
-:mod:`._distributed`). Mask and keypoint losses are torchvision's own functions, unchanged.
+:mod:`._loss_normaliser`). Mask and keypoint losses are torchvision's own functions, unchanged.
 """
 
 from __future__ import annotations

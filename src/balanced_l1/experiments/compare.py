@@ -350,6 +350,7 @@ def _compare(
 
         run_in_processes(config, todo, config.jobs)
     for arm, seed in tasks:
+        record: dict[str, Any] | None
         if config.jobs > 1 and not ctx.distributed and len(todo) > 1:
             record = _read_record(_paths(config, arm, seed)[0])
         else:

@@ -37,7 +37,10 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of one training run (see :class:`~balanced_l1.experiments.config.CompareConfig`).
+    """Optimisation settings of one training run, resolved from :class:`~balanced_l1.experiments.config.CompareConfig`.
+
+    No field has a default here: the defaults live in ``CompareConfig`` alone
+    (:func:`balanced_l1.experiments.compare.train_config` builds this from it).
 
     Attributes:
         iters: number of iterations (global batches).
@@ -57,17 +60,17 @@ class TrainConfig:
 
     iters: int
     batch_size: int
-    lr: float = 0.04
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 50
-    warmup_factor: float = 0.001
-    lr_schedule: str = "cosine"
-    lr_steps: tuple[int, ...] = field(default=())
-    grad_clip: float = 10.0
-    hflip: float = 0.0
-    amp: bool = False
-    checkpoint_every: int = 20
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_iters: int
+    warmup_factor: float
+    lr_schedule: str
+    lr_steps: tuple[int, ...]
+    grad_clip: float
+    hflip: float
+    amp: bool
+    checkpoint_every: int
 
     def factor(self, iteration: int) -> float:
         """The learning-rate factor at ``iteration``."""

@@ -52,7 +52,7 @@ def build_small_faster_rcnn(
     num_classes: int,
     *,
     image_size: int = 128,
-    fpn_channels: int = 64,
+    fpn_channels: int = 32,
     anchor_sizes: tuple[int, ...] = (12, 24, 48, 96),
     representation_size: int = 256,
     min_size: int | None = None,

@@ -63,7 +63,7 @@ class CompareConfig:
     follow_symlinks: bool = _setting(False, "allow images that are symbolic links (inside the image folder)")
     train_images: int = _setting(1024, "images of the embedded synthetic training split")
     val_images: int = _setting(200, "images of the embedded synthetic held-out split")
-    image_size: int = _setting(128, "side of the embedded synthetic images in pixels")
+    image_size: int = _setting(96, "side of the embedded synthetic images in pixels")
     data_seed: int = _setting(0, "seed of the embedded synthetic data set")
     # model
     model: str = _setting("small", "detector to train", choices=MODELS)
@@ -75,7 +75,7 @@ class CompareConfig:
         None, "torchvision resize: longer side cap (default: image_size for small, else 1333)"
     )
     # schedule
-    iters: int | None = _setting(300, "training iterations (global batches) per run; or give --epochs")
+    iters: int | None = _setting(800, "training iterations (global batches) per run; or give --epochs")
     epochs: int | None = _setting(None, "training epochs per run, instead of --iters")
     batch_size: int = _setting(8, "images per global batch (split over processes under torchrun)")
     lr: float = _setting(0.04, "peak SGD learning rate")

@@ -80,7 +80,8 @@ def main() -> None:
     print("|---|---|")
     print(f"| without the monitor | {1000 * t_off:.1f} |")
     print(f"| with the monitor (box/cls every {args.balance_every}) | {1000 * t_on:.1f} |")
-    print(f"\noverhead: {100 * (t_on / t_off - 1):+.1f}% ({args.rounds} rounds of {args.iters} iterations, arm {args.arm})")
+    rounds = f"{args.rounds} rounds of {args.iters} iterations, arm {args.arm}"
+    print(f"\noverhead: {100 * (t_on / t_off - 1):+.1f}% ({rounds})")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,11 @@ def _figure(series: dict[str, dict[int, Series]]) -> Any:
             if not drawn:
                 ax.set_axis_off()
                 continue
+            ax.ticklabel_format(axis="y", useOffset=False)
+            if name in ("inlier_fraction", "inlier_gradient_share"):
+                ax.set_ylim(0.0, 1.02)
+            else:
+                ax.set_ylim(bottom=0.0)
             if name == "inlier_outlier_gradient_ratio":
                 ax.axhline(PAPER_INLIER_OUTLIER_RATIO, color="k", ls="--", lw=1, label="paper: 0.3 (smooth L1)")
             ax.set_title(f"{stage}: {_TITLES[name]}", fontsize=9)

@@ -154,31 +154,23 @@ class _MonitoredRoIHeads(RoIHeads):
         return result
 
 
-class _MonitoredRetinaNetRegression(RetinaNetRegressionHead):
+class _MonitoredOneStage:
+    """Mixin for the module whose ``compute_loss`` computes a one-stage model's box loss.
+
+    That is RetinaNet's regression head or the SSD itself; both take the same arguments.
+    """
+
     mixin_label = "GradientBalance"
 
     def compute_loss(
         self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
         matched_idxs: list[Tensor],
-    ) -> Tensor:  # fmt: skip
-        loss = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-        monitor = _monitor(self)
+    ) -> Any:  # fmt: skip
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)  # type: ignore[misc]
+        monitor = self.__dict__.get(_MONITOR_ATTRIBUTE)
         if monitor is not None:
-            monitor.record_one_stage(self.box_coder, targets, head_outputs["bbox_regression"], anchors, matched_idxs)
-        return loss
-
-
-class _MonitoredSSD(SSD):
-    mixin_label = "GradientBalance"
-
-    def compute_loss(
-        self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:  # fmt: skip
-        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-        monitor = _monitor(self)
-        if monitor is not None:
-            monitor.record_one_stage(self.box_coder, targets, head_outputs["bbox_regression"], anchors, matched_idxs)
+            box_coder = self.box_coder  # type: ignore[attr-defined]
+            monitor.record_one_stage(box_coder, targets, head_outputs["bbox_regression"], anchors, matched_idxs)
         return losses
 
 
@@ -238,12 +230,12 @@ class GradientBalanceMonitor:
             self._hook(model.roi_heads.box_predictor, self._roi_predictor_hook)
         elif isinstance(model, RetinaNet) and isinstance(model.head.regression_head, RetinaNetRegressionHead):
             self.stages = {"head": _Stage("head", True)}
-            self._attach(model.head.regression_head, _MonitoredRetinaNetRegression)
+            self._attach(model.head.regression_head, _MonitoredOneStage)
             self._task = _TaskBalance(model.head, _dict_outputs)
             self._hook(model.head, self._one_stage_head_hook)
         elif isinstance(model, SSD):
             self.stages = {"head": _Stage("head", True)}
-            self._attach(model, _MonitoredSSD)
+            self._attach(model, _MonitoredOneStage)
             self._task = _TaskBalance(model.head, _dict_outputs)
             self._hook(model.head, self._one_stage_head_hook)
         else:

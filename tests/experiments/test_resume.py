@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 SETTINGS = [
     "compare", "--arms", "smooth_l1,balanced_l1", "--iters", "10", "--checkpoint-every", "2", "--warmup-iters", "4",
     "--batch-size", "2", "--train-images", "6", "--val-images", "3", "--image-size", "64", "--hflip", "0.5",
+    "--balance-every", "3",
 ]  # fmt: skip
 WORKERS = ["--workers", "2"]
 
@@ -58,15 +59,17 @@ def test_resume_with_workers_after_sigkill_reaches_the_uninterrupted_metrics_exa
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert resumed["arms"] == whole["arms"]
     for arm in ("smooth_l1", "balanced_l1"):
-        history = [
-            json.loads((d / "runs" / f"{arm}_seed0.json").read_text())["history"] for d in (killed, tmp_path / "whole")
-        ]
-        assert history[0] == history[1]
+        records = [json.loads((d / "runs" / f"{arm}_seed0.json").read_text()) for d in (killed, tmp_path / "whole")]
+        assert records[0]["history"] == records[1]["history"]
+        # the gradient-balance series too, the box/classification ratio measured at the same iterations
+        assert records[0]["gradient_balance"] == records[1]["gradient_balance"]
+        measured = [r["roi_heads"]["box_cls_gradient_ratio"] is not None for r in records[0]["gradient_balance"]]
+        assert measured == [i % 3 == 0 for i in range(10)]
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    tiny = [*SETTINGS[:3], "--iters", "2", "--checkpoint-every", "1", *SETTINGS[9:-2], "--out", str(out)]
+    tiny = [*SETTINGS[:3], "--iters", "2", "--checkpoint-every", "1", *SETTINGS[9:-4], "--out", str(out)]
     assert _quiet_main(tiny) == 0
     (out / "runs" / "smooth_l1_seed0.json").unlink()
     (out / "results.json").unlink()

@@ -20,14 +20,14 @@ import torch
 from balanced_l1.detection import GradientBalanceMonitor
 from balanced_l1.detection.zoo import build_detector
 from balanced_l1.experiments.arms import get_arm
+from balanced_l1.experiments.coco_data import DetectionSplit
 from balanced_l1.experiments.compare import load_data, train_config
 from balanced_l1.experiments.config import DEFAULTS
 from balanced_l1.experiments.loader import DataOrder, training_loader, unpack
 
 
-def _seconds_per_iteration(monitor_every: int | None, iters: int, arm: str) -> float:
+def _seconds_per_iteration(splits: dict[str, DetectionSplit], monitor_every: int | None, iters: int, arm: str) -> float:
     config = DEFAULTS
-    splits = load_data(config)
     tc = train_config(config, len(splits["train"]))
     torch.manual_seed(0)
     min_size, max_size = config.resize()
@@ -71,10 +71,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=DEFAULTS.threads)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    splits = load_data(DEFAULTS)
     off, on = [], []
     for _ in range(args.rounds):
-        off.append(_seconds_per_iteration(None, args.iters, args.arm))
-        on.append(_seconds_per_iteration(args.balance_every, args.iters, args.arm))
+        off.append(_seconds_per_iteration(splits, None, args.iters, args.arm))
+        on.append(_seconds_per_iteration(splits, args.balance_every, args.iters, args.arm))
     t_off, t_on = statistics.median(off), statistics.median(on)
     print("| training step of the default run | ms per iteration |")
     print("|---|---|")

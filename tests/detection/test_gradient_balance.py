@@ -246,6 +246,18 @@ def test_the_monitored_roi_statistics_equal_those_of_the_deltas_the_loss_saw() -
         assert record[key] == pytest.approx(value, rel=1e-9), key
 
 
+def test_under_cpu_autocast_the_task_balance_is_measured_in_the_forward_pass_precision() -> None:
+    model = _small(use_balanced_l1)
+    monitor = GradientBalanceMonitor(model)
+    images, targets = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    sum(v.float() for v in losses.values()).backward()
+    record = monitor.step()["roi_heads"]
+    assert record["box_cls_gradient_ratio"] is not None and math.isfinite(record["box_cls_gradient_ratio"])
+    assert record["inlier_fraction"] is not None
+
+
 def test_a_zero_box_loss_weight_gives_a_zero_box_classification_ratio() -> None:
     model = _small(lambda m: use_balanced_l1(m, loss_weight=0.0))
     monitor = GradientBalanceMonitor(model)

@@ -93,6 +93,7 @@ class _TaskBalance:
         self.outputs = outputs  # module output -> (classification output, box output)
         self.armed = False
         self.inputs: tuple[Any, ...] | None = None
+        self.autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16)
         self.grads: list[Tensor | None] = [None, None]
 
     def capture(self, inputs: tuple[Any, ...], output: Any) -> None:
@@ -100,6 +101,9 @@ class _TaskBalance:
             return
         cls_out, box_out = self.outputs(output)
         self.inputs = tuple(_detached(x) for x in inputs)
+        device = box_out.device.type
+        # the re-run happens after backward, outside any autocast region: it re-enters the forward's one
+        self.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         self.grads = [None, None]
         for index, tensor in enumerate((cls_out, box_out)):
             if tensor.requires_grad:
@@ -120,7 +124,8 @@ class _TaskBalance:
         leaves = [t for t in _tensors(inputs) if t.is_floating_point()]
         buffers = [b.detach().clone() for b in self.module.buffers()]
         try:
-            with torch.enable_grad():
+            device, enabled, dtype = self.autocast
+            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
                 for leaf in leaves:
                     leaf.requires_grad_(True)
                 outputs = self.outputs(self.module(*inputs))

@@ -258,3 +258,12 @@ def test_a_run_failing_in_a_side_process_exits_1_with_its_message(
     assert code == 1
     assert "loss became nan" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_amp_on_cpu_trains_in_bfloat16_and_records_the_gradient_balance(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["compare", *TINY, "--amp", "--arms", "balanced_l1", "--balance-every", "1", "--out", str(out)])
+    assert code == 0
+    record = json.loads((out / "runs" / "balanced_l1_seed0.json").read_text())
+    assert all(r["roi_heads"]["box_cls_gradient_ratio"] is not None for r in record["gradient_balance"])

@@ -24,7 +24,7 @@ __all__ = ["balanced_l1_loss"]
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 #: Elements per block of the eager CPU path: its six block-sized buffers stay in a core's cache.
-_BLOCK = 1 << 16
+_BLOCK = 1 << 17
 
 
 class _Constants(NamedTuple):

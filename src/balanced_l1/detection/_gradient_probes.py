@@ -39,21 +39,25 @@ def is_inlier(pred: Tensor, target: Tensor) -> Tensor:
     return loss < 1.0
 
 
-def _sample_sums(inlier: Tensor, grad: Tensor) -> Tensor:
+def _counts(inlier: Tensor) -> Tensor:
+    """``[inliers, outliers]`` in float64."""
+    return torch.stack([inlier.sum(), (~inlier).sum()]).double()
+
+
+def _magnitudes(inlier: Tensor, grad: Tensor) -> Tensor:
+    """``[inlier magnitude, outlier magnitude]``: the per-sample L1 norms of ``grad``, summed by group."""
     magnitude = grad.detach().double().abs().sum(dim=-1)
     inlier = inlier.to(magnitude.device)
-    return torch.stack(
-        [
-            inlier.sum().double(),
-            (~inlier).sum().double(),
-            magnitude[inlier].sum(),
-            magnitude[~inlier].sum(),
-        ]
-    )
+    return torch.stack([magnitude[inlier].sum(), magnitude[~inlier].sum()])
 
 
 class _Stage:
-    """The per-iteration sums of one box-regression stage (kept on the model's device: no host sync)."""
+    """The per-iteration sums of one box-regression stage (kept on the model's device: no host sync).
+
+    ``sums`` holds, in order, the inlier and outlier counts (added in the forward pass), their gradient
+    magnitudes (added by the hook in the backward pass) and the squared box and classification norms
+    of the task balance (added by the monitor after the backward pass); ``None`` until a first record.
+    """
 
     def __init__(self, name: str, task_balance: bool) -> None:
         self.name = name
@@ -61,23 +65,19 @@ class _Stage:
         self.sums: Tensor | None = None
         self.recorded = False
 
-    def add(self, values: Tensor, offset: int = 0) -> None:
-        padded = torch.zeros(_SUMS, dtype=torch.float64, device=values.device)
-        padded[offset : offset + values.numel()] = values
-        self.sums = padded if self.sums is None else self.sums + padded.to(self.sums.device)
+    def add(self, values: Tensor, offset: int) -> None:
+        """Add ``values`` to ``sums[offset : offset + len(values)]``."""
+        if self.sums is None:
+            self.sums = torch.zeros(_SUMS, dtype=torch.float64, device=values.device)
+        self.sums[offset : offset + values.numel()] += values.to(self.sums.device)
 
     def record(self, pred: Tensor, select: Callable[[Tensor], Tensor], target: Tensor) -> None:
         """Record positives ``select(pred)`` against ``target``; their gradient magnitudes arrive in backward."""
         self.recorded = True
         inlier = is_inlier(select(pred), target)
-        self.add(torch.stack([inlier.sum().double(), (~inlier).sum().double()]))
+        self.add(_counts(inlier), offset=0)
         if pred.requires_grad:
-
-            def hook(grad: Tensor) -> None:
-                sums = _sample_sums(inlier, select(grad))
-                self.add(sums[2:], offset=2)
-
-            pred.register_hook(hook)
+            pred.register_hook(lambda grad: self.add(_magnitudes(inlier, select(grad)), offset=2))
 
 
 class _TaskBalance:

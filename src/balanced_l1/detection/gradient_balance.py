@@ -49,8 +49,9 @@ from torchvision.models.detection.ssd import SSD
 
 from balanced_l1.detection._gradient_probes import (
     _SUMS,
+    _counts,
+    _magnitudes,
     _RecordingSampler,
-    _sample_sums,
     _Stage,
     _TaskBalance,
     is_inlier,
@@ -112,12 +113,13 @@ def box_gradient_statistics(pred: Tensor, target: Tensor, grad: Tensor) -> dict[
             f"pred, target and grad must all be (P, 4), got {tuple(pred.shape)}, {tuple(target.shape)}, "
             f"{tuple(grad.shape)}"
         )
-    sums = _sample_sums(is_inlier(pred, target), grad)
+    inlier = is_inlier(pred, target)
+    sums = torch.cat([_counts(inlier), _magnitudes(inlier, grad)])
     stats = _statistics([*sums.tolist(), 0.0, 0.0], with_task_balance=False)
     return {name: stats[name] for name in SAMPLE_STATISTICS}
 
 
-def _monitor(module: nn.Module) -> GradientBalanceMonitor | None:
+def _monitor(module: Any) -> GradientBalanceMonitor | None:
     return module.__dict__.get(_MONITOR_ATTRIBUTE)
 
 
@@ -167,7 +169,7 @@ class _MonitoredOneStage:
         matched_idxs: list[Tensor],
     ) -> Any:  # fmt: skip
         losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)  # type: ignore[misc]
-        monitor = self.__dict__.get(_MONITOR_ATTRIBUTE)
+        monitor = _monitor(self)
         if monitor is not None:
             box_coder = self.box_coder  # type: ignore[attr-defined]
             monitor.record_one_stage(box_coder, targets, head_outputs["bbox_regression"], anchors, matched_idxs)
@@ -340,17 +342,15 @@ class GradientBalanceMonitor:
                 attached before a mixin that replaced what it observes: attach it last).
         """
         measured = self._task is not None and self._task.armed
-        device = next((s.sums.device for s in self.stages.values() if s.sums is not None), torch.device("cpu"))
-        rows = []
-        for stage in self.stages.values():
-            sums = torch.zeros(_SUMS, dtype=torch.float64, device=device) if stage.sums is None else stage.sums
-            rows.append(sums.to(device))
-        if measured and self._task is not None:
-            norms = self._task.norms()
+        if measured:
+            norms = self._task.norms()  # type: ignore[union-attr]
             if norms is not None:
-                index = next(i for i, s in enumerate(self.stages.values()) if s.task_balance)
-                zeros = torch.zeros(4, dtype=torch.float64, device=device)
-                rows[index] = rows[index] + torch.cat([zeros, norms.to(device)])
+                next(s for s in self.stages.values() if s.task_balance).add(norms, offset=4)
+        device = next((s.sums.device for s in self.stages.values() if s.sums is not None), torch.device("cpu"))
+        rows = [
+            torch.zeros(_SUMS, dtype=torch.float64, device=device) if s.sums is None else s.sums.to(device)
+            for s in self.stages.values()
+        ]
         if self._trained and not any(s.recorded for s in self.stages.values()):
             raise RuntimeError(
                 "GradientBalanceMonitor saw a training pass but no box-regression samples: attach it after "

@@ -320,6 +320,16 @@ def test_bad_models_and_settings_are_named() -> None:
             GradientBalanceMonitor(_small(), task_balance_every=bad)  # type: ignore[arg-type]
 
 
+def test_an_unknown_box_loss_is_named_with_the_valid_ones_before_the_model_changes() -> None:
+    model = _small()
+    classes = (type(model.rpn), type(model.roi_heads))
+    with pytest.raises(ValueError, match=r"loss must be one of balanced_l1, smooth_l1, l1, got 'huber'"):
+        use_box_loss(model, "huber")
+    with pytest.raises(ValueError, match="beta must be finite and > 0"):
+        use_box_loss(model, "smooth_l1", beta=0.0)
+    assert (type(model.rpn), type(model.roi_heads)) == classes
+
+
 def test_second_half_means_skip_undefined_values() -> None:
     history = [
         {"rpn": {"inlier_fraction": 0.1, "box_cls_gradient_ratio": None}},

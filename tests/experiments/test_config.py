@@ -129,6 +129,8 @@ def test_unknown_recipe_is_refused_listing_the_shipped_ones() -> None:
         (["--momentum", "1"], "momentum must be in [0, 1), got 1.0"),
         (["--grad-clip", "-1"], "grad_clip must be finite and >= 0"),
         (["--lr-schedule", "step", "--lr-steps", "3,2"], "lr_steps must be increasing positive integers"),
+        (["--balance-every", "0"], "balance_every must be >= 1, got 0"),
+        (["--arms", "smooth_l1,l2"], "unknown arm 'l2'; valid arms: smooth_l1, balanced_l1, smooth_l1_beta1, l1,"),
     ],
 )
 def test_bad_settings_exit_2_before_anything_is_written(

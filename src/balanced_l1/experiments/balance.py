@@ -17,6 +17,7 @@ import numpy as np
 
 from balanced_l1._files import save_figure_atomically
 from balanced_l1.detection.gradient_balance import PAPER_INLIER_OUTLIER_RATIO, STATISTICS, second_half_means
+from balanced_l1.experiments._markdown import markdown_table
 
 Series = list[dict[str, dict[str, float | None]]]
 #: results.json key -> the monitor's stage names it is read from (first present wins).
@@ -159,10 +160,7 @@ def format_balance_table(summary: dict[str, Any]) -> str:
             rows.append([arm, label, *cells])
     if len(rows) == 1:
         return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return "\n".join(markdown_table(rows))
 
 
 def _number(value: float | None) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from balanced_l1._files import save_figure_atomically, write_json_atomically
+from balanced_l1.experiments._markdown import markdown_table
 from balanced_l1.experiments.balance import inlier_outlier_cell, mean_over_seeds
 from balanced_l1.experiments.evaluate import IOU_THRESHOLDS, METRICS
 
@@ -167,9 +168,7 @@ def format_table(summary: dict[str, Any]) -> str:
     for name, data in summary["paired_difference"].items():
         cells = [_cell(data["mean"][n], data["std"][n], signed=True) for n in METRICS]
         rows.append([name, str(len(data["per_seed"])), *cells, ""])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines = markdown_table(rows)
     for name, data in summary["paired_difference"].items():
         t, p = data.get("t", {}).get("AP"), data.get("p", {}).get("AP")
         if t is not None and p is not None:

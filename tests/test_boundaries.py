@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from balanced_l1 import BalancedL1Loss, BalancedL1Params, balanced_l1_loss
-from balanced_l1.functional import _BLOCK, _cached_constants, _loss_and_grad
+from balanced_l1.functional import _BLOCK, _cached_constants, _grad_scale, _loss_and_grad
 from balanced_l1.params import check_number, inlier_threshold
 from balanced_l1.reference import balanced_l1, balanced_l1_grad
 
@@ -241,8 +241,46 @@ def test_eager_cpu_blocks_give_the_whole_tensor_result(formulation, reduce_sum):
     c = _cached_constants(0.5, 1.5, 0.11, formulation, torch.float32, torch.float32)
     loss_blocks, grad_blocks = _loss_and_grad(pred, target, c, reduce_sum, True)
     loss_whole, grad_whole = _loss_and_grad(pred, target, c, reduce_sum, False)
-    torch.testing.assert_close(grad_blocks, grad_whole, rtol=0, atol=0)
+    scale = _grad_scale(c, True)
+    assert scale == (0.5 if formulation == "scaled" else 1.0)  # the scaled blocks leave alpha to backward
+    torch.testing.assert_close(grad_blocks * scale, grad_whole, rtol=2.5e-7, atol=0)
     torch.testing.assert_close(loss_blocks, loss_whole, rtol=1e-5 if reduce_sum else 0, atol=0)
+
+
+@pytest.mark.parametrize(("formulation", "beta"), [("scaled", 0.11), ("scaled", 1.0), ("mmdet", 0.11), ("mmdet", 2.5)])
+def test_accuracy_of_the_eager_cpu_blocks_against_the_float64_reference(formulation, beta):
+    magnitudes = np.logspace(-30, np.log10(65504), 1001)
+    x = np.resize(np.concatenate([[0.0], magnitudes, -magnitudes]), 2 * _BLOCK + 77)
+    pred = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+    loss = balanced_l1_loss(pred, torch.zeros_like(pred), beta=beta, formulation=formulation, reduction="none")
+    loss.backward(torch.full_like(loss, 3.0))  # an element-wise grad_loss: alpha is not folded into a scalar
+    pred_sum = pred.detach().clone().requires_grad_(True)
+    total = balanced_l1_loss(pred_sum, torch.zeros_like(pred_sum), beta=beta, formulation=formulation, reduction="sum")
+    total.backward()
+    x64 = pred.detach().double().numpy()
+    params = BalancedL1Params(beta=beta, formulation=formulation)
+    expected_loss, expected_grad = balanced_l1(x64, params), balanced_l1_grad(x64, params)
+    eps = torch.finfo(torch.float32).eps
+    np.testing.assert_array_less(
+        np.abs(loss.detach().double().numpy() - expected_loss), 4 * eps * (np.abs(expected_loss) + 0.5 * np.abs(x64)) + 1e-300
+    )
+    grad_bound = 4 * eps * (np.abs(expected_grad) + 0.5 * abs(params.q - 1)) + 1e-45
+    np.testing.assert_array_less(np.abs(pred.grad.double().numpy() / 3.0 - expected_grad), grad_bound)
+    np.testing.assert_array_less(np.abs(pred_sum.grad.double().numpy() - expected_grad), grad_bound)
+    np.testing.assert_allclose(total.item(), expected_loss.sum(), rtol=1e-5)
+
+
+def test_eager_cpu_blocks_never_turn_a_huge_upstream_gradient_into_nan():
+    # alpha * grad_loss overflows float32 while every true gradient element is finite: backward must not
+    # fold alpha into that scalar (inf * 0 = NaN at x = 0)
+    pred = torch.zeros(2 * _BLOCK, requires_grad=True)
+    with torch.no_grad():
+        pred[1::2] = 0.05
+    loss = balanced_l1_loss(pred, torch.zeros_like(pred), alpha=10.0, gamma=1.5, reduction="sum")
+    (loss * 1e38).backward()
+    expected = 1e38 * balanced_l1_grad(np.array([0.0, 0.05]), BalancedL1Params(alpha=10.0, gamma=1.5))
+    assert torch.isfinite(pred.grad).all()
+    np.testing.assert_allclose(pred.grad[:2].double().numpy(), expected, rtol=1e-6)
 
 
 def test_eager_cpu_blocks_keep_the_input_shape_and_non_contiguous_inputs():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -74,7 +75,9 @@ def _constants(
 _cached_constants = functools.lru_cache(maxsize=256, typed=True)(_constants)
 
 
-def _fill(pred: Tensor, target: Tensor, c: _Constants, out: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
+def _fill(
+    pred: Tensor, target: Tensor, c: _Constants, out: tuple[Tensor, ...] | None = None, scale_grad: bool = True
+) -> tuple[Tensor, Tensor]:
     """Element-wise loss and gradient in one branch-free pass, into the 6 buffers ``out`` or fresh ones.
 
     With ``a = |x|``, ``m = min(a, beta)``, ``u = b m / beta`` and ``w = 1 + u``, both formulations read::
@@ -87,7 +90,9 @@ def _fill(pred: Tensor, target: Tensor, c: _Constants, out: tuple[Tensor, ...] |
     ``log1p(u) = log(w) - ((w - 1) - u) / w``: ``w - 1`` is exact and ``(w - 1) - u`` is exactly the
     rounding error of ``w``, so this is as accurate as ``log1p`` (about one ulp) but costs a
     vectorised ``log``, where eager ``torch.log1p`` is a scalar loop on CPU, four times slower.
-    The scaled formulation needs no ``torch.where`` at all.
+    The scaled formulation needs no ``torch.where`` at all. The loss is ``u``'s buffer (``out[2]``),
+    the gradient ``out[4]``'s. With ``scale_grad=False`` the scaled formulation's gradient is left
+    divided by ``alpha`` (backward multiplies it in, saving a pass here); mmdet's is always whole.
     """
     o: tuple[Tensor | None, ...] = out if out is not None else (None,) * 6
     d = torch.sub(pred, target, out=o[0])
@@ -102,17 +107,18 @@ def _fill(pred: Tensor, target: Tensor, c: _Constants, out: tuple[Tensor, ...] |
     w = torch.add(u, 1.0, out=o[3])
     log_u = torch.log(w, out=o[4])
     rounding = torch.sub(w, 1.0, out=o[5]).sub_(u)
-    log_u.sub_(rounding.div_(w))
-    loss = w
+    log_u.addcdiv_(rounding, w, value=-1.0)
     if mask is not None:  # mmdet with beta != 1: the extra inlier term of its gradient, maybe negative
         extra = torch.reciprocal(w, out=rounding).mul_(c.jump).mul_(mask)
-        loss = torch.add(u, c.q, out=w)
-    loss.mul_(log_u).sub_(u).mul_(c.c1).add_(excess, alpha=c.gamma)
-    grad = log_u.mul_(c.alpha)
+        w = torch.add(u, c.q, out=w)
+    # u - w log1p(u) first, as one rounding: exactly 0 where u is below an ulp of 1 (w = 1, log_u = u)
+    loss = u.addcmul_(w, log_u, value=-1.0).mul_(-c.c1).add_(excess, alpha=c.gamma)
     if mask is not None:
-        grad.add_(extra).mul_(torch.sign(d, out=d))
-    else:  # scaled: the magnitude is >= 0, so copying the sign is one cheap pass
-        grad.copysign_(d)
+        grad = log_u.mul_(c.alpha).add_(extra).mul_(torch.sign(d, out=d))
+    elif scale_grad:
+        grad = log_u.mul_(c.alpha).copysign_(d)
+    else:  # the magnitude is >= 0, so copying the sign is one cheap pass
+        grad = log_u.copysign_(d)
     return loss, grad
 
 
@@ -121,35 +127,39 @@ def _loss_and_grad(
 ) -> tuple[Tensor, Tensor]:
     """Loss (element-wise, or its sum with ``reduce_sum``) and gradient; block by block with ``blocks``.
 
-    In blocks (the eager CPU path for large inputs) the temporaries are six block-sized buffers that
+    In blocks (the eager CPU path for large inputs) the temporaries are five block-sized buffers that
     stay in cache and serve every block; only the gradient (and the element-wise loss for
-    ``reduction="none"``) is a full-sized buffer, written once. Otherwise :func:`_fill` runs on the
-    whole tensors (``torch.compile`` fuses it into one kernel; on CUDA it runs at memory speed).
+    ``reduction="none"``) is a full-sized buffer, written once. There the scaled formulation's
+    gradient is returned divided by ``alpha`` (:func:`_grad_scale`). Otherwise :func:`_fill` runs on
+    the whole tensors (``torch.compile`` fuses it into one kernel; on CUDA it runs at memory speed).
     """
     if not blocks:
         loss, grad = _fill(pred, target, c)
         return (loss.sum() if reduce_sum else loss), grad
-    flat_pred, flat_target = pred.reshape(-1), target.reshape(-1)
     grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
     elementwise = None if reduce_sum else torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
-    flat_grad = grad.view(-1)
-    flat_loss = None if elementwise is None else elementwise.view(-1)
-    n = flat_pred.numel()
-    scratch = [torch.empty(_BLOCK, dtype=pred.dtype, device=pred.device) for _ in range(6)]
-    sums = torch.empty((n + _BLOCK - 1) // _BLOCK, dtype=pred.dtype, device=pred.device)
-    for i, start in enumerate(range(0, n, _BLOCK)):
-        stop = min(start + _BLOCK, n)
-        buffers = scratch if stop - start == _BLOCK else [buffer[: stop - start] for buffer in scratch]
-        buffers = [
-            *buffers[:3],
-            buffers[3] if flat_loss is None else flat_loss[start:stop],
-            flat_grad[start:stop],
-            buffers[5],
-        ]
-        block_loss, _ = _fill(flat_pred[start:stop], flat_target[start:stop], c, tuple(buffers))
-        if flat_loss is None:
-            torch.sum(block_loss, dim=0, out=sums[i])
-    return (sums.sum() if elementwise is None else elementwise), grad
+    scratch = [torch.empty(_BLOCK, dtype=pred.dtype, device=pred.device) for _ in range(5)]
+    pieces = zip(
+        pred.reshape(-1).split(_BLOCK),
+        target.reshape(-1).split(_BLOCK),
+        grad.view(-1).split(_BLOCK),
+        itertools.repeat(None) if elementwise is None else elementwise.view(-1).split(_BLOCK),
+    )
+    sums = []
+    for block_pred, block_target, block_grad, block_loss in pieces:
+        size = block_pred.numel()
+        d, a, u, w, r = scratch if size == _BLOCK else [buffer[:size] for buffer in scratch]
+        loss, _ = _fill(
+            block_pred, block_target, c, (d, a, u if block_loss is None else block_loss, w, block_grad, r), False
+        )
+        if elementwise is None:
+            sums.append(loss.sum())
+    return (torch.stack(sums).sum() if elementwise is None else elementwise), grad
+
+
+def _grad_scale(c: _Constants, blocks: bool) -> float:
+    """What backward multiplies the saved gradient by: ``alpha`` where :func:`_loss_and_grad` left it out."""
+    return c.alpha if blocks and c.jump == 0.0 else 1.0
 
 
 def _input_grads(ctx: Any, grad_loss: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -161,7 +171,15 @@ def _input_grads(ctx: Any, grad_loss: Tensor | None) -> tuple[Tensor | None, ...
     (grad,) = ctx.saved_tensors
     if grad_loss is None:
         return (None,) * 5
-    grad_pred = grad_loss * grad
+    scale = ctx.grad_scale
+    if scale == 1.0:
+        grad_pred = grad_loss * grad
+    else:  # the blocks path (CPU) saved dL/dx / alpha; fold alpha into a scalar grad_loss where it stays finite
+        factor = grad_loss * scale
+        if factor.dim() == 0 and bool(torch.isfinite(factor)):
+            grad_pred = grad * factor
+        else:
+            grad_pred = (grad_loss * grad).mul_(scale)
     if torch.is_grad_enabled():  # create_graph=True: make a later differentiation fail loudly
         grad_pred = _FirstOrderOnly.apply(grad_pred, grad)
     grad_target = -grad_pred if ctx.needs_input_grad[1] else None
@@ -179,6 +197,7 @@ class _BalancedL1Function(torch.autograd.Function):
     def forward(ctx: Any, *args: Any) -> tuple[Tensor, Tensor]:
         loss, grad = _loss_and_grad(*args)
         ctx.save_for_backward(grad)
+        ctx.grad_scale = _grad_scale(args[2], args[4])
         ctx.set_materialize_grads(False)
         return loss, grad
 
@@ -196,6 +215,7 @@ class _BalancedL1TransformFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
         ctx.save_for_backward(output[1])
+        ctx.grad_scale = _grad_scale(inputs[2], inputs[4])
         ctx.set_materialize_grads(False)
 
     @staticmethod

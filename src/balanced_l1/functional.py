@@ -103,8 +103,9 @@ def _fill(
     branch of ``b * |x|`` overflowing float16), and ``a - m`` is exact (0 for every inlier).
     ``log1p(u) = log(w) - ((w - 1) - u) / w``: ``w - 1`` is exact and ``(w - 1) - u`` is exactly the
     rounding error of ``w``, so this is as accurate as ``log1p`` (about one ulp) but costs a
-    vectorised ``log``, where eager ``torch.log1p`` is a scalar loop on CPU, four times slower (only the
-    eager CPU path does this: CUDA and ``torch.compile`` have a fast vectorised ``log1p``).
+    vectorised ``log``, where eager ``torch.log1p`` is a scalar loop on CPU, four times slower. Every
+    CPU path uses it (under ``torch.compile`` too, where it measured slightly faster than inductor's
+    vectorised ``log1p``); CUDA, whose ``log1p`` is fast, calls ``torch.log1p``.
     The scaled formulation needs no ``torch.where`` at all. The loss is ``u``'s buffer (``out[2]``),
     the gradient ``out[4]``'s. With ``scale_grad=False`` the scaled formulation's gradient is left
     divided by ``alpha`` (backward multiplies it in, saving a pass here); mmdet's is always whole.
@@ -124,11 +125,11 @@ def _fill(
         u.div_(c.beta).mul_(c.b)
     w = torch.add(u, one, out=o[3])
     rounding = o[5]
-    if scalars is not None or (d.device.type == "cpu" and not torch.compiler.is_compiling()):
+    if scalars is not None or d.device.type == "cpu":
         log_u = torch.log(w, out=o[4])
         rounding = torch.sub(w, one, out=rounding).sub_(u)
         log_u.addcdiv_(rounding, w, value=-1.0)
-    else:  # CUDA and torch.compile's kernels have a fast, vectorised log1p
+    else:  # CUDA's log1p is fast
         log_u = torch.log1p(u, out=o[4])
     if mask is not None:  # mmdet with beta != 1: the extra inlier term of its gradient, maybe negative
         extra = torch.reciprocal(w, out=rounding).mul_(c.jump).mul_(mask)

@@ -7,6 +7,9 @@ default: the ``compare`` default), and prints the median time per iteration of e
 all measured in one run. Both start from the same weights and data order, so the work is the same.
 
     PYTHONPATH=src python benchmarks/bench_gradient_balance.py [--iters 40] [--rounds 3] [--arm balanced_l1]
+
+With ``--profile`` it instead prints where the time of that training step goes: ``torch.profiler``'s
+self CPU time per op over ``--iters`` iterations without the monitor, the slowest ops first.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from balanced_l1.experiments.config import DEFAULTS
 from balanced_l1.experiments.loader import DataOrder, training_loader, unpack
 
 
-def _seconds_per_iteration(splits: dict[str, DetectionSplit], monitor_every: int | None, iters: int, arm: str) -> float:
+def _seconds_per_iteration(
+    splits: dict[str, DetectionSplit],
+    monitor_every: int | None,
+    iters: int,
+    arm: str,
+    profiler: torch.profiler.profile | None = None,
+) -> float:
     config = DEFAULTS
     tc = train_config(config, len(splits["train"]))
     torch.manual_seed(0)
@@ -50,6 +59,8 @@ def _seconds_per_iteration(splits: dict[str, DetectionSplit], monitor_every: int
     )
     times = []
     for batch in loader:
+        if len(times) == 2 and profiler is not None:  # after two warm-up iterations
+            profiler.start()
         images, targets = unpack(batch)
         started = time.perf_counter()
         losses = model([image.float().div_(255.0) for image in images], targets)
@@ -59,7 +70,21 @@ def _seconds_per_iteration(splits: dict[str, DetectionSplit], monitor_every: int
             monitor.step()
         optimizer.step()
         times.append(time.perf_counter() - started)
+    if profiler is not None:
+        profiler.stop()
     return statistics.median(times[2:])
+
+
+def _print_profile(splits: dict[str, DetectionSplit], iters: int, arm: str) -> None:
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    _seconds_per_iteration(splits, None, iters, arm, profiler)
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"| op (self CPU time, {iters - 2} iterations, arm {arm}) | calls | ms per iteration | share |")
+    print("|---|---|---|---|")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]:
+        per_iter = e.self_cpu_time_total / 1000 / (iters - 2)
+        print(f"| {e.key} | {e.count} | {per_iter:.2f} | {100 * e.self_cpu_time_total / total:.0f}% |")
 
 
 def main() -> None:
@@ -69,9 +94,13 @@ def main() -> None:
     parser.add_argument("--balance-every", type=int, default=DEFAULTS.balance_every)
     parser.add_argument("--arm", default="balanced_l1")
     parser.add_argument("--threads", type=int, default=DEFAULTS.threads)
+    parser.add_argument("--profile", action="store_true", help="print the op-by-op profile of the step instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_data(DEFAULTS)
+    if args.profile:
+        _print_profile(splits, args.iters + 2, args.arm)
+        return
     off, on = [], []
     for _ in range(args.rounds):
         off.append(_seconds_per_iteration(splits, None, args.iters, args.arm))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -163,19 +162,20 @@ def _loss_and_grad(
     elementwise = None if reduce_sum else torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
     scratch = [torch.empty(_BLOCK, dtype=pred.dtype, device=pred.device) for _ in range(5)]
     scalars = _Scalars(*(torch.tensor(v, dtype=pred.dtype) for v in (1.0, c.k, -c.c1)))
+    grad_blocks = grad.view(-1).split(_BLOCK)
     pieces = zip(
         pred.reshape(-1).split(_BLOCK),
         target.reshape(-1).split(_BLOCK),
-        grad.view(-1).split(_BLOCK),
-        itertools.repeat(None) if elementwise is None else elementwise.view(-1).split(_BLOCK),
+        grad_blocks,
+        [None] * len(grad_blocks) if elementwise is None else elementwise.view(-1).split(_BLOCK),
+        strict=True,
     )
     sums = []
     for block_pred, block_target, block_grad, block_loss in pieces:
         size = block_pred.numel()
         d, a, u, w, r = scratch if size == _BLOCK else [buffer[:size] for buffer in scratch]
-        loss, _ = _fill(
-            block_pred, block_target, c, (d, a, u if block_loss is None else block_loss, w, block_grad, r), False, scalars
-        )
+        buffers = (d, a, u if block_loss is None else block_loss, w, block_grad, r)
+        loss, _ = _fill(block_pred, block_target, c, buffers, False, scalars)
         if elementwise is None:
             sums.append(loss.sum())
     return (torch.stack(sums).sum() if elementwise is None else elementwise), grad

@@ -210,26 +210,38 @@ def test_torch_jit_script_of_the_module_is_refused_with_a_clear_message():
 # accuracy and the eager CPU blocks
 
 
+def _reference_magnitudes() -> np.ndarray:
+    magnitudes = np.logspace(-30, np.log10(65504), 1001)
+    return np.concatenate([[0.0], magnitudes, -magnitudes])
+
+
+def _assert_near_reference(x, loss, grad, params, loss_eps, grad_eps, grad_floor):
+    """The loss within a few ulps of |L| + alpha |x| (its small-|x| cancellation); the gradient within a few
+    ulps of its terms (mmdet's two terms cancel where its gradient crosses zero, for beta > 1)."""
+    expected_loss, expected_grad = balanced_l1(x, params), balanced_l1_grad(x, params)
+    np.testing.assert_array_less(
+        np.abs(loss - expected_loss), 4 * loss_eps * (np.abs(expected_loss) + 0.5 * np.abs(x)) + 1e-300
+    )
+    np.testing.assert_array_less(
+        np.abs(grad - expected_grad), 4 * grad_eps * (np.abs(expected_grad) + 0.5 * abs(params.q - 1)) + grad_floor
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize(("formulation", "beta"), [("scaled", 0.11), ("scaled", 1.0), ("mmdet", 0.11), ("mmdet", 2.5)])
 def test_accuracy_against_the_float64_reference_from_1e_30_to_65504(dtype, formulation, beta):
-    magnitudes = np.logspace(-30, np.log10(65504), 1001)
-    loss, grad = _loss_and_grad_of(
-        np.concatenate([[0.0], magnitudes, -magnitudes]), dtype, beta=beta, formulation=formulation
-    )
-    x = torch.as_tensor(np.concatenate([[0.0], magnitudes, -magnitudes]), dtype=dtype).double().numpy()
+    loss, grad = _loss_and_grad_of(_reference_magnitudes(), dtype, beta=beta, formulation=formulation)
+    x = torch.as_tensor(_reference_magnitudes(), dtype=dtype).double().numpy()
     params = BalancedL1Params(beta=beta, formulation=formulation)
-    loss_eps, info = torch.finfo(loss.dtype).eps, torch.finfo(dtype)
-    # the loss: a few ulps of |L| + alpha |x| (its small-|x| cancellation); the gradient: a few ulps of its
-    # terms (mmdet's two terms cancel where its gradient crosses zero, for beta > 1)
-    np.testing.assert_array_less(
-        np.abs(loss.double().numpy() - balanced_l1(x, params)),
-        4 * loss_eps * (np.abs(balanced_l1(x, params)) + 0.5 * np.abs(x)) + 1e-300,
-    )
-    expected = balanced_l1_grad(x, params)
-    np.testing.assert_array_less(
-        np.abs(grad.double().numpy() - expected),
-        4 * info.eps * (np.abs(expected) + 0.5 * abs(params.q - 1)) + info.smallest_normal * info.eps,
+    info = torch.finfo(dtype)
+    _assert_near_reference(
+        x,
+        loss.double().numpy(),
+        grad.double().numpy(),
+        params,
+        torch.finfo(loss.dtype).eps,
+        info.eps,
+        info.smallest_normal * info.eps,
     )
 
 
@@ -249,8 +261,7 @@ def test_eager_cpu_blocks_give_the_whole_tensor_result(formulation, reduce_sum):
 
 @pytest.mark.parametrize(("formulation", "beta"), [("scaled", 0.11), ("scaled", 1.0), ("mmdet", 0.11), ("mmdet", 2.5)])
 def test_accuracy_of_the_eager_cpu_blocks_against_the_float64_reference(formulation, beta):
-    magnitudes = np.logspace(-30, np.log10(65504), 1001)
-    x = np.resize(np.concatenate([[0.0], magnitudes, -magnitudes]), 2 * _BLOCK + 77)
+    x = np.resize(_reference_magnitudes(), 2 * _BLOCK + 77)
     pred = torch.tensor(x, dtype=torch.float32, requires_grad=True)
     loss = balanced_l1_loss(pred, torch.zeros_like(pred), beta=beta, formulation=formulation, reduction="none")
     loss.backward(torch.full_like(loss, 3.0))  # an element-wise grad_loss: alpha is not folded into a scalar
@@ -259,14 +270,10 @@ def test_accuracy_of_the_eager_cpu_blocks_against_the_float64_reference(formulat
     total.backward()
     x64 = pred.detach().double().numpy()
     params = BalancedL1Params(beta=beta, formulation=formulation)
-    expected_loss, expected_grad = balanced_l1(x64, params), balanced_l1_grad(x64, params)
     eps = torch.finfo(torch.float32).eps
-    loss_bound = 4 * eps * (np.abs(expected_loss) + 0.5 * np.abs(x64)) + 1e-300
-    np.testing.assert_array_less(np.abs(loss.detach().double().numpy() - expected_loss), loss_bound)
-    grad_bound = 4 * eps * (np.abs(expected_grad) + 0.5 * abs(params.q - 1)) + 1e-45
-    np.testing.assert_array_less(np.abs(pred.grad.double().numpy() / 3.0 - expected_grad), grad_bound)
-    np.testing.assert_array_less(np.abs(pred_sum.grad.double().numpy() - expected_grad), grad_bound)
-    np.testing.assert_allclose(total.item(), expected_loss.sum(), rtol=1e-5)
+    for grad in (pred.grad.double().numpy() / 3.0, pred_sum.grad.double().numpy()):
+        _assert_near_reference(x64, loss.detach().double().numpy(), grad, params, eps, eps, 1e-45)
+    np.testing.assert_allclose(total.item(), balanced_l1(x64, params).sum(), rtol=1e-5)
 
 
 def test_eager_cpu_blocks_never_turn_a_huge_upstream_gradient_into_nan():

@@ -124,7 +124,7 @@ def _fill(
         u.div_(c.beta).mul_(c.b)
     w = torch.add(u, one, out=o[3])
     rounding = o[5]
-    if scalars is not None or d.device.type == "cpu":
+    if d.device.type == "cpu":  # the blocks path (scalars given) is CPU-only
         log_u = torch.log(w, out=o[4])
         rounding = torch.sub(w, one, out=rounding).sub_(u)
         log_u.addcdiv_(rounding, w, value=-1.0)

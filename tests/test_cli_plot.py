@@ -110,3 +110,31 @@ def test_plot_defaults_are_the_loss_defaults():
     assert {f.name: getattr(args, f.name) for f in dataclasses.fields(BalancedL1Params)} == dataclasses.asdict(
         BalancedL1Params()
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--beta", "1e300"],
+        ["--beta", "1e-300", "--formulation", "mmdet"],
+        ["--alpha", "1e-300", "--gamma", "1e-300"],
+        ["--alpha", "1", "--gamma", "80", "--beta", "1e300", "--formulation", "mmdet"],
+    ],
+)
+def test_plot_of_extreme_parameters_writes_a_png_without_warnings(argv, tmp_path, capsys):
+    import warnings
+
+    out = tmp_path / "loss.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning was the symptom of a blank curve
+        assert main(["plot", *argv, "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert capsys.readouterr().err == ""
+
+
+def test_plot_of_parameters_whose_curves_exceed_float64_exits_2_naming_the_bound(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", "--alpha", "1e308", "--gamma", "1e308", "--out", str(tmp_path / "loss.png")])
+    assert exit_info.value.code == 2
+    assert "the largest gradient 1e+308 must be at most 4.49423e+307" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -42,12 +42,13 @@ def _check_plot_out(out: Path, parser: argparse.ArgumentParser) -> None:
 def _run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = Path(args.out)
     _check_plot_out(out, parser)
+    from balanced_l1.plots import check_plottable, plot_loss
+
     try:
         params = BalancedL1Params(args.alpha, args.gamma, args.beta, args.formulation)
+        check_plottable(params)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
-    from balanced_l1.plots import plot_loss
-
     try:
         path = plot_loss(params, out)
     except OSError as err:

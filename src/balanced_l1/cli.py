@@ -19,7 +19,7 @@ def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     plot.add_argument("--beta", type=float, default=defaults.beta, help=f"inflection point ({defaults.beta})")
     plot.add_argument("--formulation", choices=FORMULATIONS, default=defaults.formulation)
     plot.add_argument("--out", default="balanced_l1.png", help="PNG file to write (default balanced_l1.png)")
-    plot.set_defaults(handler=_run_plot)
+    plot.set_defaults(handler=_run_plot, command_parser=plot)
 
 
 def _check_plot_out(out: Path, parser: argparse.ArgumentParser) -> None:
@@ -69,7 +69,119 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(","))
+    from balanced_l1.experiments.arm_specs import ArmSpecError, split_arm_list
+
+    try:
+        return split_arm_list(text)
+    except ArmSpecError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _grid(kind: type) -> object:
+    """A flag value of one or more alternatives, ``a|b|c``, each of ``kind``."""
+
+    def parse(text: str) -> list[object]:
+        values = []
+        for part in text.split("|"):
+            try:
+                value = kind(part.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected {kind.__name__} values separated by |, got {text!r}"
+                ) from None
+            if isinstance(value, float) and not (value == value and abs(value) != float("inf")):
+                raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+            values.append(value)
+        return values
+
+    return parse
+
+
+def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    from balanced_l1.detection.iou_losses import IOU_LOSSES
+    from balanced_l1.detection.losses import DELTA_LOSSES
+
+    balance = subparsers.add_parser(
+        "balance",
+        help="predict the RoI gradient balance of any box loss from the errors a finished compare run recorded",
+        description="Reads the RoI-head positives that the finished runs of --arm in OUT kept from the second half "
+        "of their training (every seed pooled) and prints the gradient balance each loss and parameter set would "
+        "give on them, beside what the arm measured. Values a|b|c make a grid. With --target-ratio or --target-arm "
+        "it solves for the Balanced L1 alpha that gives that inlier/outlier ratio, for each --gamma and --beta. "
+        "Exit status: 0 on success, 2 for bad arguments or an OUT without runs of --arm, 1 for an unreadable sample.",
+    )
+    balance.add_argument("out", metavar="OUT", help="the output folder of a balanced-l1 compare run")
+    balance.add_argument(
+        "--arm", default="smooth_l1", help="the arm whose recorded errors are used (default smooth_l1)"
+    )
+    balance.add_argument(
+        "--loss", choices=(*DELTA_LOSSES, *IOU_LOSSES), default="balanced_l1", help="the loss to predict for"
+    )
+    balance.add_argument("--alpha", type=_grid(float), default=None, help="Balanced L1 alpha, e.g. 0.2|0.3|0.5")
+    balance.add_argument("--gamma", type=_grid(float), default=None, help="Balanced L1 gamma, e.g. 1.0|1.5")
+    balance.add_argument("--beta", type=_grid(float), default=None, help="beta of Balanced L1 or smooth L1")
+    balance.add_argument("--formulation", type=_grid(str), default=None, help="Balanced L1: scaled or mmdet")
+    balance.add_argument("--loss-weight", type=_grid(float), default=None, help="the loss weight")
+    target = balance.add_mutually_exclusive_group()
+    target.add_argument("--target-ratio", type=_number, default=None, help="solve for alpha reaching this ratio")
+    target.add_argument("--target-arm", default=None, help="solve for alpha reaching this arm's measured ratio")
+    balance.set_defaults(handler=_run_balance, command_parser=balance)
+
+
+def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from balanced_l1._files import UnreadableFileError
+    from balanced_l1.experiments.predict import (
+        RunsNotFoundError,
+        load_arm_runs,
+        loss_grid,
+        predict_table,
+        solve_alpha_table,
+    )
+
+    out = Path(args.out)
+    if not out.is_dir():
+        parser.error(f"OUT {str(out)!r} is not a folder")
+    values = {"alpha": args.alpha, "gamma": args.gamma, "beta": args.beta, "formulation": args.formulation,
+              "loss_weight": args.loss_weight}  # fmt: skip
+    solving = args.target_ratio is not None or args.target_arm is not None
+    try:
+        if solving:
+            if args.loss != "balanced_l1" or args.alpha or args.loss_weight:
+                parser.error("--target-ratio/--target-arm solve for Balanced L1's alpha: give --gamma/--beta only")
+            formulations = args.formulation or ["scaled"]
+            if len(formulations) != 1:
+                parser.error("give one --formulation when solving for alpha")
+            loss_grid("balanced_l1", {"gamma": args.gamma or [1.5], "beta": args.beta or [1.0],
+                                      "formulation": formulations})  # fmt: skip
+        else:
+            grid = loss_grid(args.loss, values)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    try:
+        runs = load_arm_runs(out, args.arm)
+        if solving:
+            if args.target_arm is not None:
+                ratio = load_arm_runs(out, args.target_arm).measured.get("inlier_outlier_gradient_ratio")
+                if ratio is None:
+                    parser.error(f"--target-arm {args.target_arm!r}: its runs measured no inlier/outlier ratio")
+                label = f"{args.target_arm}'s measured ratio {ratio:.4f}"
+            else:
+                ratio = args.target_ratio
+                if not (ratio > 0 and ratio != float("inf")):
+                    parser.error(f"--target-ratio must be finite and > 0, got {ratio}")
+                label = f"ratio {ratio:g}"
+            print(f"Balanced L1 alpha reaching {label} on {args.arm}'s errors (seeds {list(runs.seeds)}):")
+            print(solve_alpha_table(runs, ratio, args.gamma or [1.5], args.beta or [1.0], formulations[0]))
+        else:
+            print(f"RoI gradient balance on {args.arm}'s recorded errors (seeds {list(runs.seeds)}, "
+                  f"{runs.sample.shape[0]} positives):")  # fmt: skip
+            print(predict_table(runs, grid))
+    except RunsNotFoundError as err:
+        parser.error(str(err))
+    except UnreadableFileError as err:
+        print(f"balanced-l1 balance: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _integer(text: str) -> int:
@@ -130,7 +242,7 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     compare.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
     for name in FIELDS:
         _add_setting(compare, name)
-    compare.set_defaults(handler=_run_compare)
+    compare.set_defaults(handler=_run_compare, command_parser=compare)
 
 
 def _check_device(device: str, parser: argparse.ArgumentParser) -> None:
@@ -202,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_plot_parser(subparsers)
     _add_compare_parser(subparsers)
+    _add_balance_parser(subparsers)
     return parser
 
 
@@ -209,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``balanced-l1`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.handler(args, parser))
+    return int(args.handler(args, args.command_parser))  # errors show the subcommand's usage
 
 
 if __name__ == "__main__":

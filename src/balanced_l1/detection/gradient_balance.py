@@ -151,8 +151,12 @@ class _MonitoredRoIHeads(RoIHeads):
         result = super().select_training_samples(proposals, targets)
         monitor = _monitor(self)
         if monitor is not None:
-            _, _, labels, regression_targets = result
-            monitor.roi_samples = (torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0))
+            sampled, _, labels, regression_targets = result
+            monitor.roi_samples = (
+                torch.cat(labels, dim=0),
+                torch.cat(regression_targets, dim=0),
+                torch.cat(sampled, dim=0),
+            )
         return result
 
 
@@ -215,7 +219,13 @@ class GradientBalanceMonitor:
         self.task_balance_every = task_balance_every
         self.iteration = 0
         self.history: list[dict[str, dict[str, float | None]]] = []
-        self.roi_samples: tuple[Tensor, Tensor] | None = None
+        self.roi_samples: tuple[Tensor, Tensor, Tensor] | None = None
+        #: Set to True to keep each iteration's RoI-head positives in :attr:`roi_pairs`.
+        self.keep_roi_pairs = False
+        #: The last training pass's RoI-head positives, ``(P, 12)`` float64 on the model's device: predicted
+        #: deltas, target deltas and proposal boxes (``None`` unless :attr:`keep_roi_pairs`). See
+        #: :func:`balanced_l1.detection.predict_box_gradient_balance`.
+        self.roi_pairs: Tensor | None = None
         self._trained = False
         self._undo: list[Callable[[], None]] = []
         self.stages: dict[str, _Stage] = {}
@@ -294,7 +304,7 @@ class GradientBalanceMonitor:
         samples, self.roi_samples = self.roi_samples, None
         if samples is None or not torch.is_grad_enabled():
             return
-        labels, targets = samples
+        labels, targets, proposals = samples
         class_logits, box_regression = output
         positive = torch.where(labels > 0)[0]
         classes = labels[positive]
@@ -304,6 +314,9 @@ class GradientBalanceMonitor:
             return t.reshape(rows, -1, 4)[positive, classes]
 
         self.stages["roi_heads"].record(box_regression, select, targets[positive])
+        if self.keep_roi_pairs:
+            pairs = (select(box_regression).detach(), targets[positive], proposals[positive])
+            self.roi_pairs = torch.cat([t.double() for t in pairs], dim=1)
         if self._task is not None:
             self._task.capture(inputs, output)
 

@@ -17,10 +17,10 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign
 
 from balanced_l1.detection.bfp import BackboneWithBFP, _infer_num_levels, use_balanced_feature_pyramid
-from balanced_l1.detection.losses import use_balanced_l1
+from balanced_l1.detection.losses import BoxLossConfig, placement_stages, use_balanced_l1
 from balanced_l1.detection.rpn_sampling import use_rpn_negative_cap
 from balanced_l1.detection.sampling import use_iou_balanced_sampling
-from balanced_l1.params import check_number
+from balanced_l1.params import BalancedL1Params, check_number
 
 
 def _check_two_stage(model: nn.Module, caller: str) -> None:
@@ -52,15 +52,27 @@ def libra_refine_level(num_levels: int) -> int:
     return (check_number("num_levels", num_levels, minimum=1, integer=True) - 1) // 2
 
 
-def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | None = "non_local") -> nn.Module:
+def use_libra(
+    model: nn.Module,
+    *,
+    refine_level: int = 2,
+    refine_type: str | None = "non_local",
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+    beta: float = 1.0,
+    formulation: str = "scaled",
+    loss_weight: float = 1.0,
+    placement: str = "roi",
+) -> nn.Module:
     """Give a torchvision Faster R-CNN with an FPN backbone the three balancing parts of Libra R-CNN, in place.
 
     * Balanced Feature Pyramid on the backbone (:func:`use_balanced_feature_pyramid`); the ``"pool"``
       level is recomputed from the balanced last level (see :class:`BackboneWithBFP`).
     * IoU-balanced sampling of the RoI head's negatives: 3 bins, no floor set (mmdetection's Libra
       config); positives are sampled as torchvision does.
-    * Balanced L1 (alpha 0.5, gamma 1.5, beta 1) for the RoI head's box regression, as in the paper;
-      the RPN keeps torchvision's smooth L1, as the paper's and mmdetection's RPN do.
+    * Balanced L1 (alpha 0.5, gamma 1.5, beta 1 by default) for the RoI head's box regression, as in the
+      paper; the RPN keeps torchvision's smooth L1, as the paper's and mmdetection's RPN do
+      (``placement="roi"``; ``"rpn"`` or ``"both"`` move or add it).
 
     Call it once per model. Change a part afterwards with :func:`use_iou_balanced_sampling` or
     :func:`balanced_l1.detection.use_balanced_l1`, which replace their settings when called again.
@@ -70,6 +82,12 @@ def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | Non
         refine_level: the level the pyramid is balanced at (see :class:`BalancedFeaturePyramid`);
             2 is stride 16 for torchvision's ResNet-FPN, the middle of the paper's five levels.
         refine_type: ``"non_local"`` (the paper's), ``"conv"`` or ``None``.
+        alpha: Balanced L1's inlier gradient scale (see :func:`balanced_l1.detection.use_balanced_l1`).
+        gamma: Balanced L1's outlier gradient.
+        beta: Balanced L1's inflection point.
+        formulation: ``"scaled"`` or ``"mmdet"``.
+        loss_weight: factor applied to the Balanced L1 box losses.
+        placement: ``"roi"`` (the paper's), ``"rpn"`` or ``"both"``: where Balanced L1 goes.
 
     Returns:
         ``model`` itself, modified.
@@ -81,9 +99,20 @@ def use_libra(model: nn.Module, *, refine_level: int = 2, refine_type: str | Non
             already has a Balanced Feature Pyramid; the model is unchanged then.
     """
     _check_two_stage(model, "use_libra")
+    rpn, roi_heads = placement_stages(placement)
+    BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)  # checked before any change
     use_balanced_feature_pyramid(model, refine_level=refine_level, refine_type=refine_type)
     use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
-    use_balanced_l1(model, rpn=False, roi_heads=True, alpha=0.5, gamma=1.5, beta=1.0)
+    use_balanced_l1(
+        model,
+        rpn=rpn,
+        roi_heads=roi_heads,
+        alpha=alpha,
+        gamma=gamma,
+        beta=beta,
+        formulation=formulation,
+        loss_weight=loss_weight,
+    )
     return model
 
 

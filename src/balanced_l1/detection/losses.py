@@ -39,13 +39,16 @@ from torchvision.models.detection.ssd import SSD
 
 from balanced_l1.detection._loss_normaliser import normaliser
 from balanced_l1.detection._mixins import _with_mixin
+from balanced_l1.detection.iou_losses import IOU_LOSSES, decoded_box_loss
 from balanced_l1.detection.ssd import ssd_losses
 from balanced_l1.functional import balanced_l1_loss
 from balanced_l1.params import BalancedL1Params, check_loss_weight
 
 __all__ = [
     "BOX_LOSSES",
+    "PLACEMENTS",
     "BoxLossConfig",
+    "placement_stages",
     "retinanet_box_loss",
     "roi_head_losses",
     "rpn_losses",
@@ -53,8 +56,28 @@ __all__ = [
     "use_box_loss",
 ]
 
-#: The box losses a switched module can use: Balanced L1, and the baselines it is compared with.
-BOX_LOSSES = ("balanced_l1", "smooth_l1", "l1")
+#: The losses on encoded deltas: Balanced L1 and the baselines it is compared with.
+DELTA_LOSSES = ("balanced_l1", "smooth_l1", "l1")
+#: The box losses a switched module can use: those on deltas, and the IoU losses on decoded boxes (RoI head only).
+BOX_LOSSES = (*DELTA_LOSSES, *IOU_LOSSES)
+#: Where a two-stage detector's box loss goes: the RoI head (the paper's and mmdetection's place), the RPN, or both.
+PLACEMENTS = ("roi", "rpn", "both")
+
+
+def placement_stages(placement: str) -> tuple[bool, bool]:
+    """``(rpn, roi_heads)`` of a placement.
+
+    Raises:
+        ValueError: for an unknown placement, listing the valid ones.
+
+    Example:
+        >>> placement_stages("roi")
+        (False, True)
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    return placement in ("rpn", "both"), placement in ("roi", "both")
+
 
 #: The instance attribute that holds a switched module's :class:`BoxLossConfig`.
 CONFIG_ATTRIBUTE = "balanced_l1_config"
@@ -74,7 +97,8 @@ class BoxLossConfig:
         params: alpha, gamma, beta and formulation, validated by :class:`BalancedL1Params`.
         loss_weight: factor applied to the box loss; finite and >= 0.
         loss: ``"balanced_l1"`` (the default), or a baseline with the same normalisation:
-            ``"smooth_l1"`` (with ``params.beta`` as its beta) or ``"l1"`` (``params`` unused).
+            ``"smooth_l1"`` (with ``params.beta`` as its beta), ``"l1"`` (``params`` unused), or an IoU
+            loss on decoded boxes, ``"giou"``, ``"diou"`` or ``"ciou"`` (RoI head only; ``params`` unused).
     """
 
     params: BalancedL1Params = field(default_factory=BalancedL1Params)
@@ -85,6 +109,16 @@ class BoxLossConfig:
         object.__setattr__(self, "loss_weight", check_loss_weight(self.loss_weight))
         if self.loss not in BOX_LOSSES:
             raise ValueError(f"loss must be one of {', '.join(BOX_LOSSES)}, got {self.loss!r}")
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the loss compares decoded boxes (an IoU loss) rather than encoded deltas."""
+        return self.loss in IOU_LOSSES
+
+    def summed_decoded(self, deltas: Tensor, proposals: Tensor, gt_boxes: Tensor, box_coder: object) -> Tensor:
+        """Return ``loss_weight * sum(IoU loss)`` of ``deltas`` decoded against ``proposals`` (:mod:`.iou_losses`)."""
+        total = decoded_box_loss(self.loss, deltas, proposals, gt_boxes, box_coder)
+        return total * self.loss_weight if self.loss_weight != 1.0 else total
 
     def summed(self, pred: Tensor, target: Tensor) -> Tensor:
         """Return ``loss_weight * sum(loss(pred - target))`` (0 with a gradient if empty)."""
@@ -106,6 +140,8 @@ def roi_head_losses(
     labels: list[Tensor],
     regression_targets: list[Tensor],
     config: BoxLossConfig,
+    *,
+    decoding: tuple[list[Tensor], list[Tensor], object] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Classification and Balanced L1 box losses of the Fast R-CNN head (torchvision's normalisation).
 
@@ -115,10 +151,15 @@ def roi_head_losses(
         labels: per image, the ``int64`` class of each sampled RoI (0 is background).
         regression_targets: per image, the ``(n_i, 4)`` encoded target deltas.
         config: the box loss.
+        decoding: for an IoU loss (``config.decoded``): per image, the sampled RoIs' proposals and their
+            matched ground-truth boxes, and the head's box coder.
 
     Returns:
-        ``(cross-entropy summed / N, Balanced L1 of the positives' true-class deltas summed / N)``,
+        ``(cross-entropy summed / N, box loss of the positives' true-class deltas summed / N)``,
         with N summed over ranks in a distributed run.
+
+    Raises:
+        ValueError: for an IoU loss without ``decoding``.
     """
     all_labels = torch.cat(labels, dim=0)
     targets = torch.cat(regression_targets, dim=0)
@@ -126,7 +167,17 @@ def roi_head_losses(
     positive = torch.where(all_labels > 0)[0]
     deltas = box_regression.reshape(class_logits.shape[0], -1, 4)[positive, all_labels[positive]]
     classification = cross_entropy(class_logits, all_labels, reduction="sum")
-    box = config.summed(deltas, targets[positive])
+    if config.decoded:
+        if decoding is None:
+            raise ValueError(
+                f"the {config.loss} loss compares decoded boxes: pass decoding=(proposals, gt_boxes, coder)"
+            )
+        proposals, gt_boxes, box_coder = decoding
+        box = config.summed_decoded(
+            deltas, torch.cat(proposals, dim=0)[positive], torch.cat(gt_boxes, dim=0)[positive], box_coder
+        )
+    else:
+        box = config.summed(deltas, targets[positive])
     scale = normaliser(count, classification)
     return classification * scale, box * scale
 
@@ -224,6 +275,15 @@ def _check_target_dtypes(targets: list[dict[str, Tensor]] | None, keypoints: boo
             raise TypeError(f"targets[{i}]['keypoints'] must be float32, got {target['keypoints'].dtype}")
 
 
+def _matched_boxes(boxes: Tensor, matched_idxs: Tensor, labels: Tensor) -> Tensor:
+    """The ground-truth box of each sampled RoI (zeros for the negatives, whose box is never used)."""
+    matched = boxes.new_zeros((labels.shape[0], 4))
+    positive = labels > 0
+    if boxes.numel():
+        matched[positive] = boxes[matched_idxs[positive]].to(matched.dtype)
+    return matched
+
+
 class _BalancedL1RoIHeads(RoIHeads):
     """RoI heads mixin: the training pass with Balanced L1 box loss; inference is torchvision's.
 
@@ -247,8 +307,15 @@ class _BalancedL1RoIHeads(RoIHeads):
         assert targets is not None  # select_training_samples raised otherwise
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
+        config = getattr(self, CONFIG_ATTRIBUTE)
+        decoding = None
+        if config.decoded:
+            gt_boxes = [
+                _matched_boxes(t["boxes"], m, lab) for t, m, lab in zip(targets, matched_idxs, labels, strict=True)
+            ]
+            decoding = (proposals, gt_boxes, self.box_coder)
         loss_classifier, loss_box_reg = roi_head_losses(
-            class_logits, box_regression, labels, regression_targets, getattr(self, CONFIG_ATTRIBUTE)
+            class_logits, box_regression, labels, regression_targets, config, decoding=decoding
         )
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if not (self.has_mask() or self.has_keypoint()):
@@ -383,7 +450,7 @@ def use_box_loss(
     model: nn.Module,
     loss: str,
     *,
-    rpn: bool = True,
+    rpn: bool | None = None,
     roi_heads: bool = True,
     beta: float = 1.0,
     loss_weight: float = 1.0,
@@ -391,13 +458,18 @@ def use_box_loss(
     """Switch one detector instance's box losses to a baseline loss, with the same design as :func:`use_balanced_l1`.
 
     This is how the baselines Balanced L1 is compared with are built: ``"smooth_l1"`` with beta 1 (the
-    paper's baseline; torchvision's own is beta 1/9) or ``"l1"`` (mmdetection's Faster R-CNN baseline),
-    with torchvision's normalisation and the distributed normalisers of :func:`use_balanced_l1`.
+    paper's baseline; torchvision's own is beta 1/9), ``"l1"`` (mmdetection's Faster R-CNN baseline), or
+    the IoU losses ``"giou"``, ``"diou"`` and ``"ciou"`` on decoded boxes in the RoI head, as mmdetection's
+    ``reg_decoded_bbox=True`` (their loss weights in mmdetection's configs:
+    :data:`~balanced_l1.detection.iou_losses.IOU_LOSS_WEIGHTS`), with torchvision's normalisation and the
+    distributed normalisers of :func:`use_balanced_l1`.
 
     Args:
-        model: a model that :func:`use_balanced_l1` supports.
-        loss: ``"smooth_l1"``, ``"l1"`` or ``"balanced_l1"`` (then alpha 0.5, gamma 1.5 and ``beta``).
-        rpn: switch the RPN's box loss (R-CNN models).
+        model: a model that :func:`use_balanced_l1` supports (an R-CNN for the IoU losses).
+        loss: ``"smooth_l1"``, ``"l1"``, ``"giou"``, ``"diou"``, ``"ciou"`` or ``"balanced_l1"`` (then alpha 0.5,
+            gamma 1.5 and ``beta``).
+        rpn: switch the RPN's box loss (R-CNN models); ``None`` (the default) is True for the losses on
+            deltas and False for the IoU losses, which need the RoI head's proposals.
         roi_heads: switch the RoI head's box loss (R-CNN models).
         beta: smooth L1's (or Balanced L1's) beta, finite and > 0; unused by ``"l1"``.
         loss_weight: factor applied to the box losses, finite and >= 0.
@@ -407,7 +479,8 @@ def use_box_loss(
 
     Raises:
         TypeError: for an unsupported model, as :func:`use_balanced_l1`.
-        ValueError: for an unknown loss (listing the valid ones) or invalid parameters.
+        ValueError: for an unknown loss (listing the valid ones), invalid parameters, or an IoU loss in the
+            RPN or in a one-stage model.
 
     Example:
         >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
@@ -416,10 +489,20 @@ def use_box_loss(
         'l1'
     """
     config = BoxLossConfig(BalancedL1Params(beta=beta), loss_weight, loss)
+    if rpn is None:
+        rpn = not config.decoded
+    if config.decoded and (rpn or _one_stage_module(model) is not None):
+        raise ValueError(
+            f"the {loss} loss compares boxes decoded against the RoI head's proposals: it goes in an R-CNN's RoI "
+            f"head only (rpn=False), got rpn={rpn!r} for a {type(model).__name__}"
+        )
     return _use_box_loss(model, config, rpn=rpn, roi_heads=roi_heads)
 
 
 def _use_box_loss(model: nn.Module, config: BoxLossConfig, *, rpn: bool, roi_heads: bool) -> nn.Module:
+    for name, flag in (("rpn", rpn), ("roi_heads", roi_heads)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool (True or False), got {flag!r} of type {type(flag).__name__}")
     one_stage = _one_stage_module(model)
     if one_stage is not None:
         name = "SSD" if one_stage is model else "RetinaNet"

@@ -165,3 +165,53 @@ def format_balance_table(summary: dict[str, Any]) -> str:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _per_seed_points(arm_summary: dict[str, Any], statistic: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for entry in arm_summary.get("per_seed", {}).values():
+        value = (entry.get("gradient_balance") or {}).get(statistic)
+        if value is not None and math.isfinite(value):
+            xs.append(float(value))
+            ys.append(100.0 * float(entry["AP"]))
+    return xs, ys
+
+
+def save_balance_vs_ap_figure(arms: dict[str, Any], out: str | Path) -> Path:
+    """Draw ``balance_vs_ap.png``: each arm's AP (mean, and the spread over seeds) against its RoI-head
+    inlier/outlier gradient ratio and its box/cls gradient ratio (means over seeds).
+
+    Args:
+        arms: the ``arms`` section of ``results.json``.
+        out: the output folder.
+
+    Returns:
+        The figure's path (written atomically).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.2))
+    axes = fig.subplots(1, 2)
+    labels = {"inlier_outlier_gradient_ratio": "RoI head: inlier / outlier gradient per sample",
+              "box_cls_gradient_ratio": "RoI head: box / classification gradient"}  # fmt: skip
+    for ax, (statistic, label) in zip(axes, labels.items(), strict=True):
+        for index, (arm, data) in enumerate(arms.items()):
+            xs, ys = _per_seed_points(data, statistic)
+            if not xs:
+                continue
+            x, y = float(np.mean(xs)), float(np.mean(ys))
+            ax.scatter(xs, ys, color=f"C{index % 10}", alpha=0.35, s=12)
+            spread = (max(ys) - min(ys)) / 2 if len(ys) > 1 else 0.0
+            ax.errorbar([x], [y], yerr=[spread], fmt="o", color=f"C{index % 10}", capsize=3, label=arm)
+            ax.annotate(arm, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
+        if statistic == "inlier_outlier_gradient_ratio":
+            ax.axvline(PAPER_INLIER_OUTLIER_RATIO, color="k", ls="--", lw=1)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("COCO AP (%)")
+        ax.grid(alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, fontsize=6, loc="lower center", ncol=min(4, len(names)))
+    fig.suptitle("AP against the gradient balance (dot and bar: mean and half-range over seeds; faint: each seed)")
+    fig.tight_layout(rect=(0, 0.12 if handles else 0, 1, 1))
+    return save_figure_atomically(fig, Path(out) / "balance_vs_ap.png")

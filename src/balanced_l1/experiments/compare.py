@@ -8,8 +8,12 @@ RNG streams; only the arm's ``configure`` differs. Output folder ``--out``::
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
     gradient_balance.png  the gradient-balance statistics over training per arm (the paper's 0.3 marked)
+    balance_vs_ap.png   each arm's AP against its RoI inlier/outlier and box/cls gradient ratios
     runs/<arm>_seed<s>.json        one finished run: its fingerprint, metrics, loss history and gradient balance
+    runs/<arm>_seed<s>_roi_sample.npy  a bounded sample of its RoI head's positives (``balanced-l1 balance``)
     checkpoints/<arm>_seed<s>.pt   the latest checkpoint of that run (for --resume)
+
+``<arm>`` is the arm's canonical name as a file name (:attr:`~balanced_l1.experiments.arm_specs.ArmSpec.file_stem`).
 
 Every file is written atomically; ``results.json`` is written last, and one left by an earlier run is
 removed before training starts. ``--resume`` reuses finished runs and checkpoints only if their
@@ -27,13 +31,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from balanced_l1._files import remove_stale_temp_files, write_json_atomically
+from balanced_l1._files import (
+    UnreadableFileError,
+    open_regular_file,
+    remove_stale_temp_files,
+    write_atomically,
+    write_json_atomically,
+)
+from balanced_l1.detection.balance_prediction import roi_box_loss
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
+from balanced_l1.detection.losses import BoxLossConfig
 from balanced_l1.detection.zoo import build_detector
-from balanced_l1.experiments.arms import get_arm
-from balanced_l1.experiments.balance import Series, format_balance_table, run_summary, save_balance_figure
+from balanced_l1.experiments.arm_specs import ArmSpec
+from balanced_l1.experiments.balance import (
+    Series,
+    format_balance_table,
+    run_summary,
+    save_balance_figure,
+    save_balance_vs_ap_figure,
+)
 from balanced_l1.experiments.checkpoint import CheckpointMismatchError, load_checkpoint
 from balanced_l1.experiments.coco_data import (
     DetectionSplit,
@@ -50,13 +69,20 @@ from balanced_l1.experiments.distributed import (
     teardown_distributed,
 )
 from balanced_l1.experiments.evaluate import evaluate_detector
+from balanced_l1.experiments.explain import (
+    explain_balance,
+    explain_plateau,
+    format_prediction_table,
+    predict_from_baseline,
+)
 from balanced_l1.experiments.report import format_table, save_figures, summarize, write_results
 from balanced_l1.experiments.synthetic import make_synthetic_dataset
 from balanced_l1.experiments.train import TrainConfig, train
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
-    "arms", "seeds", "out", "resume", "threads", "workers", "jobs", "checkpoint_every", "follow_symlinks",
+    "arms", "arm_modules", "seeds", "out", "resume", "threads", "workers", "jobs", "checkpoint_every",
+    "follow_symlinks",
 )  # fmt: skip
 _DATA_KEYS = ("data", "train_ann", "train_root", "val_ann", "val_root")
 
@@ -103,18 +129,21 @@ def train_config(config: CompareConfig, num_train_images: int) -> TrainConfig:
     )
 
 
-def run_fingerprint(config: CompareConfig, splits: dict[str, DetectionSplit], arm: str, seed: int) -> dict[str, Any]:
-    """What makes a run the run it is: its arm, seed, every setting that changes the result, and the data's hash.
+def run_fingerprint(
+    config: CompareConfig, splits: dict[str, DetectionSplit], arm: ArmSpec, seed: int
+) -> dict[str, Any]:
+    """What makes a run the run it is: its arm and the arm's parameters, seed, every setting that changes the
+    result, and the data's hash.
 
     The one place the fingerprint is built; the training loop stores it in checkpoints and run records
     carry it, and ``--resume`` reuses either only if it is equal.
     """
     settings = {k: v for k, v in as_dict(config).items() if k not in _NOT_IN_FINGERPRINT and k not in _DATA_KEYS}
     data = {name: split.fingerprint for name, split in sorted(splits.items())}
-    return {"arm": arm, "seed": seed, "settings": settings, "data": data}
+    return {"arm": arm.name, "arm_parameters": arm.values, "seed": seed, "settings": settings, "data": data}
 
 
-_OUTPUT_FILES = ("results.json", "loss_curves.png", "ap_vs_iou.png", "gradient_balance.png")
+_OUTPUT_FILES = ("results.json", "loss_curves.png", "ap_vs_iou.png", "gradient_balance.png", "balance_vs_ap.png")
 _OUTPUT_FOLDERS = ("runs", "checkpoints")
 LOCK_NAME = ".balanced-l1.lock"
 
@@ -131,8 +160,57 @@ def _check_out(out: Path) -> None:
     for name in _OUTPUT_FOLDERS:
         if (out / name).exists() and not (out / name).is_dir():
             raise ConfigError(f"out {out}: {out / name} is a file, where this run keeps a folder; move it away")
+    _check_no_link_out(out)
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"out {out}: the output folder is not writable")
+
+
+def _check_no_link_out(out: Path) -> None:
+    """Raise ConfigError if a path this run writes or reads in ``out`` is a symbolic link leading out of it.
+
+    ``out`` itself may be a link (the user named it); inside it, nothing followed may lead elsewhere: the output
+    files, ``runs/`` and ``checkpoints/`` and every entry in them (a link that stays inside ``out`` is allowed).
+    """
+    from balanced_l1._files import link_leaving
+
+    entries = [out / name for name in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS)]
+    entries += [entry for name in _OUTPUT_FOLDERS if (out / name).is_dir() for entry in sorted((out / name).iterdir())]
+    for entry in entries:
+        target = link_leaving(out, entry)
+        if target is not None:
+            raise ConfigError(
+                f"out {out}: {entry} is a symbolic link that leads out of the output folder (to {target}); "
+                "this run follows no link out of --out: remove it or choose another --out"
+            )
+
+
+def _open_lock(out: Path) -> Any:
+    """Open (create) ``out``'s lock file for appending: never through a symbolic link, never a FIFO or device."""
+    from balanced_l1._files import file_kind
+
+    lock = out / LOCK_NAME
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        kind = file_kind(os.lstat(lock).st_mode)
+    except FileNotFoundError:
+        kind = None
+    except OSError as err:
+        raise ConfigError(f"out {out}: cannot write to the output folder ({err.strerror or err})") from None
+    try:
+        if kind is not None:
+            raise ConfigError(
+                f"out {out}: {lock} is {kind}, not a regular file; this run opens no link, FIFO or device there: "
+                "remove it"
+            )
+        fd = os.open(lock, flags, 0o666)
+    except OSError as err:  # a link or FIFO put there after the check: O_NOFOLLOW and O_NONBLOCK refuse it
+        raise ConfigError(f"out {out}: cannot open the lock file {lock} ({err.strerror or err})") from None
+    kind = file_kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise ConfigError(f"out {out}: {lock} is {kind}, not a regular file; remove it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a")
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -150,10 +228,7 @@ def _exclusive_out(out: Path) -> Iterator[None]:
         yield
         return
     _check_out(out)
-    try:
-        handle = open(out / LOCK_NAME, "a")  # noqa: SIM115 - held open for the whole run
-    except OSError as err:
-        raise ConfigError(f"out {out}: cannot write to the output folder ({err.strerror or err})") from None
+    handle = _open_lock(out)  # held open for the whole run
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -168,28 +243,43 @@ def _exclusive_out(out: Path) -> Iterator[None]:
         handle.close()
 
 
-def _paths(config: CompareConfig, arm: str, seed: int) -> tuple[Path, Path]:
+def _paths(config: CompareConfig, arm: ArmSpec, seed: int) -> tuple[Path, Path]:
     out = Path(config.out)
-    return out / "runs" / f"{arm}_seed{seed}.json", out / "checkpoints" / f"{arm}_seed{seed}.pt"
+    stem = f"{arm.file_stem}_seed{seed}"
+    return out / "runs" / f"{stem}.json", out / "checkpoints" / f"{stem}.pt"
+
+
+def roi_sample_path(config: CompareConfig, arm: ArmSpec, seed: int) -> Path:
+    """Where a finished run keeps its sample of RoI-head positives (an ``.npy`` of float64, ``(K, 12)``)."""
+    record, _ = _paths(config, arm, seed)
+    return record.with_name(record.stem + "_roi_sample.npy")
 
 
 def _read_record(path: Path) -> dict[str, Any]:
+    """A finished run's record, checked (a regular file of bounded size, every field of its type)."""
+    from balanced_l1._files import UnreadableFileError, read_regular_file
+    from balanced_l1.experiments.checkpoint import MAX_RECORD_BYTES, run_record_problem
+
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        why = "see balanced_l1.experiments.checkpoint.MAX_RECORD_BYTES"
+        record = json.loads(read_regular_file(path, MAX_RECORD_BYTES, "finished-run record", why=why).decode())
+    except UnreadableFileError as err:
+        raise CheckpointMismatchError(f"{err}; delete it to train the run again") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CheckpointMismatchError(
             f"{path}: cannot read this finished-run record ({type(err).__name__}: {err}); "
             "delete it to train the run again"
         ) from None
-    if not isinstance(record, dict) or not {"fingerprint", "metrics", "history", "gradient_balance"} <= set(record):
+    problem = run_record_problem(record)
+    if problem is not None:
         raise CheckpointMismatchError(
-            f"{path}: not a run record of balanced-l1 compare; delete it to train the run again"
+            f"{path}: not a run record of balanced-l1 compare ({problem}); delete it to train the run again"
         )
     return record
 
 
 def _check_resumable(config: CompareConfig, splits: dict[str, DetectionSplit], ctx: DistContext) -> None:
-    for arm in config.arms:
+    for arm in config.arm_specs():
         for seed in config.seeds:
             record_path, ckpt = _paths(config, arm, seed)
             fingerprint = run_fingerprint(config, splits, arm, seed)
@@ -204,7 +294,7 @@ def _check_resumable(config: CompareConfig, splits: dict[str, DetectionSplit], c
 
 
 def _build(
-    config: CompareConfig, num_classes: int, arm: str, *, weights_backbone: str | None = None
+    config: CompareConfig, num_classes: int, arm: ArmSpec, *, weights_backbone: str | None = None
 ) -> torch.nn.Module:
     min_size, max_size = config.resize()
     model = build_detector(
@@ -215,31 +305,59 @@ def _build(
         max_size=max_size,
     )
     try:
-        get_arm(arm).configure(model)
+        arm.configure(model)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"arm {arm!r} cannot be used with model {config.model!r}: {err}") from None
+        raise ConfigError(f"arm {arm.name!r} cannot be used with model {config.model!r}: {err}") from None
     return model
 
 
-def _check_arms_fit_model(config: CompareConfig, num_classes: int) -> None:
-    """Configure every arm on the model once (random backbone, nothing downloaded) before any training."""
+def _check_arms_fit_model(config: CompareConfig, num_classes: int) -> dict[str, BoxLossConfig | None]:
+    """Configure every arm on the model once (random backbone, nothing downloaded) before any training.
+
+    Returns:
+        Each arm's RoI-head box loss as configured (``None`` for a model without a RoI head).
+    """
     state = torch.get_rng_state()
     try:
-        for arm in config.arms:
-            _build(config, num_classes, arm, weights_backbone="none")
+        return {
+            arm.name: roi_box_loss(_build(config, num_classes, arm, weights_backbone="none"))
+            for arm in config.arm_specs()
+        }
     finally:
         torch.set_rng_state(state)
 
 
+def _read_sample(path: Path) -> np.ndarray:
+    """A finished run's RoI sample (empty when the file is missing: a run record from an earlier version)."""
+    if not path.exists():
+        return np.zeros((0, 12))
+    try:
+        with open_regular_file(path, 64 * 2**20, "RoI sample", why="a run keeps at most 4096 rows") as handle:
+            array = np.load(handle, allow_pickle=False)
+    except (UnreadableFileError, OSError, ValueError) as err:
+        raise CheckpointMismatchError(
+            f"{path}: cannot read this run's RoI sample ({err}); delete the run's record to train it again"
+        ) from None
+    if array.ndim != 2 or array.shape[1] != 12 or array.dtype != np.float64 or not np.isfinite(array).all():
+        raise CheckpointMismatchError(
+            f"{path}: not a RoI sample of balanced-l1 compare (a finite (K, 12) float64 array)"
+        )
+    return array
+
+
 def run_single(config: CompareConfig, arm: str, seed: int, *, position: int = 0) -> None:
     """Train and evaluate one (arm, seed) run in this process alone and write its run record.
+
+    ``arm`` is the arm's canonical name, one of ``config.arm_specs()``; the modules of ``config.arm_modules``
+    are imported first, so a worker process knows the user's own arms.
 
     This is what each process of ``--jobs N`` does; the results are those of the same run inside a whole
     comparison, since a run depends only on the settings, the data, the arm and the seed.
     """
     splits = load_data(config)
     ctx = DistContext(0, 1, torch.device(config.device))
-    _run_one(config, ctx, splits, train_config(config, len(splits["train"])), arm, seed, position=position)
+    spec = next(s for s in config.arm_specs() if s.name == arm)
+    _run_one(config, ctx, splits, train_config(config, len(splits["train"])), spec, seed, position=position)
 
 
 def _run_one(
@@ -247,7 +365,7 @@ def _run_one(
     ctx: DistContext,
     splits: dict[str, DetectionSplit],
     tc: TrainConfig,
-    arm: str,
+    arm: ArmSpec,
     seed: int,
     *,
     position: int = 0,
@@ -269,7 +387,7 @@ def _run_one(
         checkpoint_path=ckpt_path,
         fingerprint=fingerprint,
         resume=config.resume,
-        desc=f"{arm} seed {seed}",
+        desc=f"{arm.name} seed {seed}",
         workers=config.workers,
         position=position,
         monitor=monitor,
@@ -278,8 +396,10 @@ def _run_one(
     metrics = evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers)
     record: dict[str, Any] | None = None
     if ctx.is_main:
+        sample = result.roi_sample.numpy()
+        write_atomically(roi_sample_path(config, arm, seed), lambda tmp: _save_array(tmp, sample))
         record = {
-            "arm": arm,
+            "arm": arm.name,
             "seed": seed,
             "fingerprint": fingerprint,
             "metrics": metrics,
@@ -289,6 +409,11 @@ def _run_one(
         write_json_atomically(record, record_path)
     barrier(ctx)
     return record
+
+
+def _save_array(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any] | None:
@@ -334,40 +459,61 @@ def _compare(
     splits = load_data(config)
     if ctx.is_main:
         log(format_data_report(splits))
-    _check_arms_fit_model(config, len(splits["train"].category_ids))
+    specs = config.arm_specs()
+    box_losses = _check_arms_fit_model(config, len(splits["train"].category_ids))
     tc = train_config(config, len(splits["train"]))
     if config.resume:
         _check_resumable(config, splits, ctx)
     if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
         (Path(config.out) / "results.json").unlink(missing_ok=True)
-    runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in config.arms}
-    histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in config.arms}
-    balance: dict[str, dict[int, Series]] = {arm: {} for arm in config.arms}
-    tasks = [(arm, seed) for seed in config.seeds for arm in config.arms]
+    names = [spec.name for spec in specs]
+    runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in names}
+    histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in names}
+    balance: dict[str, dict[int, Series]] = {arm: {} for arm in names}
+    tasks = [(spec, seed) for seed in config.seeds for spec in specs]
     todo = [t for t in tasks if not (config.resume and _paths(config, *t)[0].exists())]
-    if config.jobs > 1 and not ctx.distributed and len(todo) > 1:
+    parallel = config.jobs > 1 and not ctx.distributed and len(todo) > 1
+    if parallel:
         from balanced_l1.experiments.parallel import run_in_processes
 
-        run_in_processes(config, todo, config.jobs)
-    for arm, seed in tasks:
+        run_in_processes(config, [(spec.name, seed) for spec, seed in todo], config.jobs)
+    for spec, seed in tasks:
         record: dict[str, Any] | None
-        if config.jobs > 1 and not ctx.distributed and len(todo) > 1:
-            record = _read_record(_paths(config, arm, seed)[0])
+        if parallel:
+            record = _read_record(_paths(config, spec, seed)[0])
         else:
-            record = _run_one(config, ctx, splits, tc, arm, seed)
+            record = _run_one(config, ctx, splits, tc, spec, seed)
         if record is not None:
-            runs[arm][seed] = {**record["metrics"], **run_summary(record["gradient_balance"])}
-            histories[arm][seed] = record["history"]
-            balance[arm][seed] = record["gradient_balance"]
+            runs[spec.name][seed] = {**record["metrics"], **run_summary(record["gradient_balance"])}
+            histories[spec.name][seed] = record["history"]
+            balance[spec.name][seed] = record["gradient_balance"]
     if not ctx.is_main:
         return None
-    descriptions = {arm: get_arm(arm).description for arm in config.arms}
-    summary = summarize(runs, config.arms[0], descriptions)  # paired differences against the first arm
+    baseline = specs[0]
+    summary = summarize(runs, baseline.name, {spec.name: spec.description for spec in specs})
+    samples = [_read_sample(roi_sample_path(config, baseline, seed)) for seed in config.seeds]
+    predicted = predict_from_baseline(samples, box_losses)
     settings = {**as_dict(config), "iters_resolved": tc.iters, "world_size": ctx.world_size}
-    results = {"config": settings, "data": {n: s.report for n, s in splits.items()}, **summary}
-    figures = [*save_figures(histories, summary, config.out), save_balance_figure(balance, config.out)]
+    results = {
+        "config": settings,
+        "data": {n: s.report for n, s in splits.items()},
+        **summary,
+        "predicted_from_baseline": predicted,
+    }
+    figures = [
+        *save_figures(histories, summary, config.out),
+        save_balance_figure(balance, config.out),
+        save_balance_vs_ap_figure(summary["arms"], config.out),
+    ]
     path = write_results(results, config.out)
     log(format_table(summary))
     log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))
+    if predicted:
+        log(
+            f"RoI-head gradient balance predicted from {baseline.name}'s regression errors (second half of its "
+            "training), beside what each arm measured:\n" + format_prediction_table(predicted, summary["arms"])
+        )
+    for line in [*explain_balance(summary["arms"], baseline.name), *explain_plateau(histories, tc.iters)]:
+        log(line)
     log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")
     return results

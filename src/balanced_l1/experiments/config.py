@@ -17,6 +17,7 @@ other, so ``--recipe coco-1x --iters 200`` trains 200 iterations instead of the 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import sys
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +44,21 @@ class ConfigError(ValueError):
     """A comparison setting is out of range; the message names it, its value and what is allowed."""
 
 
+def import_arm_modules(modules: tuple[str, ...]) -> None:
+    """Import the modules that register arms of the user's own (they call ``register_arm`` when imported).
+
+    Raises:
+        ConfigError: for a name that is not a dotted module name, or a module that fails to import.
+    """
+    for name in modules:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"arm_modules: {name!r} is not a Python module name such as my_arms or pkg.arms")
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # any error of the user's module is a bad setting, reported with its cause
+            raise ConfigError(f"arm_modules: cannot import {name!r} ({type(err).__name__}: {err})") from None
+
+
 def _setting(default: Any, help: str, **extra: Any) -> Any:
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata={"help": help, **extra})
@@ -52,7 +70,13 @@ class CompareConfig:
     """Everything one comparison depends on; each field's ``help`` is also its command-line help."""
 
     # what is compared
-    arms: tuple[str, ...] = _setting(("smooth_l1", "balanced_l1"), "comma-separated arms to train and compare")
+    arms: tuple[str, ...] = _setting(
+        ("smooth_l1", "balanced_l1"),
+        "comma-separated arms to train and compare, each NAME or NAME(key=value,...); a|b|c in a value makes a grid",
+    )
+    arm_modules: tuple[str, ...] = _setting(
+        (), "comma-separated Python modules that register arms of your own (every process imports them)"
+    )
     seeds: tuple[int, ...] = _setting((0,), "comma-separated training seeds; every arm trains once per seed")
     # data
     data: str | None = _setting(None, "COCO-format folder PATH/annotations/{train,val}.json + PATH/images/")
@@ -120,6 +144,18 @@ class CompareConfig:
         max_size = self.max_size if self.max_size is not None else (self.image_size if small else 1333)
         return min_size, max_size
 
+    def arm_specs(self) -> list[ArmSpec]:
+        """The arms to train, grids expanded, after importing :attr:`arm_modules`.
+
+        Raises:
+            ConfigError: for a module that cannot be imported, a bad arm spec or an arm named twice.
+        """
+        import_arm_modules(self.arm_modules)
+        try:
+            return expand_arms(self.arms)
+        except ArmSpecError as err:
+            raise ConfigError(f"arms: {err}") from None
+
     def validate(self, world_size: int = 1) -> None:
         """Check every setting that does not need the data.
 
@@ -129,15 +165,9 @@ class CompareConfig:
         Raises:
             ConfigError: naming the setting, its value and what is allowed.
         """
-        from balanced_l1.experiments.arms import get_arm
-
-        if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ConfigError(f"arms must be a non-empty list without repeats, got {list(self.arms)}")
-        for arm in self.arms:
-            try:
-                get_arm(arm)
-            except ValueError as err:
-                raise ConfigError(f"arms: {err}") from None
+        if not self.arms:
+            raise ConfigError("arms must be a non-empty list, got []")
+        self.arm_specs()
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
         self._validate_data()
@@ -232,6 +262,8 @@ def _read_toml(text: str, where: str) -> dict[str, Any]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML ({err})") from None
+    except RecursionError:  # arrays or tables nested thousands deep: no setting is nested at all
+        raise ConfigError(f"{where}: not valid TOML (nested too deeply)") from None
     unknown = sorted(set(doc) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
@@ -259,13 +291,21 @@ def load_recipe(name: str) -> dict[str, Any]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The settings of a user's TOML file (the keys of :class:`CompareConfig`).
 
+    The path is checked before it is opened (:func:`balanced_l1._files.read_regular_file`): a FIFO, a device or a
+    folder is refused by kind, and a file over 1 MiB by size (every setting written out is about 4 KiB).
+
     Raises:
-        ConfigError: if the file cannot be read, is not TOML, or has an unknown key or a value of the wrong type.
+        ConfigError: if the file is missing, not a regular file, over 1 MiB, unreadable, not UTF-8, not TOML (or
+            nested too deeply), or has an unknown key or a value of the wrong type.
     """
+    from balanced_l1._files import UnreadableFileError, read_regular_file
+
     where = Path(path)
     try:
-        text = where.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        text = read_regular_file(where, 1 << 20, "config file", why="all the settings take about 4 KiB").decode()
+    except UnreadableFileError as err:
+        raise ConfigError(str(err)) from None
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{where}: cannot read the config file ({err})") from None
     return _read_toml(text, str(where))
 

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
-from balanced_l1.experiments.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from balanced_l1.experiments.checkpoint import load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
 from balanced_l1.experiments.coco_data import DetectionSplit
 from balanced_l1.experiments.distributed import DistContext, barrier, gather_objects, mean_over_ranks
 from balanced_l1.experiments.loader import DataOrder, training_loader, unpack
@@ -33,6 +33,11 @@ from balanced_l1.experiments.schedule import lr_factor
 
 class TrainingDivergedError(RuntimeError):
     """The training loss stopped being finite."""
+
+
+#: The most RoI-head positives a run keeps from the second half of its training (predicted deltas, target
+#: deltas, proposals), for :func:`balanced_l1.detection.predict_box_gradient_balance`.
+ROI_SAMPLE_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -106,14 +111,25 @@ class _State:
     scaler: torch.amp.GradScaler
     history: list[dict[str, float]]
     balance: list[dict[str, dict[str, float | None]]] = field(default_factory=list)
+    roi_sample: list[torch.Tensor] = field(default_factory=list)
     start: int = 0
 
     def restore(self, ckpt: dict[str, Any], ctx: DistContext) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"][ctx.rank], ctx.device)
+        # checks every part against what it is loaded into: a damaged checkpoint is named, not a traceback
+        restore_checkpoint(ckpt, self.model, self.optimizer, self.scaler, ctx.rank, ctx.device)
         self.history, self.balance, self.start = ckpt["history"], ckpt["gradient_balance"], ckpt["iteration"]
+        self.roi_sample = [ckpt["roi_sample"]] if "roi_sample" in ckpt else []
+
+    def sample(self) -> torch.Tensor:
+        """The RoI-head positives kept so far, ``(K, 12)`` float64 (see :data:`ROI_SAMPLE_ROWS`)."""
+        return torch.cat(self.roi_sample) if self.roi_sample else torch.zeros((0, 12), dtype=torch.float64)
+
+    def keep(self, pairs: torch.Tensor, per_iteration: int) -> None:
+        """Keep up to ``per_iteration`` of this iteration's rows, evenly spaced (no random stream is drawn)."""
+        rows = pairs.shape[0]
+        if rows > per_iteration:
+            pairs = pairs[torch.linspace(0, rows - 1, per_iteration, device=pairs.device).round().long()]
+        self.roi_sample.append(pairs.detach().cpu())
 
     def save(self, path: Path, iteration: int, fingerprint: dict[str, Any], ctx: DistContext) -> None:
         states = gather_objects(ctx, rng_state(ctx.device))
@@ -129,6 +145,7 @@ class _State:
                     "rng": states,
                     "history": self.history,
                     "gradient_balance": self.balance,
+                    "roi_sample": self.sample(),
                 },
             )
         barrier(ctx)
@@ -175,10 +192,14 @@ class TrainResult:
         history: one ``{"loss": total, <component>: value, ...}`` per iteration, averaged over ranks.
         gradient_balance: one :meth:`~balanced_l1.detection.GradientBalanceMonitor.step` record per
             iteration (global batch), empty when no monitor was given.
+        roi_sample: ``(K, 12)`` float64: a bounded sample of the RoI head's positives from the second half of
+            training (rank 0's), each its predicted deltas, target deltas and proposal box; empty for a
+            one-stage model or without a monitor.
     """
 
     history: list[dict[str, float]]
     gradient_balance: list[dict[str, dict[str, float | None]]]
+    roi_sample: torch.Tensor
 
 
 def _start(
@@ -274,9 +295,17 @@ def train(
     )
     model.train()
     bar = _progress(config, state, ctx, desc, position)
+    half = config.iters // 2  # the sample: every stride-th iteration of the second half, per_iteration rows each
+    stride = math.ceil(max(1, config.iters - half) / ROI_SAMPLE_ROWS)
+    per_iteration = max(1, ROI_SAMPLE_ROWS // math.ceil(max(1, config.iters - half) / stride))
     try:
         for iteration, batch in enumerate(loader, start=state.start):
+            if monitor is not None:
+                monitor.keep_roi_pairs = iteration >= half and (iteration - half) % stride == 0
             record = _step(ddp, state, batch, config, ctx, iteration, monitor)
+            if monitor is not None and monitor.roi_pairs is not None:
+                state.keep(monitor.roi_pairs, per_iteration)
+                monitor.roi_pairs = None
             if not math.isfinite(record["loss"]):
                 raise TrainingDivergedError(
                     f"{desc}: loss became {record['loss']} at iteration {iteration}; lower --lr"
@@ -289,4 +318,4 @@ def train(
                 state.save(checkpoint_path, done, fingerprint, ctx)
     finally:
         bar.close()
-    return TrainResult(state.history, state.balance)
+    return TrainResult(state.history, state.balance, state.sample()[:ROI_SAMPLE_ROWS])

@@ -1,0 +1,70 @@
+"""IoU losses on decoded boxes for the RoI head: the losses the field moved to after Balanced L1.
+
+mmdetection trains Faster R-CNN with GIoU, DIoU or CIoU by setting ``reg_decoded_bbox=True`` on the
+bbox head: the predicted deltas are decoded against their proposals and the loss compares the decoded
+box with the matched ground-truth box. :func:`decoded_box_loss` does the same with torchvision's box
+coder (weights 10, 10, 5, 5 in Faster R-CNN) and torchvision's own loss functions
+(:func:`~torchvision.ops.generalized_box_iou_loss`, :func:`~torchvision.ops.distance_box_iou_loss`,
+:func:`~torchvision.ops.complete_box_iou_loss`). The gradient reaches the deltas through the decoding,
+so the gradient-balance monitor reads it on the same partition of the deltas as for the other losses.
+
+The loss weights of mmdetection's Faster R-CNN configs are in :data:`IOU_LOSS_WEIGHTS` (GIoU 10, CIoU 12;
+mmdetection ships no DIoU Faster R-CNN config, so DIoU takes GIoU's 10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
+
+__all__ = ["IOU_LOSSES", "IOU_LOSS_WEIGHTS", "decoded_box_loss"]
+
+_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "giou": generalized_box_iou_loss,
+    "diou": distance_box_iou_loss,
+    "ciou": complete_box_iou_loss,
+}
+
+#: The IoU losses a RoI head can use, computed on decoded boxes.
+IOU_LOSSES: tuple[str, ...] = tuple(_FUNCTIONS)
+
+#: The loss weight of each IoU loss in mmdetection's Faster R-CNN configs (``faster-rcnn_r50_fpn_giou_1x_coco``
+#: and ``faster-rcnn_r50_fpn_ciou_1x_coco``); DIoU has no such config and takes GIoU's.
+IOU_LOSS_WEIGHTS: dict[str, float] = {"giou": 10.0, "diou": 10.0, "ciou": 12.0}
+
+
+def decoded_box_loss(loss: str, deltas: Tensor, proposals: Tensor, gt_boxes: Tensor, box_coder: Any) -> Tensor:
+    """The summed IoU loss of predicted deltas decoded against their proposals, versus the ground-truth boxes.
+
+    Args:
+        loss: ``"giou"``, ``"diou"`` or ``"ciou"``.
+        deltas: ``(P, 4)`` predicted encoded deltas of the positive RoIs (their true class).
+        proposals: ``(P, 4)`` the RoIs' proposal boxes ``(x1, y1, x2, y2)``.
+        gt_boxes: ``(P, 4)`` the matched ground-truth boxes.
+        box_coder: the RoI head's ``BoxCoder`` (its ``decode_single`` inverts the encoding of the targets).
+
+    Returns:
+        The sum of the per-box losses, computed in float32 at least (a graph-connected 0 when ``P == 0``).
+
+    Raises:
+        ValueError: for an unknown loss, listing the valid ones.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.models.detection._utils import BoxCoder
+        >>> coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+        >>> box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+        >>> float(decoded_box_loss("giou", torch.zeros(1, 4), box, box, coder))
+        0.0
+    """
+    if loss not in _FUNCTIONS:
+        raise ValueError(f"loss must be one of {', '.join(IOU_LOSSES)}, got {loss!r}")
+    work = deltas.float() if deltas.dtype in (torch.float16, torch.bfloat16) else deltas
+    if work.shape[0] == 0:
+        return work.sum() * 0.0
+    boxes = box_coder.decode_single(work, proposals.to(work.dtype))
+    return _FUNCTIONS[loss](boxes, gt_boxes.to(work.dtype), reduction="sum")

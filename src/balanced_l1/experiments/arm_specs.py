@@ -1,0 +1,198 @@
+"""Arms with parameters: ``name(key=value, ...)``, grids with ``|``, and their canonical names.
+
+The syntax, spaces optional::
+
+    smooth_l1                                   an arm at its defaults
+    balanced_l1(alpha=0.3, gamma=1.0)           an arm with parameters
+    balanced_l1(alpha=0.2|0.3|0.5, gamma=1.0|1.5)   a grid: 6 arms, alpha varying slowest
+
+A list of arms is comma-separated; commas inside parentheses belong to the arm. An arm's canonical
+name spells out the parameters that differ from its defaults, in the order the arm declares them, with
+each number as Python's shortest round-trip ``repr`` (``balanced_l1(alpha=0.3,gamma=1.0)``); an arm at
+its defaults is its bare name. Two spellings of the same arm have one canonical name, so a list that
+repeats an arm is refused. The canonical name is what tables, figures and ``results.json`` show; the full
+set of values is in each run's fingerprint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from balanced_l1.experiments.arms import Arm, get_arm
+
+__all__ = ["ArmSpec", "ArmSpecError", "expand_arms", "parse_arm", "split_arm_list"]
+
+_SPEC = re.compile(r"\s*([^\s(),=|]+)\s*(?:\((.*)\))?\s*", re.DOTALL)
+_MAX_GRID = 1000
+
+
+class ArmSpecError(ValueError):
+    """An arm spec cannot be read; the message names the spec, the arm and the key."""
+
+
+def split_arm_list(text: str) -> tuple[str, ...]:
+    """Split a comma-separated list of arm specs at the commas outside parentheses.
+
+    Raises:
+        ArmSpecError: for unbalanced parentheses.
+
+    Example:
+        >>> split_arm_list("smooth_l1, balanced_l1(alpha=0.3,gamma=1.0)")
+        ('smooth_l1', 'balanced_l1(alpha=0.3,gamma=1.0)')
+    """
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise ArmSpecError(f"arms {text!r}: a ')' without its '('")
+        if char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    if depth:
+        raise ArmSpecError(f"arms {text!r}: a '(' without its ')'")
+    parts.append("".join(current).strip())
+    return tuple(parts)
+
+
+def _format(value: float | str) -> str:
+    return repr(value) if isinstance(value, float) else value
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm with its parameter values.
+
+    Attributes:
+        arm: the registered arm.
+        given: the values that differ from the arm's defaults, in the arm's declared order.
+    """
+
+    arm: Arm
+    given: tuple[tuple[str, float | str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The canonical name, e.g. ``balanced_l1(alpha=0.3,gamma=1.0)``, or the bare name at the defaults."""
+        if not self.given:
+            return self.arm.name
+        return f"{self.arm.name}({','.join(f'{k}={_format(v)}' for k, v in self.given)})"
+
+    @property
+    def values(self) -> dict[str, float | str]:
+        """Every parameter's value, defaults filled in (what the run's fingerprint records)."""
+        return {**self.arm.defaults(), **dict(self.given)}
+
+    @property
+    def file_stem(self) -> str:
+        """The name as a file name: ``balanced_l1__alpha-0.3__gamma-1.0``."""
+        return "__".join([self.arm.name, *(f"{k}-{_format(v)}" for k, v in self.given)])
+
+    @property
+    def description(self) -> str:
+        """The arm's description, and its parameters if any were given."""
+        if not self.given:
+            return self.arm.description
+        return f"{self.arm.description}; with {', '.join(f'{k}={_format(v)}' for k, v in self.given)}"
+
+    def configure(self, model: nn.Module) -> None:
+        """Configure a freshly built model as this arm does."""
+        self.arm.apply(model, self.values)
+
+
+def _value(spec: str, arm: Arm, key: str, text: str) -> float | str:
+    parameter = next(p for p in arm.parameters if p.name == key)
+    text = text.strip()
+    if isinstance(parameter.default, str):
+        if text not in parameter.choices:
+            raise ArmSpecError(f"arm {spec!r}: {key} must be one of {', '.join(parameter.choices)}, got {text!r}")
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        raise ArmSpecError(f"arm {spec!r}: {key} must be a number, got {text!r}") from None
+    if not math.isfinite(number):
+        raise ArmSpecError(f"arm {spec!r}: {key} must be finite, got {text!r}")
+    return number
+
+
+def parse_arm(spec: str) -> list[ArmSpec]:
+    """The arms one spec names: one, or a grid's product (the first key varying slowest).
+
+    Raises:
+        ArmSpecError: for an unknown arm or key, a repeated key, a value of the wrong kind, an empty
+            value, a grid larger than 1000 arms, or parameters the arm's own check refuses; the message
+            names the spec, the arm and the key.
+
+    Example:
+        >>> [a.name for a in parse_arm("balanced_l1(alpha=0.3|0.5, gamma = 1.0)")]
+        ['balanced_l1(alpha=0.3,gamma=1.0)', 'balanced_l1(gamma=1.0)']
+    """
+    match = _SPEC.fullmatch(spec)
+    if match is None:
+        raise ArmSpecError(f"arm {spec!r}: expected NAME or NAME(key=value, ...), such as balanced_l1(alpha=0.3)")
+    name, body = match.group(1), match.group(2)
+    try:
+        arm = get_arm(name)
+    except ValueError as err:
+        raise ArmSpecError(f"arm {spec!r}: {err}") from None
+    keys = [p.name for p in arm.parameters]
+    choices: dict[str, list[float | str]] = {}
+    for item in split_arm_list(body) if body is not None and body.strip() else ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ArmSpecError(f"arm {spec!r}: expected key=value, got {item!r}")
+        if key not in keys:
+            known = f"its parameters: {', '.join(keys)}" if keys else "it takes no parameters"
+            raise ArmSpecError(f"arm {spec!r}: unknown key {key!r} for arm {name!r}; {known}")
+        if key in choices:
+            raise ArmSpecError(f"arm {spec!r}: key {key!r} is given twice")
+        if not text.strip() or any(not part.strip() for part in text.split("|")):
+            raise ArmSpecError(f"arm {spec!r}: key {key!r} has an empty value")
+        choices[key] = [_value(spec, arm, key, part) for part in text.split("|")]
+    ordered = [k for k in keys if k in choices]
+    size = math.prod(len(choices[k]) for k in ordered)
+    if size > _MAX_GRID:
+        raise ArmSpecError(f"arm {spec!r}: the grid has {size} arms; at most {_MAX_GRID}")
+    defaults = arm.defaults()
+    specs = []
+    for combination in itertools.product(*(choices[k] for k in ordered)):
+        values = dict(zip(ordered, combination, strict=True))
+        if arm.check is not None:
+            try:
+                arm.check(**{**defaults, **values})
+            except (TypeError, ValueError) as err:
+                raise ArmSpecError(f"arm {spec!r}: {err}") from None
+        given = tuple((k, v) for k, v in values.items() if v != defaults[k])
+        specs.append(ArmSpec(arm, given))
+    return specs
+
+
+def expand_arms(specs: Iterable[str]) -> list[ArmSpec]:
+    """Every arm a list of specs names, grids expanded, in order.
+
+    Raises:
+        ArmSpecError: for a bad spec (see :func:`parse_arm`), or an arm named twice (by canonical name).
+    """
+    arms: list[ArmSpec] = []
+    seen: dict[str, str] = {}
+    for spec in specs:
+        for arm in parse_arm(spec):
+            if arm.name in seen:
+                raise ArmSpecError(
+                    f"arm {spec!r} names {arm.name!r}, which {seen[arm.name]!r} already names; each arm once"
+                )
+            seen[arm.name] = spec
+            arms.append(arm)
+    return arms

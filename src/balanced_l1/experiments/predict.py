@@ -1,0 +1,172 @@
+"""``balanced-l1 balance``: predict the gradient balance of any box loss from the errors a finished run recorded.
+
+Each finished run of ``balanced-l1 compare`` keeps a bounded sample of its RoI head's positives from the
+second half of its training (``runs/<arm>_seed<s>_roi_sample.npy``). :func:`predict_table` computes, on the
+samples of one arm's runs (every seed pooled), the gradient balance that other losses and parameters would
+give, and :func:`solve_alpha_table` the Balanced L1 alpha that reaches a target inlier/outlier ratio.
+Nothing in the output folder is executed: run records are JSON, samples are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from balanced_l1._files import UnreadableFileError, read_regular_file
+from balanced_l1.detection.balance_prediction import (
+    PREDICTED_STATISTICS,
+    predict_box_gradient_balance,
+    solve_alpha,
+    split_roi_sample,
+)
+from balanced_l1.detection.losses import BoxLossConfig
+from balanced_l1.experiments._markdown import markdown_table
+from balanced_l1.experiments.balance import run_summary
+from balanced_l1.params import BalancedL1Params
+
+_RECORD_BYTES = 256 * 2**20
+_SAMPLE_BYTES = 64 * 2**20
+
+
+class RunsNotFoundError(ValueError):
+    """The output folder has no finished run of the arm asked for; the message lists the arms it has."""
+
+
+@dataclass(frozen=True)
+class ArmRuns:
+    """The finished runs of one arm in an output folder.
+
+    Attributes:
+        arm: the arm's canonical name.
+        seeds: the seeds of its finished runs.
+        sample: ``(K, 12)`` their RoI samples, concatenated in seed order.
+        measured: the RoI head's second-half gradient balance, mean over the seeds (``None`` where undefined).
+    """
+
+    arm: str
+    seeds: tuple[int, ...]
+    sample: torch.Tensor
+    measured: dict[str, float | None]
+
+
+def _records(out: Path) -> list[tuple[Path, dict[str, Any]]]:
+    runs = out / "runs"
+    if not runs.is_dir() or runs.is_symlink():
+        raise RunsNotFoundError(f"{out}: no runs/ folder of balanced-l1 compare here")
+    found = []
+    for path in sorted(runs.glob("*.json")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            record = json.loads(read_regular_file(path, _RECORD_BYTES, "run record", why="records hold a few MB"))
+        except (UnreadableFileError, UnicodeDecodeError, ValueError, RecursionError):
+            continue  # not a run record: only records of the arm asked for are read in full below
+        if isinstance(record, dict) and isinstance(record.get("arm"), str) and isinstance(record.get("seed"), int):
+            found.append((path, record))
+    return found
+
+
+def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
+    """The finished runs of ``arm`` (its canonical name) in the output folder ``out``.
+
+    Raises:
+        RunsNotFoundError: when ``out`` has no finished run of ``arm`` (the arms it has are listed).
+        UnreadableFileError: when a run's sample cannot be read or is not a finite ``(K, 12)`` float64 array.
+    """
+    folder = Path(out)
+    records = _records(folder)
+    mine = [(p, r) for p, r in records if r["arm"] == arm]
+    if not mine:
+        arms = sorted({r["arm"] for _, r in records})
+        have = f"it has runs of: {', '.join(arms)}" if arms else "it has no finished run"
+        raise RunsNotFoundError(f"{folder}: no finished run of arm {arm!r}; {have}")
+    samples, measured = [], []
+    for path, record in sorted(mine, key=lambda pr: pr[1]["seed"]):
+        sample_path = path.with_name(path.stem + "_roi_sample.npy")
+        if sample_path.is_symlink():
+            raise UnreadableFileError(f"{sample_path}: a symbolic link; a run's sample is a regular file in runs/")
+        data = read_regular_file(sample_path, _SAMPLE_BYTES, "RoI sample", why="a run keeps at most 4096 rows")
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise UnreadableFileError(f"{sample_path}: not a NumPy array file ({err})") from None
+        if array.ndim != 2 or array.shape[1] != 12 or array.dtype != np.float64 or not np.isfinite(array).all():
+            raise UnreadableFileError(f"{sample_path}: not a RoI sample (a finite (K, 12) float64 array)")
+        samples.append(array)
+        series = record.get("gradient_balance")
+        if isinstance(series, list):
+            measured.append(run_summary(series).get("gradient_balance") or {})
+    pooled = np.concatenate(samples) if samples else np.zeros((0, 12))
+    means: dict[str, float | None] = {}
+    for name in ("inlier_fraction", "inlier_outlier_gradient_ratio", "inlier_gradient_share"):
+        values = [m[name] for m in measured if isinstance(m.get(name), (int, float))]
+        means[name] = float(np.mean(values)) if values else None
+    seeds = tuple(int(r["seed"]) for _, r in sorted(mine, key=lambda pr: pr[1]["seed"]))
+    return ArmRuns(arm, seeds, torch.from_numpy(pooled), means)
+
+
+def loss_grid(loss: str, values: dict[str, list[Any]]) -> list[tuple[str, BoxLossConfig]]:
+    """Every combination of ``values`` (parameter -> list) as a labelled box loss, the first key varying slowest.
+
+    Raises:
+        ValueError: for a parameter the loss does not take, or a value the loss refuses.
+    """
+    takes = {
+        "balanced_l1": ("alpha", "gamma", "beta", "formulation", "loss_weight"),
+        "smooth_l1": ("beta", "loss_weight"),
+    }.get(loss, ("loss_weight",))
+    extra = sorted(k for k, v in values.items() if v and k not in takes)
+    if extra:
+        raise ValueError(f"the {loss} loss takes {', '.join(takes)}; got {', '.join(extra)}")
+    keys = [k for k in takes if values.get(k)]
+    grid = []
+    for combination in itertools.product(*(values[k] for k in keys)):
+        chosen = dict(zip(keys, combination, strict=True))
+        weight = chosen.pop("loss_weight", 1.0)
+        params = BalancedL1Params(**chosen)
+        label = f"{loss}({', '.join(f'{k}={v}' for k, v in zip(keys, combination, strict=True))})" if keys else loss
+        grid.append((label, BoxLossConfig(params, weight, loss)))
+    return grid
+
+
+def predict_table(runs: ArmRuns, grid: list[tuple[str, BoxLossConfig]]) -> str:
+    """A Markdown table: the arm's measured balance, then the prediction for each loss of ``grid``."""
+    pred, target, proposals = split_roi_sample(runs.sample)
+    header = ["loss", "inlier fraction", "in/out gradient", "inlier share", "mean box gradient"]
+    rows = [header, [f"{runs.arm} (measured)", *(_cell(runs.measured.get(n)) for n in PREDICTED_STATISTICS)]]
+    for label, config in grid:
+        stats = predict_box_gradient_balance(pred, target, config, proposals=proposals)
+        rows.append([label, *(_cell(stats[n]) for n in PREDICTED_STATISTICS)])
+    return "\n".join(markdown_table(rows))
+
+
+def solve_alpha_table(
+    runs: ArmRuns, target_ratio: float, gammas: list[float], betas: list[float], formulation: str
+) -> str:
+    """A Markdown table: for each gamma and beta, the alpha whose predicted ratio is ``target_ratio``."""
+    pred, target, _ = split_roi_sample(runs.sample)
+    rows = [["gamma", "beta", "alpha", "predicted in/out gradient", "inlier share"]]
+    for gamma, beta in itertools.product(gammas, betas):
+        alpha = solve_alpha(pred, target, target_ratio, gamma=gamma, beta=beta, formulation=formulation)
+        if alpha is None:
+            rows.append([f"{gamma:g}", f"{beta:g}", "none reaches it", "", ""])
+            continue
+        config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation))
+        stats = predict_box_gradient_balance(pred, target, config)
+        rows.append(
+            [f"{gamma:g}", f"{beta:g}", f"{alpha:.4f}", _cell(stats["inlier_outlier_gradient_ratio"]),
+             _cell(stats["inlier_gradient_share"])]
+        )  # fmt: skip
+    return "\n".join(markdown_table(rows))
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"

@@ -1,4 +1,5 @@
-"""Atomic writes: fsync before the rename and of the folder after, the umask respected, leftovers removed."""
+"""Atomic writes: fsync before the rename and of the folder after, the umask respected, leftovers removed; and
+reads of regular files only, of a bounded size, refused by kind before they are opened."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from balanced_l1 import _files
-from balanced_l1._files import remove_stale_temp_files, write_atomically, write_json_atomically
+from balanced_l1._files import (
+    UnreadableFileError,
+    link_leaving,
+    open_regular_file,
+    read_regular_file,
+    remove_stale_temp_files,
+    write_atomically,
+    write_json_atomically,
+)
 
 
 @pytest.fixture
@@ -115,3 +124,91 @@ def test_json_is_indented_and_ends_with_a_newline(tmp_path: Path) -> None:
     path = write_json_atomically({"a": [1, 2]}, tmp_path / "r.json")
     text = path.read_text()
     assert json.loads(text) == {"a": [1, 2]} and text.endswith("\n") and "\n  " in text
+
+
+# --- reading: regular files of a bounded size only, checked before they are opened -------------------------------
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    """Fail instead of hanging if a FIFO is ever opened for a blocking read."""
+    import signal
+
+    def hang(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked on a FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_regular_file_is_read_whole(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    assert read_regular_file(tmp_path / "f", 3, "config file", why="w") == b"abc"
+    with open_regular_file(tmp_path / "f", 3, "config file", why="w") as handle:
+        assert handle.read() == b"abc"
+
+
+@pytest.mark.usefixtures("alarm")
+@pytest.mark.parametrize(("kind", "name"), [("fifo", "a FIFO"), ("device", "a character device"), ("dir", "a folder")])
+def test_other_kinds_are_refused_by_kind_before_they_are_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, name: str
+) -> None:
+    path = {"fifo": tmp_path / "fifo", "device": Path("/dev/zero"), "dir": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    opened: list[object] = []
+    real_open = os.open
+    monkeypatch.setattr(_files.os, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    with pytest.raises(UnreadableFileError, match=f"^{path}: the annotation file is {name}, not a regular file"):
+        read_regular_file(path, 1 << 20, "annotation file", why="w")
+    assert opened == []
+
+
+@pytest.mark.usefixtures("alarm")
+def test_a_fifo_swapped_in_after_the_check_is_refused_without_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "regular").write_bytes(b"x")
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would wait for ever
+    regular = os.stat(tmp_path / "regular")
+    monkeypatch.setattr(_files.os, "stat", lambda path: regular)  # the check saw a regular file; then the swap
+    with pytest.raises(UnreadableFileError, match="is a FIFO, not a regular file"):
+        read_regular_file(tmp_path / "fifo", 10, "checkpoint", why="w")
+
+
+def test_a_file_over_the_bound_is_refused_by_size_with_the_bound_and_why(tmp_path: Path) -> None:
+    (tmp_path / "big.toml").write_bytes(b"#" * 2049)
+    with pytest.raises(UnreadableFileError) as info:
+        read_regular_file(tmp_path / "big.toml", 2048, "config file", why="settings take 4 KiB")
+    assert str(info.value) == (
+        f"{tmp_path / 'big.toml'}: the config file is 2.0 KiB (2049 bytes), over the limit of 2 KiB for a config "
+        "file (settings take 4 KiB); refused without reading it"
+    )
+
+
+def test_missing_files_and_links_without_following_are_named(tmp_path: Path) -> None:
+    with pytest.raises(UnreadableFileError, match=f"^{tmp_path / 'nope'}: annotation file not found$"):
+        read_regular_file(tmp_path / "nope", 10, "annotation file", why="w")
+    (tmp_path / "target").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert read_regular_file(tmp_path / "link", 10, "f", why="w") == b"x"
+    with pytest.raises(UnreadableFileError, match="is a symbolic link, not a regular file"):
+        read_regular_file(tmp_path / "link", 10, "f", why="w", follow_symlinks=False)
+
+
+def test_links_leaving_a_folder_are_told_apart_from_links_inside_it(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "real").mkdir(parents=True)
+    outside.mkdir()
+    (root / "inside").symlink_to(root / "real")
+    (root / "away").symlink_to(outside)
+    (root / "real" / "back_out").symlink_to(outside / "f.json")
+    assert link_leaving(root, root / "real") is None and link_leaving(root, root / "missing") is None
+    assert link_leaving(root, root / "inside" / "x.json") is None
+    assert link_leaving(root, root / "away") == outside.resolve()
+    assert link_leaving(root, root / "inside" / "back_out") == (outside / "f.json").resolve()
+    (tmp_path / "root_link").symlink_to(root)  # the folder itself may be a link
+    assert link_leaving(tmp_path / "root_link", tmp_path / "root_link" / "inside") is None

@@ -1,8 +1,15 @@
-"""Atomic file writes: a reader, a crash or a power loss leaves the old file or the new one, never half of one.
+"""Atomic file writes, and reading files that must be regular files of a bounded size.
+
+Writes: a reader, a crash or a power loss leaves the old file or the new one, never half of one.
 
 Each write goes to a temporary file ``.NAME.XXXXXXXX.tmp`` beside the target, is flushed to disk, renamed over
 the target and the folder's entry is flushed too. A process killed mid-write leaves its temporary file behind;
 :func:`remove_stale_temp_files` removes such leftovers.
+
+Reads: :func:`read_regular_file` and :func:`open_regular_file` refuse a FIFO, a device, a socket or a folder by
+kind, and a file over a bound by size, from ``os.stat`` before the file is opened (so ``/dev/zero`` is not read
+until memory runs out and a FIFO does not hang the process), then open it with ``O_NONBLOCK`` and check again.
+:func:`link_leaving` tells whether a symbolic link leads out of a folder.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _NAME_MAX = 255  # longest file name on common file systems (ext4, xfs, btrfs, apfs, ntfs)
 _TEMP_EXTRA = len("..") + 8 + len(".tmp")  # the dots around the name, mkstemp's 8 random characters, the suffix
@@ -138,3 +146,149 @@ def save_figure_atomically(fig: Any, out: str | os.PathLike[str]) -> Path:
         The file's path.
     """
     return write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+class UnreadableFileError(ValueError):
+    """A file was refused by kind or size, or could not be opened or read; the message names it and the reason.
+
+    Callers turn it into their own error (a bad setting, bad data, a damaged checkpoint) with the same message.
+    """
+
+
+def file_kind(mode: int) -> str | None:
+    """``None`` for a regular file, else what ``mode`` (an ``st_mode``) is, as a phrase: ``"a FIFO"``, ..."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def format_size(size: int) -> str:
+    """A byte count for people: ``"1 MiB"``, ``"4 GiB"``, ``"1.5 KiB"``, ``"12 bytes"``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _check_kind_and_size(where: Path, info: os.stat_result, max_bytes: int, what: str, why: str) -> None:
+    kind = file_kind(info.st_mode)
+    if kind is not None:
+        raise UnreadableFileError(f"{where}: the {what} is {kind}, not a regular file; refused without reading it")
+    if info.st_size > max_bytes:
+        raise UnreadableFileError(
+            f"{where}: the {what} is {format_size(info.st_size)} ({info.st_size} bytes), over the limit of "
+            f"{format_size(max_bytes)} for a {what} ({why}); refused without reading it"
+        )
+
+
+def open_regular_file(
+    path: str | os.PathLike[str], max_bytes: int, what: str, *, why: str, follow_symlinks: bool = True
+) -> BinaryIO:
+    """Open a regular file of at most ``max_bytes`` for reading, refusing anything else before it is opened.
+
+    The path is checked with ``os.stat`` (``os.lstat`` without ``follow_symlinks``) before it is opened, so a
+    FIFO, a device, a socket or a folder is never opened and a file over the limit is never read. It is then
+    opened with ``O_NONBLOCK`` (and ``O_NOFOLLOW`` without ``follow_symlinks``) and checked again with
+    ``fstat``: a FIFO swapped in between the two cannot hang the process, as opening a FIFO without
+    ``O_NONBLOCK`` waits for a writer.
+
+    Args:
+        path: the file.
+        max_bytes: the largest size accepted.
+        what: what the file is, for the messages: ``"config file"``, ``"annotation file"``, ...
+        why: why the limit is what it is, for the message that refuses a larger file.
+        follow_symlinks: when false, a symbolic link (the last component) is refused by kind.
+
+    Returns:
+        The open file, in binary mode; the caller closes it.
+
+    Raises:
+        UnreadableFileError: naming the file and the reason: missing (``"<path>: <what> not found"``), not a
+            regular file (its kind named), larger than ``max_bytes``, or not openable.
+    """
+    where = Path(path)
+    try:
+        info = os.stat(where) if follow_symlinks else os.lstat(where)
+    except FileNotFoundError:
+        raise UnreadableFileError(f"{where}: {what} not found") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL or an unencodable character in the path
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UnreadableFileError(f"{where}: cannot read the {what} ({reason})") from None
+    _check_kind_and_size(where, info, max_bytes, what, why)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(where, flags)
+    except FileNotFoundError:
+        raise UnreadableFileError(f"{where}: {what} not found") from None
+    except OSError as err:
+        raise UnreadableFileError(f"{where}: cannot open the {what} ({err.strerror or err})") from None
+    try:
+        _check_kind_and_size(where, os.fstat(fd), max_bytes, what, why)  # the file opened is the file checked
+        if getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)  # no effect on a regular file's reads; set back all the same
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(
+    path: str | os.PathLike[str], max_bytes: int, what: str, *, why: str, follow_symlinks: bool = True
+) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, refused by kind or size before it is opened.
+
+    See :func:`open_regular_file` for the checks and the arguments. A file that grows past ``max_bytes`` while it
+    is read is refused too (at most ``max_bytes + 1`` bytes are read).
+
+    Raises:
+        UnreadableFileError: naming the file and the reason.
+    """
+    with open_regular_file(path, max_bytes, what, why=why, follow_symlinks=follow_symlinks) as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as err:
+            raise UnreadableFileError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    if len(data) > max_bytes:
+        raise UnreadableFileError(
+            f"{path}: the {what} grew past the limit of {format_size(max_bytes)} for a {what} while it was read ({why})"
+        )
+    return data
+
+
+def link_leaving(folder: str | os.PathLike[str], entry: str | os.PathLike[str]) -> Path | None:
+    """Where ``entry`` leads if a symbolic link on its way from ``folder`` leads out of ``folder``, else ``None``.
+
+    ``entry`` is a path inside ``folder`` (``folder / "images"``, ``folder / "annotations" / "train.json"``).
+    The links on the way (``entry`` itself, or a folder between) are resolved; a link that leads elsewhere inside
+    ``folder``, a missing entry and a plain entry give ``None``.
+
+    Args:
+        folder: the folder that the entry must stay in; itself resolved first (it may be a link).
+        entry: a path under ``folder``.
+
+    Returns:
+        The resolved target outside ``folder``, or ``None``.
+    """
+    try:
+        base = Path(folder).resolve()
+        target = Path(entry).resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13): opening it fails by itself
+        return None
+    if target == base or base in target.parents:
+        return None
+    return target

@@ -5,10 +5,18 @@ generator, CUDA's generators, NumPy's and Python's, each turned into tensors and
 the loss history and the run's fingerprint. :func:`load_checkpoint` reads it with
 ``torch.load(weights_only=True)``, so a crafted file in the output folder cannot run code on
 ``--resume``: anything but plain data is refused before it is used.
+
+A checkpoint whose fingerprint matches may still have been edited or damaged, so nothing in it is trusted:
+the file must be a regular file of at most :data:`MAX_CHECKPOINT_BYTES` (checked before it is opened), every key
+must be there with its type (:func:`load_checkpoint`), the iteration must agree with the history and the run's
+length, and the tensors must fit the model and optimizer they are loaded into (:func:`restore_checkpoint`).
+Run records (``runs/<arm>_seed<s>.json``) are checked the same way by :func:`run_record_problem`. Every refusal is
+a :class:`CheckpointMismatchError` naming the file and the reason.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 import zipfile
@@ -19,13 +27,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from balanced_l1._files import write_atomically
+from balanced_l1._files import UnreadableFileError, open_regular_file, write_atomically
 
 CHECKPOINT_VERSION = 3
+
+MAX_CHECKPOINT_BYTES = 8 << 30
+"""The largest checkpoint read: 8 GiB. The largest detector here (``fasterrcnn_resnet50_fpn_v2``, 43 M parameters)
+writes about 0.35 GB with its SGD momentum; ``torch.load`` holds every tensor in memory."""
+
+MAX_RECORD_BYTES = 1 << 30
+"""The largest run record read: 1 GiB. A record holds one loss row and one gradient-balance row per iteration,
+under 1 KB each, so COCO's 1x schedule (90k iterations) writes well under 100 MB."""
+
+_NEXT_STEP = "Delete it (or use another --out) to start this run over."
+_NUMPY_KEYS = 624  # MT19937's state: 624 32-bit words and a position
+_PYTHON_STATE = 625  # random.getstate()'s internal tuple: 624 words and the position
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint or run record was written by a run with other settings, or cannot be read."""
+
+
+class Checkpoint(dict[str, Any]):
+    """A checkpoint's dictionary as :func:`load_checkpoint` returns it, with the ``path`` it was read from."""
+
+    def __init__(self, content: dict[str, Any], path: Path) -> None:
+        super().__init__(content)
+        self.path = path
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -71,43 +99,244 @@ def _unpickling_reason(message: str) -> str:
     return lines[-1] if lines else "unreadable pickle"
 
 
-def load_checkpoint(path: Path, fingerprint: dict[str, Any], world_size: int) -> dict[str, Any]:
-    """Read a checkpoint without running code and check it belongs to this run.
+# --- what a well-formed checkpoint and run record hold -------------------------------------------------------------
+
+
+def _short(value: object, limit: int = 120) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    text = " ".join(repr(value).split())  # one line, even for a dictionary holding tensors
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # bool is not an int here
+
+
+def _is_real(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_tensor(value: object, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and value.dtype == dtype
+        and (tuple(value.shape) == shape if shape is not None else value.dim() == 1)
+    )
+
+
+def series_problem(history: object, balance: object) -> str | None:
+    """Why a loss history and a gradient-balance series are ill-formed, or ``None`` if they are well-formed.
+
+    Args:
+        history: one ``{"loss": total, <component>: value, ...}`` per iteration (numbers).
+        balance: one ``{stage: {statistic: number or None}}`` per iteration (or none at all).
+
+    Returns:
+        The reason as a phrase, or ``None``.
+    """
+    if not isinstance(history, list):
+        return f"'history' must be a list, got {type(history).__name__}"
+    for index, row in enumerate(history):
+        if not (
+            isinstance(row, dict) and "loss" in row and all(type(k) is str and _is_real(v) for k, v in row.items())
+        ):
+            return f"'history' entry #{index} must map 'loss' and other names to numbers, got {_short(row)}"
+    if not isinstance(balance, list):
+        return f"'gradient_balance' must be a list, got {type(balance).__name__}"
+    for index, row in enumerate(balance):
+        if not (
+            isinstance(row, dict)
+            and all(
+                type(stage) is str
+                and isinstance(stats, dict)
+                and all(type(k) is str and (v is None or _is_real(v)) for k, v in stats.items())
+                for stage, stats in row.items()
+            )
+        ):
+            return (
+                f"'gradient_balance' entry #{index} must map stages to {{statistic: number or null}}, got {_short(row)}"
+            )
+    return None
+
+
+def _metrics_problem(metrics: object) -> str | None:
+    from balanced_l1.experiments.evaluate import METRICS
+
+    if not isinstance(metrics, dict):
+        return f"'metrics' must be an object, got {type(metrics).__name__}"
+    for name in METRICS:
+        if not _is_real(metrics.get(name)):
+            return f"'metrics' needs {name!r} as a number, got {_short(metrics.get(name))}"
+    curve = metrics.get("ap_per_iou")
+    if not (isinstance(curve, list) and len(curve) == 10 and all(_is_real(v) for v in curve)):
+        return f"'metrics' needs 'ap_per_iou' as a list of 10 numbers, got {_short(curve)}"
+    return None
+
+
+def run_record_problem(record: object) -> str | None:
+    """Why a finished-run record (``runs/<arm>_seed<s>.json``) is ill-formed, or ``None`` if it is well-formed.
+
+    A record is an object with ``fingerprint`` (an object), ``metrics`` (``AP`` ... ``APl`` numbers and
+    ``ap_per_iou``, 10 numbers), ``history`` and ``gradient_balance`` (see :func:`series_problem`).
+
+    Args:
+        record: the parsed JSON.
+
+    Returns:
+        The reason as a phrase, or ``None``.
+    """
+    if not isinstance(record, dict):
+        return f"the top level must be an object, got {type(record).__name__}"
+    missing = [key for key in ("fingerprint", "metrics", "history", "gradient_balance") if key not in record]
+    if missing:
+        return f"it has no {', '.join(repr(key) for key in missing)}"
+    if not isinstance(record["fingerprint"], dict):
+        return f"'fingerprint' must be an object, got {type(record['fingerprint']).__name__}"
+    return _metrics_problem(record["metrics"]) or series_problem(record["history"], record["gradient_balance"])
+
+
+def _rng_problem(state: object) -> str | None:
+    if not isinstance(state, dict):
+        return f"must be a dictionary, got {type(state).__name__}"
+    if not _is_tensor(state.get("torch"), torch.uint8, tuple(torch.get_rng_state().shape)):
+        return f"'torch' must be torch's generator state (uint8, 1-D), got {_short(state.get('torch'))}"
+    numpy = state.get("numpy")
+    if not (
+        isinstance(numpy, dict)
+        and numpy.get("kind") == "MT19937"
+        and _is_tensor(numpy.get("keys"), torch.int64, (_NUMPY_KEYS,))
+        and bool(((numpy["keys"] >= 0) & (numpy["keys"] < 1 << 32)).all())
+        and _is_int(numpy.get("pos"))
+        and 0 <= numpy["pos"] <= _NUMPY_KEYS
+    ):
+        return f"'numpy' must be NumPy's MT19937 state (kind, 624 32-bit keys, pos), got {_short(numpy)}"
+    gauss = state.get("numpy_gauss")
+    if not (isinstance(gauss, list) and len(gauss) == 2 and gauss[0] in (0, 1) and _is_int(gauss[0])):
+        return f"'numpy_gauss' must be [0 or 1, number], got {_short(gauss)}"
+    if not _is_real(gauss[1]):
+        return f"'numpy_gauss' must be [0 or 1, number], got {_short(gauss)}"
+    python = state.get("python")
+    if not (
+        isinstance(python, list)
+        and len(python) == 3
+        and python[0] == random.getstate()[0]
+        and _is_int(python[0])
+        and isinstance(python[1], list)
+        and len(python[1]) == _PYTHON_STATE
+        and all(_is_int(v) and 0 <= v < 1 << 32 for v in python[1])
+        and python[1][-1] <= _NUMPY_KEYS
+        and (python[2] is None or type(python[2]) is float)
+    ):
+        return f"'python' must be Python's random state [version, 625 words, gauss], got {_short(python)}"
+    cuda = state.get("cuda")
+    if not (isinstance(cuda, list) and len(cuda) <= 1 and all(_is_tensor(t, torch.uint8) for t in cuda)):
+        return f"'cuda' must be a list of at most one CUDA generator state (uint8, 1-D), got {_short(cuda)}"
+    return None
+
+
+def _structure_problem(ckpt: dict[str, Any], world_size: int, iters: int | None) -> str | None:
+    kinds = {
+        "iteration": int,
+        "model": dict,
+        "optimizer": dict,
+        "scaler": dict,
+        "rng": list,
+        "history": list,
+        "gradient_balance": list,
+    }
+    for key, kind in kinds.items():
+        if key not in ckpt:
+            return f"it has no {key!r}"
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            return f"{key!r} must be a {kind.__name__}, got {type(ckpt[key]).__name__}"
+    model = ckpt["model"]
+    bad = next((k for k, v in model.items() if type(k) is not str or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        return f"'model' must map parameter names to tensors, got {_short(bad)}: {_short(model[bad])}"
+    optimizer = ckpt["optimizer"]
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
+        return "'optimizer' must hold a 'state' dictionary and a 'param_groups' list"
+    if len(ckpt["rng"]) != world_size:
+        return None  # told apart by load_checkpoint: another number of processes
+    for rank, state in enumerate(ckpt["rng"]):
+        problem = _rng_problem(state)
+        if problem is not None:
+            return f"the random state of rank {rank}: {problem}"
+    problem = series_problem(ckpt["history"], ckpt["gradient_balance"])
+    if problem is not None:
+        return problem
+    sample = ckpt.get("roi_sample")  # optional: the RoI head's positives kept so far, one row of 12 numbers each
+    if sample is not None and not (
+        isinstance(sample, torch.Tensor) and sample.is_floating_point() and sample.dim() == 2 and sample.shape[1] == 12
+    ):
+        return f"'roi_sample' must be a floating-point tensor of 12 columns, got {_short(sample)}"
+    iteration = ckpt["iteration"]
+    if iteration < 0 or (iters is not None and iteration > iters):
+        bound = f"0 to {iters}" if iters is not None else ">= 0"
+        return f"'iteration' must be {bound} (this run's length), got {iteration}"
+    if len(ckpt["history"]) != iteration:
+        return f"'iteration' is {iteration} but 'history' has {len(ckpt['history'])} entries"
+    if len(ckpt["gradient_balance"]) not in (0, iteration):
+        return f"'iteration' is {iteration} but 'gradient_balance' has {len(ckpt['gradient_balance'])} entries"
+    return None
+
+
+def _run_length(fingerprint: dict[str, Any]) -> int | None:
+    settings = fingerprint.get("settings") if isinstance(fingerprint, dict) else None
+    if isinstance(settings, dict) and settings.get("epochs") is None and _is_int(settings.get("iters")):
+        return int(settings["iters"])
+    return None  # set in epochs: the length depends on the number of images, which the fingerprint does not hold
+
+
+def load_checkpoint(
+    path: Path, fingerprint: dict[str, Any], world_size: int, *, iters: int | None = None
+) -> Checkpoint:
+    """Read a checkpoint without running code and check it belongs to this run and is well-formed.
 
     Args:
         path: the checkpoint file.
         fingerprint: the settings of the run that wants to resume.
         world_size: the number of processes of the run that wants to resume.
+        iters: the run's length in iterations, the largest ``iteration`` accepted; by default the fingerprint's
+            ``iters`` setting when the run's length is set in iterations.
 
     Returns:
-        The checkpoint dictionary.
+        The checkpoint dictionary, with the ``path`` it was read from.
 
     Raises:
-        CheckpointMismatchError: if the file is truncated, empty, not a checkpoint, holds anything but plain
-            data (a pickle that would run code), or was written with other settings or another number of processes.
+        CheckpointMismatchError: if the file is not a regular file or over :data:`MAX_CHECKPOINT_BYTES` (refused
+            before it is opened), truncated, empty, not a checkpoint, holds anything but plain data (a pickle that
+            would run code), was written with other settings or another number of processes, or lacks a key or
+            holds one of the wrong type, an iteration out of range or a history of another length.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        handle = open_regular_file(
+            path, MAX_CHECKPOINT_BYTES, "checkpoint", why="see balanced_l1.experiments.checkpoint.MAX_CHECKPOINT_BYTES"
+        )
+    except UnreadableFileError as err:
+        raise CheckpointMismatchError(f"{err}. {_NEXT_STEP}") from None
+    try:
+        with handle:
+            ckpt = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = _unpickling_reason(str(err))
         if "GLOBAL" in reason or "global" in reason:
             raise CheckpointMismatchError(
-                f"{path}: refused: it is not a plain-data checkpoint ({reason}); nothing in it was run. "
-                "Delete it (or use another --out) to start this run over."
+                f"{path}: refused: it is not a plain-data checkpoint ({reason}); nothing in it was run. {_NEXT_STEP}"
             ) from None
         raise CheckpointMismatchError(
-            f"{path}: cannot read the checkpoint ({reason}); it is truncated or not a checkpoint. "
-            "Delete it (or use another --out) to start this run over."
+            f"{path}: cannot read the checkpoint ({reason}); it is truncated or not a checkpoint. {_NEXT_STEP}"
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointMismatchError(
             f"{path}: cannot read the checkpoint ({type(err).__name__}: {err}); it is truncated or not a checkpoint. "
-            "Delete it (or use another --out) to start this run over."
+            f"{_NEXT_STEP}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         version = ckpt.get("version") if isinstance(ckpt, dict) else None
         raise CheckpointMismatchError(
-            f"{path}: not a checkpoint of this version ({version!r}, expected {CHECKPOINT_VERSION}); "
+            f"{path}: not a checkpoint of this version ({_short(version)}, expected {CHECKPOINT_VERSION}); "
             "delete it or use another --out"
         )
     if ckpt.get("fingerprint") != fingerprint:
@@ -115,8 +344,119 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any], world_size: int) ->
             f"{path}: written by a run with other settings ({ckpt.get('fingerprint')}); this run has {fingerprint}. "
             "Use another --out or run without --resume to start over."
         )
+    problem = _structure_problem(ckpt, world_size, _run_length(fingerprint) if iters is None else iters)
+    if problem is not None:
+        raise CheckpointMismatchError(f"{path}: not a well-formed checkpoint: {problem}. {_NEXT_STEP}")
     if len(ckpt["rng"]) != world_size:
         raise CheckpointMismatchError(
             f"{path}: written by {len(ckpt['rng'])} process(es); resume it with the same number, not {world_size}"
         )
-    return ckpt
+    return Checkpoint(ckpt, path)
+
+
+# --- loading it into a run ------------------------------------------------------------------------------------------
+
+
+def _model_problem(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> str | None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in saved]
+    if missing:
+        return f"'model' has no {missing[0]!r}" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+    unexpected = [k for k in saved if k not in expected]
+    if unexpected:
+        return f"'model' has {unexpected[0]!r}, which this model has not"
+    for key, tensor in expected.items():
+        if saved[key].shape != tensor.shape:
+            return f"'model' {key!r} has shape {list(saved[key].shape)}, this model's has {list(tensor.shape)}"
+    return None
+
+
+def _same(a: object, b: object) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _optimizer_problem(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> str | None:
+    fresh = optimizer.state_dict()["param_groups"]
+    groups = saved["param_groups"]
+    if len(groups) != len(fresh):
+        return f"'optimizer' has {len(groups)} parameter group(s), this run's has {len(fresh)}"
+    shapes: dict[int, torch.Size] = {}
+    for index, (group, mine) in enumerate(zip(groups, fresh, strict=True)):
+        if not isinstance(group, dict) or not _same(group.get("params"), mine["params"]):
+            return f"'optimizer' parameter group {index} is not this run's ({_short(group)})"
+        lr = group.get("lr")
+        if not (_is_real(lr) and math.isfinite(lr) and lr >= 0):
+            return f"'optimizer' parameter group {index} has learning rate {_short(lr)}"
+        for key, value in group.items():  # the hyperparameters come from the settings, which the fingerprint holds
+            if key not in ("lr", "params") and key in mine and not _same(value, mine[key]):
+                return f"'optimizer' parameter group {index} has {key} = {_short(value)}, this run's is {mine[key]!r}"
+        params = [p for p in optimizer.param_groups[index]["params"]]
+        shapes.update((i, p.shape) for i, p in zip(mine["params"], params, strict=True))
+    for key, state in saved["state"].items():
+        if key not in shapes or not isinstance(state, dict):
+            return f"'optimizer' holds a state for {_short(key)}, which is no parameter of this run"
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != shapes[key]:
+                return (
+                    f"'optimizer' {name} of parameter {key} has shape {list(value.shape)}, "
+                    f"the parameter's is {list(shapes[key])}"
+                )
+            if not (value is None or isinstance(value, torch.Tensor) or _is_real(value)):
+                return f"'optimizer' {name} of parameter {key} is {_short(value)}"
+    return None
+
+
+def _scaler_problem(saved: dict[str, Any], scaler: torch.amp.GradScaler) -> str | None:
+    if not scaler.is_enabled():
+        return None  # a disabled scaler ignores its state
+    expected = scaler.state_dict()
+    if set(saved) != set(expected):
+        return f"'scaler' has keys {sorted(saved)}, an enabled grad scaler's are {sorted(expected)}"
+    bad = next((k for k, v in saved.items() if not (_is_real(v) and math.isfinite(v) and v >= 0)), None)
+    if bad is not None:
+        return f"'scaler' {bad} is {_short(saved[bad])}"
+    return None
+
+
+def restore_checkpoint(
+    ckpt: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rank: int,
+    device: torch.device,
+) -> None:
+    """Load a checkpoint from :func:`load_checkpoint` into a run: weights, optimizer, grad scaler, random states.
+
+    Each part is checked against what it is loaded into before anything is loaded (the model's parameter names
+    and shapes, the optimizer's groups, hyperparameters and state shapes, the scaler's keys); an error while
+    loading is reported the same way.
+
+    Args:
+        ckpt: the checkpoint (its ``path``, when it has one, names it in messages).
+        model: the run's model.
+        optimizer: the run's optimizer, over the model's parameters.
+        scaler: the run's grad scaler.
+        rank: this process's rank, whose random states are restored.
+        device: this process's device.
+
+    Raises:
+        CheckpointMismatchError: naming the file and what does not fit.
+    """
+    path = getattr(ckpt, "path", "checkpoint")
+    problem = (
+        _model_problem(ckpt["model"], model)
+        or _optimizer_problem(ckpt["optimizer"], optimizer)
+        or _scaler_problem(ckpt["scaler"], scaler)
+    )
+    if problem is not None:
+        raise CheckpointMismatchError(f"{path}: does not fit this run: {problem}. {_NEXT_STEP}")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"][rank], device)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as err:
+        raise CheckpointMismatchError(
+            f"{path}: does not fit this run ({type(err).__name__}: {err}). {_NEXT_STEP}"
+        ) from None

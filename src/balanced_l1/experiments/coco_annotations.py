@@ -1,10 +1,13 @@
 """Reading a COCO detection annotation file: validate every field, then clean what real COCO contains.
 
-Validation refuses (:class:`DataError` naming the file and the reason) a file that is missing, not JSON, nested
-too deep, or whose ``images`` (integer ``id``, relative ``file_name``, positive integer ``width`` and ``height``),
+Validation refuses (:class:`DataError` naming the file and the reason) a file that is missing, not a regular file
+(a FIFO, a device, a folder: refused by kind before it is opened), larger than :data:`MAX_ANNOTATION_BYTES`, not
+JSON, nested too deep, holding an integer of more digits than Python converts, or whose ``images`` (integer ``id``,
+relative ``file_name`` that a file system can name, integer ``width`` and ``height`` in ``[1, MAX_IMAGE_SIDE]``),
 ``categories`` (integer ``id``, string ``name``) or ``annotations`` (known ``image_id`` and ``category_id``,
 ``bbox`` of four finite numbers with width and height >= 0, optional positive integer ``id``, finite ``area`` >= 0,
-``iscrowd`` 0 or 1) are ill-formed. Cleaning then does what torchvision's detection references and mmdetection do
+``iscrowd`` 0 or 1) are ill-formed. Every id must fit in a signed 64-bit integer (the ``int64`` arrays and
+tensors that carry them), as COCO's do. Cleaning then does what torchvision's detection references and mmdetection do
 with real COCO, and counts it:
 
 * a box of zero width or height is dropped (``degenerate_boxes_dropped``);
@@ -28,11 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from balanced_l1._files import UnreadableFileError, format_size, read_regular_file
 from balanced_l1.experiments.data_errors import DataError, ImageReadError
 from balanced_l1.experiments.images import file_name_problem
 from balanced_l1.params import check_number
 
 _KEPT_FIELDS = frozenset(("id", "image_id", "category_id", "bbox", "area", "iscrowd"))
+
+MAX_ANNOTATION_BYTES = 4 << 30
+"""The largest annotation file read: 4 GiB. COCO's largest, ``instances_train2017.json``, is 448 MB (about a tenth
+of it); parsed, a JSON file takes several times its size in memory, so a larger file would exhaust a typical
+machine before it were read, and is much more likely a wrong path (an archive, a disk image) than annotations."""
+
+MAX_IMAGE_SIDE = 1 << 20
+"""The largest ``width`` or ``height`` accepted: 1048576 pixels. JPEG's largest side is 65535; a side of 2**20 is
+already over Pillow's decompression-bomb limit (about 89 million pixels) for any image over 85 pixels across."""
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_WHY_LIMIT = f"COCO's train2017 annotations are {format_size(448 * 10**6)}; see MAX_ANNOTATION_BYTES"
 
 
 @dataclass(frozen=True)
@@ -50,13 +66,13 @@ class CleanAnnotations:
     sha256: str
 
 
-def _is_int(value: object, minimum: int | None = None) -> bool:
-    """Whether a JSON value is an integer (``true`` is not) of at least ``minimum``, by the package's one checker."""
+def _is_int(value: object, minimum: int | None = None, maximum: int | None = None) -> bool:
+    """Whether a JSON value is an integer (``true`` is not) in ``[minimum, maximum]`` and in the int64 range."""
     try:
-        check_number("value", value, minimum=minimum, integer=True)
+        check_number("value", value, minimum=minimum, maximum=maximum, integer=True)
     except (TypeError, ValueError):
         return False
-    return True
+    return _INT64[0] <= value <= _INT64[1]  # type: ignore[operator]
 
 
 def _is_number(value: object, minimum: float | None = None) -> bool:
@@ -66,6 +82,12 @@ def _is_number(value: object, minimum: float | None = None) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters for a message (a field may hold a 4000-digit integer)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
 def _require_list(doc: dict[str, Any], key: str, where: Path) -> list[Any]:
@@ -81,7 +103,9 @@ def _check_categories(categories: list[Any], where: Path) -> list[dict[str, Any]
     ids: set[int] = set()
     for cat in categories:
         if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
-            raise DataError(f"{where}: every category needs an integer 'id' and a string 'name', got {cat!r}")
+            raise DataError(
+                f"{where}: every category needs an integer 'id' (64-bit) and a string 'name', got {_short(cat)}"
+            )
         if cat["id"] in ids:
             raise DataError(f"{where}: category id {cat['id']} appears twice")
         ids.add(cat["id"])
@@ -92,11 +116,14 @@ def _check_images(images: list[Any], where: Path) -> dict[int, dict[str, Any]]:
     by_id: dict[int, dict[str, Any]] = {}
     for info in images:
         if not isinstance(info, dict) or not _is_int(info.get("id")) or not isinstance(info.get("file_name"), str):
-            raise DataError(f"{where}: every image needs an integer 'id' and a string 'file_name', got {info!r}")
+            raise DataError(
+                f"{where}: every image needs an integer 'id' (64-bit) and a string 'file_name', got {_short(info)}"
+            )
         for key in ("width", "height"):
-            if not _is_int(info.get(key), minimum=1):
+            if not _is_int(info.get(key), minimum=1, maximum=MAX_IMAGE_SIDE):
                 raise DataError(
-                    f"{where}: image {info['file_name']!r} needs a positive integer {key!r}, got {info.get(key)!r}"
+                    f"{where}: image {info['file_name']!r} needs a positive integer {key!r} (at most "
+                    f"{MAX_IMAGE_SIDE} pixels), got {_short(info.get(key))}"
                 )
         if info["id"] in by_id:
             raise DataError(f"{where}: image id {info['id']} appears twice")
@@ -109,17 +136,19 @@ def _check_images(images: list[Any], where: Path) -> dict[int, dict[str, Any]]:
 
 def _check_annotation(ann: Any, index: int, images: dict[int, dict[str, Any]], cats: set[int], where: Path) -> None:
     if not isinstance(ann, dict):
-        raise DataError(f"{where}: annotation #{index} must be an object, got {ann!r}")
+        raise DataError(f"{where}: annotation #{index} must be an object, got {_short(ann)}")
     image_id = ann.get("image_id")
     if not _is_int(image_id) or image_id not in images:
-        raise DataError(f"{where}: annotation #{index} refers to unknown image_id {image_id!r}")
+        raise DataError(f"{where}: annotation #{index} refers to unknown image_id {_short(image_id)}")
     category_id = ann.get("category_id")
     if not _is_int(category_id) or category_id not in cats:
-        raise DataError(f"{where}: annotation #{index} has unknown category_id {category_id!r}; known: {sorted(cats)}")
+        raise DataError(
+            f"{where}: annotation #{index} has unknown category_id {_short(category_id)}; known: {_short(sorted(cats))}"
+        )
     bbox = ann.get("bbox")
     if type(bbox) is not list or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         raise DataError(
-            f"{where}: annotation #{index} needs 'bbox' = [x, y, width, height] of 4 finite numbers, got {bbox!r}"
+            f"{where}: annotation #{index} needs 'bbox' = [x, y, width, height] of 4 finite numbers, got {_short(bbox)}"
         )
     if bbox[2] < 0 or bbox[3] < 0:
         raise DataError(
@@ -128,11 +157,14 @@ def _check_annotation(ann: Any, index: int, images: dict[int, dict[str, Any]], c
         )
     if "id" in ann and not _is_int(ann["id"], minimum=1):
         # pycocotools marks an unmatched box with id 0, so an annotation with id 0 could never be matched
-        raise DataError(f"{where}: annotation #{index} needs a positive integer 'id' if given, got {ann['id']!r}")
+        raise DataError(
+            f"{where}: annotation #{index} needs a positive integer 'id' if given (at most 2**63 - 1), "
+            f"got {_short(ann['id'])}"
+        )
     if "area" in ann and not _is_number(ann["area"], minimum=0.0):
-        raise DataError(f"{where}: annotation #{index} needs a finite 'area' >= 0 if given, got {ann['area']!r}")
+        raise DataError(f"{where}: annotation #{index} needs a finite 'area' >= 0 if given, got {_short(ann['area'])}")
     if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
-        raise DataError(f"{where}: annotation #{index} needs 'iscrowd' 0 or 1 if given, got {ann['iscrowd']!r}")
+        raise DataError(f"{where}: annotation #{index} needs 'iscrowd' 0 or 1 if given, got {_short(ann['iscrowd'])}")
 
 
 def _clip(bbox: list[float], width: int, height: int) -> list[float] | None:
@@ -148,7 +180,7 @@ def _clip(bbox: list[float], width: int, height: int) -> list[float] | None:
 def _parse(data: bytes, where: Path) -> dict[str, Any]:
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # also UnicodeDecodeError, and an integer of more digits than Python converts
         raise DataError(f"{where}: not a readable JSON file ({err})") from None
     except RecursionError:
         raise DataError(f"{where}: not a readable JSON file (nested too deeply)") from None
@@ -187,6 +219,8 @@ def _clean(
         for key in [k for k in ann if k not in _KEPT_FIELDS]:
             del ann[key]
         if "id" not in ann:
+            if next_id > _INT64[1]:
+                raise DataError(f"{where}: no 64-bit id is left after the largest given annotation id {next_id - 1}")
             ann["id"], next_id = next_id, next_id + 1
         ann["bbox"] = bbox
         ann.setdefault("area", bbox[2] * bbox[3])
@@ -205,16 +239,16 @@ def read_coco_annotations(path: str | os.PathLike[str]) -> CleanAnnotations:
         The cleaned annotations, the counts of what cleaning did and the file's SHA-256.
 
     Raises:
-        DataError: naming the file and the reason, for a missing, unreadable or malformed file or field.
-        ImageReadError: (a ``DataError``) for an image ``file_name`` that is absolute or escapes with ``..``.
+        DataError: naming the file and the reason, for a missing, unreadable or malformed file or field, a path
+            that is not a regular file (refused before it is opened) or a file over :data:`MAX_ANNOTATION_BYTES`.
+        ImageReadError: (a ``DataError``) for an image ``file_name`` that is absolute, escapes with ``..`` or cannot
+            be encoded as a file name.
     """
     where = Path(path)
     try:
-        data = where.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{where}: annotation file not found") from None
-    except OSError as err:
-        raise DataError(f"{where}: cannot read the annotation file ({err.strerror or err})") from None
+        data = read_regular_file(where, MAX_ANNOTATION_BYTES, "annotation file", why=_WHY_LIMIT)
+    except UnreadableFileError as err:
+        raise DataError(str(err)) from None
     doc = _parse(data, where)
     categories = _check_categories(_require_list(doc, "categories", where), where)
     cat_ids = {cat["id"] for cat in categories}

@@ -12,6 +12,12 @@ files are refused), so memory grows with the annotations, not with the images.
     PATH/annotations/train.json    annotations of the training split
     PATH/annotations/val.json      annotations of the held-out split
     PATH/images/<file_name>        every image named by either file
+
+Symbolic links: a path given (``ann_file``, ``image_root``, the folder ``PATH``) is used as given, links and all.
+What is found inside ``PATH`` (``annotations/``, ``images/`` and the two annotation files) may be a symbolic link
+only if it resolves to a place inside ``PATH``, unless ``follow_symlinks`` (``--follow-symlinks``) allows links
+that lead out of it. Inside an image folder, images and their subfolders may not be links at all without
+``follow_symlinks`` (see :mod:`balanced_l1.experiments.images`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from balanced_l1._files import write_json_atomically
+from balanced_l1._files import link_leaving, write_json_atomically
 from balanced_l1.experiments.coco_annotations import read_coco_annotations
 from balanced_l1.experiments.data_errors import DataError, ImageReadError
 from balanced_l1.experiments.datasets import DetectionDataset, SplitSamples
@@ -132,7 +138,8 @@ def load_coco_split(
     """
     root = Path(image_root)
     if not root.is_dir():
-        raise DataError(f"{root}: image folder not found (the images of {ann_file})")
+        found = "is not a folder" if os.path.lexists(root) else "not found"
+        raise DataError(f"{root}: image folder {found} (the images of {ann_file})")
     clean = read_coco_annotations(ann_file)
     infos = clean.coco["images"]
     images = FileImages(
@@ -195,27 +202,38 @@ def load_coco_dataset(
 def load_coco_folder(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> dict[str, DetectionSplit]:
     """Load the single-folder layout of the module docstring (see :func:`load_coco_dataset`).
 
+    ``annotations/``, ``images/`` and the annotation files may be symbolic links that stay inside ``path``;
+    one that leads out of it is refused unless ``follow_symlinks``.
+
     Args:
         path: the folder holding ``annotations/{train,val}.json`` and ``images/``.
-        follow_symlinks: allow symbolic links among the images.
+        follow_symlinks: allow symbolic links among the images, and ones that lead out of ``path``.
 
     Returns:
         ``{"train": DetectionSplit, "val": DetectionSplit}``.
 
     Raises:
-        DataError: for a missing folder, or as :func:`load_coco_dataset`.
+        DataError: for a missing folder, a link out of ``path`` without ``follow_symlinks``, or as
+            :func:`load_coco_dataset`.
     """
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
     ann = root / "annotations"
+    images = root / "images"
     for split in SPLITS:
-        if not (ann / f"{split}.json").is_file():
+        if not os.path.lexists(ann / f"{split}.json"):
             raise DataError(
                 f"{ann / f'{split}.json'}: annotation file not found "
                 "(expected layout: PATH/annotations/{train,val}.json and PATH/images/)"
             )
-    images = root / "images"
+    for entry in (ann, images, *(ann / f"{split}.json" for split in SPLITS)):
+        target = None if follow_symlinks else link_leaving(root, entry)
+        if target is not None:
+            raise DataError(
+                f"{entry}: a symbolic link that leads out of the data folder {root} (to {target}); links out of "
+                "it are refused unless you allow them (--follow-symlinks, follow_symlinks=True)"
+            )
     return load_coco_dataset(ann / "train.json", images, ann / "val.json", images, follow_symlinks=follow_symlinks)
 
 

@@ -1,7 +1,8 @@
 """Reading one image safely: only regular files inside the image root, decoded by Pillow into RGB ``uint8``.
 
 An image path is ``root / file_name``. It is refused (:class:`ImageReadError` naming the entry) when
-``file_name`` is absolute or has ``..`` components, when an entry on the way is a symbolic link (unless
+``file_name`` is absolute, has ``..`` components or a character no file name can hold (a lone surrogate such as
+``"\ud800"``, which JSON allows), when an entry on the way is a symbolic link (unless
 ``follow_symlinks``), and when the file is not a regular file: the file is opened non-blocking and checked with
 ``fstat`` before a byte is read, so a FIFO can never hang a run. Decoding follows Pillow, with these rules:
 
@@ -25,16 +26,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image
 
+from balanced_l1._files import file_kind
 from balanced_l1.experiments.data_errors import ImageReadError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 
 
 def file_name_problem(file_name: str) -> str | None:
@@ -50,15 +45,15 @@ def file_name_problem(file_name: str) -> str | None:
         return "is empty"
     if "\x00" in file_name:
         return "contains a NUL character"
+    try:
+        os.fsencode(file_name)
+    except UnicodeError:  # a lone surrogate such as "\ud800", which JSON allows and no file system can name
+        return "cannot be encoded as a file name on this system (a lone surrogate or another unencodable character)"
     if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).anchor:
         return "is an absolute path; file names must be relative to the image folder"
     if ".." in PurePosixPath(file_name.replace("\\", "/")).parts:
         return "has a '..' component that escapes the image folder"
     return None
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def _check_no_symlinks(root: Path, file_name: str) -> None:
@@ -99,7 +94,7 @@ def _read_bytes(root: Path, file_name: str, follow_symlinks: bool) -> bytes:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise ImageReadError(f"{path}: the image is {_kind(mode)}, not a regular file")
+        raise ImageReadError(f"{path}: the image is {file_kind(mode)}, not a regular file")
     with os.fdopen(fd, "rb") as handle:
         try:
             return handle.read()

@@ -301,6 +301,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     from balanced_l1._files import UnreadableFileError, read_regular_file
 
     where = Path(path)
+    if not where.exists():
+        raise ConfigError(f"{where}: cannot read the config file (no such file)")
     try:
         text = read_regular_file(where, 1 << 20, "config file", why="all the settings take about 4 KiB").decode()
     except UnreadableFileError as err:

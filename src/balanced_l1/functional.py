@@ -273,10 +273,29 @@ class _FirstOrderOnly(torch.autograd.Function):
         )
 
 
+#: The dtypes a ``weight`` may have besides the floating ones: real numbers that promote to the loss's dtype.
+_WEIGHT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_layout(name: str, value: Tensor) -> None:
+    """Refuse sparse and nested tensors, which the element-wise kernels cannot take, naming the layout."""
+    if value.is_nested:
+        raise TypeError(
+            f"{name} must be a dense tensor (layout torch.strided, not nested), got a nested tensor of layout "
+            f"{value.layout}; pad it into a dense tensor (torch.nested.to_padded_tensor) or concatenate its components"
+        )
+    if value.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense tensor (layout torch.strided), got layout {value.layout}; "
+            "convert it with .to_dense()"
+        )
+
+
 def _check_tensors(pred: object, target: object, weight: object) -> None:
     for name, value in (("pred", pred), ("target", target)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        _check_layout(name, value)
         if not value.is_floating_point():
             raise TypeError(
                 f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {value.dtype}"
@@ -291,6 +310,10 @@ def _check_tensors(pred: object, target: object, weight: object) -> None:
         return
     if not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+    _check_layout("weight", weight)
+    if not (weight.is_floating_point() or weight.dtype in _WEIGHT_DTYPES):
+        why = " (a complex weight would make the loss complex)" if weight.is_complex() else ""
+        raise TypeError(f"weight must be a real tensor (floating, integer or bool), got {weight.dtype}{why}")
     try:
         broadcast = torch.broadcast_shapes(weight.shape, pred.shape)
     except RuntimeError:
@@ -369,7 +392,9 @@ def balanced_l1_loss(
         alpha: inlier gradient scale, finite and > 0.
         gamma: outlier gradient (cap), finite and > 0.
         beta: inflection point, finite and > 0 (Libra RetinaNet uses 0.11).
-        weight: optional tensor broadcastable to ``pred``'s shape; multiplies the element-wise loss.
+        weight: optional real tensor (floating, integer or bool) broadcastable to ``pred``'s shape;
+            multiplies the element-wise loss. ``pred``, ``target`` and ``weight`` must be dense
+            (strided) tensors: sparse and nested ones raise ``TypeError``.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         avg_factor: with ``"mean"``, divide the (weighted) sum by ``avg_factor + eps`` instead of the
             number of elements (as mmdetection does). A number or a 0-dim tensor (never read on the

@@ -116,6 +116,10 @@ def _check_inputs(pred: object, target: object, weight: object) -> None:
         return
     if not isinstance(weight, (jax.Array, np.ndarray)):
         raise TypeError(f"weight must be a jax.Array, numpy.ndarray or None, got {type(weight).__name__}")
+    if not any(jnp.issubdtype(weight.dtype, kind) for kind in (jnp.floating, jnp.integer, jnp.bool_)):
+        complex_weight = jnp.issubdtype(weight.dtype, jnp.complexfloating)
+        why = " (a complex weight would make the loss complex)" if complex_weight else ""
+        raise TypeError(f"weight must be a real array (floating, integer or bool), got {weight.dtype}{why}")
     try:
         broadcast: tuple[int, ...] | None = jnp.broadcast_shapes(weight.shape, pred_shape)
     except ValueError:
@@ -185,7 +189,8 @@ def balanced_l1_loss(
         alpha: inlier gradient scale, finite and > 0.
         gamma: outlier gradient (cap), finite and > 0.
         beta: inflection point, finite and > 0 (Libra RetinaNet uses 0.11).
-        weight: optional array broadcastable to ``pred``'s shape; multiplies the element-wise loss.
+        weight: optional real array (floating, integer or bool) broadcastable to ``pred``'s shape; multiplies
+            the element-wise loss.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         avg_factor: with ``"mean"``, divide the (weighted) sum by ``avg_factor + eps`` instead of the
             number of elements (as mmdetection does). A number or a 0-dim array (may be traced).

@@ -25,6 +25,7 @@ from balanced_l1.params import BalancedL1Params, DtypeRange, inlier_threshold
 __all__ = ["BalancedL1Loss", "balanced_l1_loss"]
 
 _HALF_DTYPES = ("float16", "bfloat16")
+_LOSS_PARAMETERS = ("alpha", "gamma", "beta", "formulation")
 
 
 def _check_shapes(y_true: Any, y_pred: Any) -> None:
@@ -138,6 +139,9 @@ class BalancedL1Loss(keras.losses.Loss):
         name: the loss's name.
         dtype: the dtype of the computation and of the result (Keras' default: ``floatx()``).
 
+    ``alpha``, ``gamma``, ``beta`` and ``formulation`` are attributes; an assignment after construction
+    is checked at once by the constructor's rules (``gamma / alpha <= 80`` included).
+
     Example:
         >>> import numpy as np
         >>> from balanced_l1.keras import BalancedL1Loss
@@ -158,8 +162,15 @@ class BalancedL1Loss(keras.losses.Loss):
     ) -> None:
         params = BalancedL1Params(alpha, gamma, beta, formulation)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.alpha, self.gamma, self.beta = params.alpha, params.gamma, params.beta
-        self.formulation = params.formulation
+        # checked together above; __setattr__ checks each later assignment against the others
+        self.__dict__.update(alpha=params.alpha, gamma=params.gamma, beta=params.beta, formulation=params.formulation)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Check ``alpha``, ``gamma``, ``beta`` or ``formulation`` assigned later by the constructor's rules."""
+        if name in _LOSS_PARAMETERS:
+            current = {key: self.__dict__[key] for key in _LOSS_PARAMETERS}
+            value = getattr(BalancedL1Params(**{**current, name: value}), name)
+        super().__setattr__(name, value)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-sample loss; ``keras.losses.Loss.__call__`` applies ``sample_weight`` and the reduction."""

@@ -279,6 +279,32 @@ def _check_fits(params: BalancedL1Params, compute: DtypeRange, gradient: DtypeRa
 _check_fits_cached = functools.lru_cache(maxsize=256)(_check_fits)
 
 
+def check_loss_weight_fits(
+    loss_weight: float, params: BalancedL1Params, result: DtypeRange, gradient: DtypeRange
+) -> None:
+    """Raise ``ValueError`` if multiplying by ``loss_weight`` can turn a finite loss or gradient into inf (or 0).
+
+    A nonzero ``loss_weight`` must be a positive number of the result's dtype (from its smallest
+    positive value to its largest, as every constant of :meth:`BalancedL1Params.check_fits`), and
+    ``loss_weight * max_gradient`` must be finite in the gradient's dtype (``pred``'s).
+    """
+    if loss_weight == 0.0:
+        return
+    largest = min(result.max, gradient.max / params.max_gradient)
+    if not result.smallest <= loss_weight <= largest:
+        raise ValueError(
+            f"loss_weight = {loss_weight:.6g} does not fit a {result.name} loss with a {gradient.name} gradient: a "
+            f"nonzero loss_weight must be from {result.smallest:.3g} to {largest:.6g}, so that it is a nonzero "
+            f"{result.name} and loss_weight * the largest gradient ({params.max_gradient:.6g} with alpha="
+            f"{params.alpha!r}, gamma={params.gamma!r}, beta={params.beta!r}, formulation={params.formulation!r}) "
+            f"is finite in {gradient.name}; otherwise finite inputs would give inf (or 0). Use float64 inputs or a "
+            "loss_weight in that range"
+        )
+
+
+_check_loss_weight_fits_cached = functools.lru_cache(maxsize=256)(check_loss_weight_fits)
+
+
 @functools.lru_cache(maxsize=256, typed=True)
 def _cached_params(alpha: object, gamma: object, beta: object, formulation: object) -> BalancedL1Params:
     return BalancedL1Params(alpha, gamma, beta, formulation)  # type: ignore[arg-type]

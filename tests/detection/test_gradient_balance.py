@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -315,9 +316,18 @@ def test_bad_models_and_settings_are_named() -> None:
     wrapped.module = FasterRCNN(nn.Conv2d(3, 8, 3), 3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"pass the bare model"):
         GradientBalanceMonitor(wrapped)
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match=f"task_balance_every must be an integer >= 1, got {bad!r}"):
+    for bad in (0, -1, np.int64(0)):
+        with pytest.raises(ValueError, match=re.escape(f"task_balance_every must be an integer >= 1, got {bad!r}")):
             GradientBalanceMonitor(_small(), task_balance_every=bad)  # type: ignore[arg-type]
+    for bad in (1.5, True, "2", np.float64(2.0)):
+        with pytest.raises(TypeError, match=re.escape(f"task_balance_every must be an integer, got {bad!r} of type")):
+            GradientBalanceMonitor(_small(), task_balance_every=bad)  # type: ignore[arg-type]
+
+
+def test_a_numpy_integer_task_balance_every_is_accepted_as_an_int() -> None:
+    monitor = GradientBalanceMonitor(_small(), task_balance_every=np.int64(2))
+    assert monitor.task_balance_every == 2 and type(monitor.task_balance_every) is int
+    monitor.remove()
 
 
 def test_an_unknown_box_loss_is_named_with_the_valid_ones_before_the_model_changes() -> None:
@@ -340,3 +350,96 @@ def test_second_half_means_skip_undefined_values() -> None:
     means = second_half_means(history)["rpn"]
     assert means["inlier_fraction"] == pytest.approx(0.5)
     assert means["box_cls_gradient_ratio"] == 2.0
+
+
+# one monitor per model; copies and pickles carry none (issue 22)
+
+
+def _one_step(model: nn.Module, monitor: GradientBalanceMonitor | None = None) -> dict | None:
+    images, targets = _batch()
+    sum(model(images, targets).values()).backward()
+    return monitor.step() if monitor is not None else None
+
+
+def test_a_second_monitor_on_the_same_model_is_refused_and_the_first_keeps_working() -> None:
+    model = _small(use_balanced_l1)
+    first = GradientBalanceMonitor(model)
+    with pytest.raises(ValueError, match=r"already has a GradientBalanceMonitor.*call remove\(\) on that monitor"):
+        GradientBalanceMonitor(model)
+    assert _one_step(model, first)["roi_heads"]["inlier_fraction"] is not None  # type: ignore[index]
+    first.remove()
+    second = GradientBalanceMonitor(model)  # after remove(), a new monitor attaches and records
+    assert _one_step(model, second)["roi_heads"]["inlier_fraction"] is not None  # type: ignore[index]
+    second.remove()
+    assert not model._forward_pre_hooks and not model.roi_heads.box_predictor._forward_hooks
+
+
+def test_a_removed_monitor_says_so_instead_of_recording_nothing() -> None:
+    model = _small()
+    monitor = GradientBalanceMonitor(model)
+    monitor.remove()
+    _one_step(model)
+    with pytest.raises(RuntimeError, match="was removed from its model"):
+        monitor.step()
+
+
+def _assert_unmonitored(model: nn.Module, classes: tuple[type, ...]) -> None:
+    assert (type(model), type(model.rpn), type(model.roi_heads), type(model.roi_heads.box_predictor)) == classes
+    for module in model.modules():
+        assert "_balanced_l1_gradient_monitor" not in module.__dict__, type(module).__name__
+        assert not module._forward_hooks and not module._forward_pre_hooks, type(module).__name__
+
+
+def _classes(model: nn.Module) -> tuple[type, ...]:
+    return type(model), type(model.rpn), type(model.roi_heads), type(model.roi_heads.box_predictor)
+
+
+def test_a_monitored_model_saves_and_pickles_without_its_monitor() -> None:
+    import io
+    import pickle
+
+    model = _small(use_balanced_l1)
+    classes = _classes(model)
+    monitor = GradientBalanceMonitor(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for loaded in (torch.load(buffer, weights_only=False), pickle.loads(pickle.dumps(model))):
+        _assert_unmonitored(loaded, classes)
+        assert loaded.roi_heads.balanced_l1_config == model.roi_heads.balanced_l1_config  # other mixins are kept
+        _one_step(loaded)
+        GradientBalanceMonitor(loaded).remove()  # and it can get a monitor of its own
+    assert _one_step(model, monitor)["roi_heads"]["inlier_fraction"] is not None  # type: ignore[index]
+
+
+@pytest.mark.parametrize("copy_first", [True, False], ids=["copy_trains_first", "copy_trains_between"])
+def test_training_a_deep_copy_leaves_the_original_monitor_alone(copy_first: bool) -> None:
+    model = _small(use_balanced_l1)
+    classes = _classes(model)
+    monitor = GradientBalanceMonitor(model)
+    twin = copy.deepcopy(model)
+    _assert_unmonitored(twin, classes)
+    images, targets = _batch()
+    if copy_first:
+        _one_step(twin)  # used to mark the original's monitor as trained, whose step() then raised
+    torch.manual_seed(5)
+    sum(model(images, targets).values()).backward()
+    if not copy_first:
+        _one_step(twin)  # between the original's backward and its step
+    record = monitor.step()
+    fresh = _small(use_balanced_l1)  # the same weights, never copied
+    fresh_monitor = GradientBalanceMonitor(fresh)
+    torch.manual_seed(5)
+    assert record == _one_step(fresh, fresh_monitor)  # the original recorded exactly its own pass
+    assert len(monitor.history) == 1
+    twin_monitor = GradientBalanceMonitor(twin)  # the copy gets a monitor of its own, which works
+    assert _one_step(twin, twin_monitor)["roi_heads"]["inlier_fraction"] is not None  # type: ignore[index]
+
+
+def test_the_monitor_itself_cannot_be_copied_or_pickled_and_says_what_to_do() -> None:
+    import pickle
+
+    monitor = GradientBalanceMonitor(_small())
+    for attempt in (copy.deepcopy, copy.copy, pickle.dumps):
+        with pytest.raises(TypeError, match=r"cannot be copied or pickled; copy or pickle the model"):
+            attempt(monitor)

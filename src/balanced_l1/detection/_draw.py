@@ -8,6 +8,16 @@ from torch import Tensor
 from balanced_l1.params import check_number
 
 
+def check_generator(generator: object) -> torch.Generator | None:
+    """Return ``generator`` if it is a ``torch.Generator`` or ``None``, else raise ``TypeError`` (a seed is not one)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {generator!r} of type {type(generator).__name__} "
+            "(for a seed, pass torch.Generator().manual_seed(seed))"
+        )
+    return generator
+
+
 def permutation(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
     """A random permutation of ``range(n)`` on ``device``, drawn from ``generator`` (torch's global one if ``None``)."""
     if generator is None:

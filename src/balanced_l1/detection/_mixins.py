@@ -12,6 +12,8 @@ original through ``super()``. Composed classes are cached per ``(base, mixin)``,
 adapted the same way shares one class, and applying a mixin that is already there returns the class
 unchanged (the operation is idempotent). Instances of composed classes deep-copy and pickle: they
 are rebuilt from the original class and the list of mixins, which are ordinary importable classes.
+A mixin with a true ``mixin_transient`` attribute (the gradient-balance monitor's, which belong to
+one model) is left out of the copy, whose state its ``__getstate__`` cleans.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def _rebuild(base: type, mixins: tuple[type, ...]) -> Any:
 
 def _reduce_ex(self: Any, protocol: int) -> tuple[Any, ...]:
     base, mixins = _recipe(type(self))
+    kept = tuple(mixin for mixin in mixins if not getattr(mixin, "mixin_transient", False))
     getstate = getattr(self, "__getstate__", None)
     state = getstate() if getstate is not None else self.__dict__
-    return _rebuild, (base, mixins), state
+    return _rebuild, (base, kept), state
 
 
 def _what(value: object) -> str:

@@ -35,6 +35,7 @@ it observes, and :meth:`step` raises if a training pass recorded nothing.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,6 +58,7 @@ from balanced_l1.detection._gradient_probes import (
     is_inlier,
 )
 from balanced_l1.detection._mixins import _with_mixin
+from balanced_l1.params import check_number
 
 __all__ = [
     "PAPER_INLIER_OUTLIER_RATIO",
@@ -123,7 +125,45 @@ def _monitor(module: Any) -> GradientBalanceMonitor | None:
     return module.__dict__.get(_MONITOR_ATTRIBUTE)
 
 
-class _MonitoredRPN(RegionProposalNetwork):
+class _MonitorHook:
+    """A forward (pre-)hook of the monitor: marked, so that a copied or pickled module leaves it behind."""
+
+    def __init__(self, function: Callable[..., None]) -> None:
+        self.function = function
+
+    def __call__(self, *args: Any) -> None:
+        self.function(*args)
+
+
+class _Monitored:
+    """Base of the monitor's mixins, and the mixin of a module it only hooks (the model, a predictor, a head).
+
+    A monitor belongs to one model: a deep copy or a pickle (``torch.save(model)``) of a monitored module
+    carries neither the monitor nor its hooks, and is rebuilt with the classes it had before the monitor
+    (``mixin_transient``), so the copy trains as an unmonitored model and can get a monitor of its own.
+    """
+
+    mixin_label = "GradientBalance"
+    mixin_transient = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = dict(super().__getstate__())  # type: ignore[misc]
+        state.pop(_MONITOR_ATTRIBUTE, None)
+        for key in ("_forward_hooks", "_forward_pre_hooks"):
+            hooks = state.get(key)
+            if not hooks:
+                continue
+            dropped = {handle for handle, hook in hooks.items() if isinstance(hook, _MonitorHook)}
+            if not dropped:
+                continue
+            state[key] = OrderedDict((h, hook) for h, hook in hooks.items() if h not in dropped)
+            for extra in (f"{key}_with_kwargs", f"{key}_always_called"):
+                if state.get(extra):
+                    state[extra] = OrderedDict((h, v) for h, v in state[extra].items() if h not in dropped)
+        return state
+
+
+class _MonitoredRPN(_Monitored, RegionProposalNetwork):
     mixin_label = "GradientBalance"
 
     def compute_loss(
@@ -144,7 +184,7 @@ class _MonitoredRPN(RegionProposalNetwork):
         return losses
 
 
-class _MonitoredRoIHeads(RoIHeads):
+class _MonitoredRoIHeads(_Monitored, RoIHeads):
     mixin_label = "GradientBalance"
 
     def select_training_samples(self, proposals: list[Tensor], targets: Any) -> Any:
@@ -160,7 +200,7 @@ class _MonitoredRoIHeads(RoIHeads):
         return result
 
 
-class _MonitoredOneStage:
+class _MonitoredOneStage(_Monitored):
     """Mixin for the module whose ``compute_loss`` computes a one-stage model's box loss.
 
     That is RetinaNet's regression head or the SSD itself; both take the same arguments.
@@ -198,11 +238,16 @@ class GradientBalanceMonitor:
             starting with the first; it costs a gradient-only pass through the predictor.
 
     Call :meth:`step` once per training iteration, after ``backward()`` (and before the optimizer
-    changes the weights). :meth:`remove` detaches the monitor and leaves the model as it was.
+    changes the weights). :meth:`remove` detaches the monitor and leaves the model as it was. A model has
+    one monitor at a time. A deep copy or a pickle of the model (``copy.deepcopy``, ``torch.save(model)``)
+    carries no monitor: the copy trains unmonitored, without touching this monitor, and can be given its
+    own. The monitor itself cannot be copied or pickled.
 
     Raises:
-        TypeError: for a model this monitor does not know.
-        ValueError: for ``task_balance_every < 1``.
+        TypeError: for a model this monitor does not know, or a ``task_balance_every`` that is not an
+            integer (``bool`` and ``1.5`` are not; NumPy integers are).
+        ValueError: for ``task_balance_every < 1``, or a model that already has a monitor (call that
+            monitor's :meth:`remove` first).
 
     Example:
         >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
@@ -214,8 +259,12 @@ class GradientBalanceMonitor:
     """
 
     def __init__(self, model: nn.Module, *, task_balance_every: int = 1) -> None:
-        if isinstance(task_balance_every, bool) or not isinstance(task_balance_every, int) or task_balance_every < 1:
-            raise ValueError(f"task_balance_every must be an integer >= 1, got {task_balance_every!r}")
+        task_balance_every = check_number("task_balance_every", task_balance_every, minimum=1, integer=True)
+        if isinstance(model, nn.Module) and any(_monitor(m) is not None for m in model.modules()):
+            raise ValueError(
+                "this model already has a GradientBalanceMonitor; a model has one at a time: call remove() on "
+                "that monitor before attaching a new one"
+            )
         self.task_balance_every = task_balance_every
         self.iteration = 0
         self.history: list[dict[str, dict[str, float | None]]] = []
@@ -227,6 +276,7 @@ class GradientBalanceMonitor:
         #: :func:`balanced_l1.detection.predict_box_gradient_balance`.
         self.roi_pairs: Tensor | None = None
         self._trained = False
+        self._removed = False
         self._undo: list[Callable[[], None]] = []
         self.stages: dict[str, _Stage] = {}
         self._task: _TaskBalance | None = None
@@ -273,7 +323,8 @@ class GradientBalanceMonitor:
         self._undo.append(undo)
 
     def _hook(self, module: nn.Module, hook: Callable[..., None]) -> None:
-        handle = module.register_forward_hook(hook)
+        self._attach(module, _Monitored)  # a copy of the module leaves the hook behind
+        handle = module.register_forward_hook(_MonitorHook(hook))
         self._undo.append(handle.remove)
 
     def _hook_pre(self, model: nn.Module) -> None:
@@ -281,8 +332,15 @@ class GradientBalanceMonitor:
             if module.training and torch.is_grad_enabled():
                 self._trained = True
 
-        handle = model.register_forward_pre_hook(seen)
+        self._attach(model, _Monitored)
+        handle = model.register_forward_pre_hook(_MonitorHook(seen))
         self._undo.append(handle.remove)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "a GradientBalanceMonitor belongs to the model it is attached to and cannot be copied or pickled; "
+            "copy or pickle the model (the copy carries no monitor) and attach a new monitor to the copy"
+        )
 
     def resume_at(self, iteration: int) -> None:
         """Continue counting from ``iteration``, so a resumed run measures the task balance where a whole one does."""
@@ -294,6 +352,7 @@ class GradientBalanceMonitor:
         for undo in reversed(self._undo):
             undo()
         self._undo = []
+        self._removed = True
 
     # --- recording -------------------------------------------------------------------------------
     def _arm(self) -> None:
@@ -352,8 +411,11 @@ class GradientBalanceMonitor:
 
         Raises:
             RuntimeError: if a training forward pass ran but no stage recorded samples (the monitor was
-                attached before a mixin that replaced what it observes: attach it last).
+                attached before a mixin that replaced what it observes: attach it last), or if the monitor
+                was removed.
         """
+        if self._removed:
+            raise RuntimeError("this GradientBalanceMonitor was removed from its model; attach a new one to measure")
         measured = self._task is not None and self._task.armed
         if measured:
             norms = self._task.norms()  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from balanced_l1.detection._draw import check_batch, check_image, permutation, take_per_group, top_up
+from balanced_l1.detection._draw import check_batch, check_generator, check_image, permutation, take_per_group, top_up
 from balanced_l1.detection._roi_sampling import switch_roi_sampler
 
 
@@ -93,7 +93,7 @@ class InstanceBalancedPositiveSampler:
         batch_size_per_image, positive_fraction = check_batch(batch_size_per_image, positive_fraction)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     def __call__(self, matched_idxs: list[Tensor], gt_indices: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Choose the positive and negative RoIs of every image.

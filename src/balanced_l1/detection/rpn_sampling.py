@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from balanced_l1.detection._draw import check_batch, permutation
+from balanced_l1.detection._draw import check_batch, check_generator, permutation
 from balanced_l1.params import check_number
 
 
@@ -59,7 +59,7 @@ class NegativeCappedSampler(BalancedPositiveNegativeSampler):
         neg_pos_ub = check_number("neg_pos_ub (negatives per positive)", neg_pos_ub, minimum=0, integer=True)
         super().__init__(batch_size_per_image, positive_fraction)
         self.neg_pos_ub = neg_pos_ub
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     def __call__(self, matched_idxs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Choose the positive and negative anchors of every image.

@@ -19,7 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from balanced_l1.detection._draw import check_batch, check_image, permutation, take_per_group, top_up
+from balanced_l1.detection._draw import (
+    check_batch,
+    check_generator,
+    check_image,
+    permutation,
+    take_per_group,
+    top_up,
+)
 from balanced_l1.detection._roi_sampling import switch_roi_sampler
 from balanced_l1.detection.instance_sampling import instance_balanced_positives
 from balanced_l1.params import check_number
@@ -71,8 +78,8 @@ class IoUBalancedNegativeSampler:
         generator: random number generator for reproducible draws; ``None`` uses torch's global one.
 
     Raises:
-        TypeError: if a number is not one (``bool`` and strings are not; NumPy scalars are), or a count
-            not an integer.
+        TypeError: if a number is not one (``bool`` and strings are not; NumPy scalars are), a count
+            not an integer, or ``generator`` neither a ``torch.Generator`` nor ``None``.
         ValueError: if an argument is outside the range given above.
 
     Example:
@@ -119,7 +126,7 @@ class IoUBalancedNegativeSampler:
         self.floor_fraction = floor_fraction
         self.mode = mode
         self.positive_sampling = positive_sampling
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     def __call__(
         self, matched_idxs: list[Tensor], ious: list[Tensor], gt_indices: list[Tensor] | None = None
@@ -139,8 +146,8 @@ class IoUBalancedNegativeSampler:
             sampled negatives of each image.
 
         Raises:
-            ValueError: if the lists differ in length, an image's tensors are not 1-D of equal length, or
-                ``gt_indices`` is missing with instance-balanced positives.
+            ValueError: if the lists differ in length, an image's tensors are not 1-D of equal length, an IoU
+                is NaN or infinite, or ``gt_indices`` is missing with instance-balanced positives.
             TypeError: if an IoU tensor is not floating point.
         """
         if len(matched_idxs) != len(ious):
@@ -160,6 +167,13 @@ class IoUBalancedNegativeSampler:
             check_image(image, labels, iou, "ious")
             if not iou.is_floating_point():
                 raise TypeError(f"image {image}: ious must be a floating tensor, got {iou.dtype}")
+            bad = ~torch.isfinite(iou)
+            if bool(bad.any()):
+                first = int(torch.where(bad)[0][0])
+                raise ValueError(
+                    f"image {image}: ious must be finite (an IoU lies in [0, 1]), got {float(iou[first])} at "
+                    f"proposal {first} ({int(bad.sum())} of {iou.numel()} not finite)"
+                )
             positive = torch.where(labels >= 1)[0]
             negative = torch.where(labels == 0)[0]
             num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))

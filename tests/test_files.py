@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,7 +162,12 @@ def test_other_kinds_are_refused_by_kind_before_they_are_opened(
         os.mkfifo(path)
     opened: list[object] = []
     real_open = os.open
-    monkeypatch.setattr(_files.os, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+
+    def record_open(*args: Any, **kwargs: Any) -> int:
+        opened.append(args)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(_files.os, "open", record_open)
     with pytest.raises(UnreadableFileError, match=f"^{path}: the annotation file is {name}, not a regular file"):
         read_regular_file(path, 1 << 20, "annotation file", why="w")
     assert opened == []

@@ -227,12 +227,11 @@ def test_a_well_formed_checkpoint_restores_weights_momentum_and_random_states(tm
     state = _state()
     save_checkpoint(tmp_path / "c.pt", state)
     model, optimizer, scaler = _parts()
-    torch.nn.init.zeros_(model.weight)
+    weight = next(model.parameters())
+    torch.nn.init.zeros_(weight)
     restore_checkpoint(load_checkpoint(tmp_path / "c.pt", {"arm": "a"}, 1), model, optimizer, scaler, 0, CPU)
-    assert torch.equal(model.weight, state["model"]["weight"])
-    assert torch.equal(
-        optimizer.state[model.weight]["momentum_buffer"], state["optimizer"]["state"][0]["momentum_buffer"]
-    )
+    assert torch.equal(weight, state["model"]["weight"])
+    assert torch.equal(optimizer.state[weight]["momentum_buffer"], state["optimizer"]["state"][0]["momentum_buffer"])
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])

@@ -186,7 +186,11 @@ def test_ids_past_64_bits_and_absurd_sizes_exit_1_naming_the_file(
 
 
 def test_the_largest_64_bit_ids_are_accepted(data: Path) -> None:
-    _edit(data, lambda doc: (_image_id(doc, 2**63 - 1), doc["annotations"][0].update(id=2**63 - 1)))
+    def change(doc: dict[str, Any]) -> None:
+        _image_id(doc, 2**63 - 1)
+        doc["annotations"][0]["id"] = 2**63 - 1
+
+    _edit(data, change)
     split = load_coco_folder(data)["train"]
     assert split.image_id(0) == 2**63 - 1
 

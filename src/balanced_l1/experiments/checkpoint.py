@@ -385,7 +385,7 @@ def _optimizer_problem(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
         if not isinstance(group, dict) or not _same(group.get("params"), mine["params"]):
             return f"'optimizer' parameter group {index} is not this run's ({_short(group)})"
         lr = group.get("lr")
-        if not (_is_real(lr) and math.isfinite(lr) and lr >= 0):
+        if not (isinstance(lr, (int, float)) and _is_real(lr) and math.isfinite(lr) and lr >= 0):
             return f"'optimizer' parameter group {index} has learning rate {_short(lr)}"
         for key, value in group.items():  # the hyperparameters come from the settings, which the fingerprint holds
             if key not in ("lr", "params") and key in mine and not _same(value, mine[key]):

@@ -43,7 +43,7 @@ def _seconds_per_iteration(
     model = build_detector(
         config.model, len(splits["train"].category_ids), weights_backbone="none", min_size=min_size, max_size=max_size
     )
-    get_arm(arm).configure(model)
+    get_arm(arm).apply(model, {})
     monitor = GradientBalanceMonitor(model, task_balance_every=monitor_every) if monitor_every else None
     optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     loader = training_loader(

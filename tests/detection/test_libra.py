@@ -143,9 +143,22 @@ def test_a_bad_refine_level_leaves_the_model_unchanged() -> None:
 def test_the_compare_arms_configure_their_parts(arm: str, bfp: bool, sampling: bool, balanced_l1: bool) -> None:
     torch.manual_seed(0)
     model = build_small_faster_rcnn(2)
-    get_arm(arm).configure(model)
+    get_arm(arm).apply(model, {})
     assert isinstance(model.backbone, BackboneWithBFP) is bfp
     assert isinstance(model.roi_heads.fg_bg_sampler, IoUBalancedNegativeSampler) is sampling
     assert hasattr(model.roi_heads, "balanced_l1_config") is balanced_l1
-    assert hasattr(model.rpn, "balanced_l1_config") is balanced_l1
-    assert (type(model.rpn) is RegionProposalNetwork) is not balanced_l1
+    assert type(model.rpn) is RegionProposalNetwork  # Balanced L1 goes in the RoI head only, as the paper places it
+
+
+def test_the_libra_arm_and_use_libra_configure_the_same_model() -> None:
+    torch.manual_seed(0)
+    by_arm = build_small_faster_rcnn(2)
+    get_arm("libra").apply(by_arm, {"alpha": 0.3})
+    torch.manual_seed(0)
+    by_function = use_libra(build_small_faster_rcnn(2), refine_level=1, alpha=0.3)
+    assert type(by_arm.roi_heads) is type(by_function.roi_heads)
+    assert by_arm.roi_heads.balanced_l1_config == by_function.roi_heads.balanced_l1_config
+    assert type(by_arm.rpn) is type(by_function.rpn) is RegionProposalNetwork
+    assert by_arm.backbone.bfp.refine_level == by_function.backbone.bfp.refine_level
+    for (name, a), (_, b) in zip(by_arm.state_dict().items(), by_function.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -94,8 +94,9 @@ def test_every_run_records_its_gradient_balance_series_and_second_half_means(
     assert "in/out grad" in printed and "gradient balance, second half of training" in printed
 
 
-def test_the_baseline_arms_switch_the_losses_they_name() -> None:
+def test_the_baseline_arms_switch_the_roi_head_loss_they_name_and_leave_the_rpn_to_torchvision() -> None:
     import torch
+    from torchvision.models.detection.rpn import RegionProposalNetwork
 
     from balanced_l1.detection import build_small_faster_rcnn
     from balanced_l1.experiments.arms import get_arm
@@ -107,10 +108,10 @@ def test_the_baseline_arms_switch_the_losses_they_name() -> None:
     ):
         torch.manual_seed(0)
         model = build_small_faster_rcnn(3)
-        get_arm(arm).configure(model)
-        for stage in (model.rpn, model.roi_heads):
-            config = stage.balanced_l1_config
-            assert (config.loss, config.params.beta) == (loss, beta), arm
+        get_arm(arm).apply(model, {})
+        config = model.roi_heads.balanced_l1_config
+        assert (config.loss, config.params.beta) == (loss, beta), arm
+        assert type(model.rpn) is RegionProposalNetwork, arm
 
 
 def _assert_refused_before_training(out: Path) -> None:
@@ -122,7 +123,8 @@ def test_unknown_arm_exits_2_listing_the_valid_ones(tmp_path: Path, capsys: pyte
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--arms", "smooth_l1,huber", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert "arms: unknown arm 'huber'; valid arms: smooth_l1, balanced_l1" in capsys.readouterr().err
+    assert "arms: arm 'smooth_l1,huber'" not in (err := capsys.readouterr().err)
+    assert "unknown arm 'huber'; valid arms: smooth_l1, balanced_l1, smooth_l1_beta1, l1, giou" in err
     _assert_refused_before_training(tmp_path / "out")
 
 

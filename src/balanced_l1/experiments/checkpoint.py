@@ -109,11 +109,17 @@ def _short(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
-def _is_int(value: object) -> bool:
-    return type(value) is int  # bool is not an int here
+def _stored_int(value: object) -> bool:
+    """Whether a value read back from a checkpoint or record has the exact type this package stores.
+
+    Not a number rule (those are ``params.check_number``'s): stored data are plain Python ints and floats,
+    so a bool, a NumPy scalar or a Fraction there means the file was not written by this package.
+    """
+    return type(value) is int
 
 
-def _is_real(value: object) -> bool:
+def _stored_real(value: object) -> bool:
+    """Like :func:`_stored_int`, for a stored int or float."""
     return type(value) in (int, float)
 
 
@@ -139,7 +145,7 @@ def series_problem(history: object, balance: object) -> str | None:
         return f"'history' must be a list, got {type(history).__name__}"
     for index, row in enumerate(history):
         if not (
-            isinstance(row, dict) and "loss" in row and all(type(k) is str and _is_real(v) for k, v in row.items())
+            isinstance(row, dict) and "loss" in row and all(type(k) is str and _stored_real(v) for k, v in row.items())
         ):
             return f"'history' entry #{index} must map 'loss' and other names to numbers, got {_short(row)}"
     if not isinstance(balance, list):
@@ -150,7 +156,7 @@ def series_problem(history: object, balance: object) -> str | None:
             and all(
                 type(stage) is str
                 and isinstance(stats, dict)
-                and all(type(k) is str and (v is None or _is_real(v)) for k, v in stats.items())
+                and all(type(k) is str and (v is None or _stored_real(v)) for k, v in stats.items())
                 for stage, stats in row.items()
             )
         ):
@@ -166,10 +172,10 @@ def _metrics_problem(metrics: object) -> str | None:
     if not isinstance(metrics, dict):
         return f"'metrics' must be an object, got {type(metrics).__name__}"
     for name in METRICS:
-        if not _is_real(metrics.get(name)):
+        if not _stored_real(metrics.get(name)):
             return f"'metrics' needs {name!r} as a number, got {_short(metrics.get(name))}"
     curve = metrics.get("ap_per_iou")
-    if not (isinstance(curve, list) and len(curve) == 10 and all(_is_real(v) for v in curve)):
+    if not (isinstance(curve, list) and len(curve) == 10 and all(_stored_real(v) for v in curve)):
         return f"'metrics' needs 'ap_per_iou' as a list of 10 numbers, got {_short(curve)}"
     return None
 
@@ -207,24 +213,24 @@ def _rng_problem(state: object) -> str | None:
         and numpy.get("kind") == "MT19937"
         and _is_tensor(numpy.get("keys"), torch.int64, (_NUMPY_KEYS,))
         and bool(((numpy["keys"] >= 0) & (numpy["keys"] < 1 << 32)).all())
-        and _is_int(numpy.get("pos"))
+        and _stored_int(numpy.get("pos"))
         and 0 <= numpy["pos"] <= _NUMPY_KEYS
     ):
         return f"'numpy' must be NumPy's MT19937 state (kind, 624 32-bit keys, pos), got {_short(numpy)}"
     gauss = state.get("numpy_gauss")
-    if not (isinstance(gauss, list) and len(gauss) == 2 and gauss[0] in (0, 1) and _is_int(gauss[0])):
+    if not (isinstance(gauss, list) and len(gauss) == 2 and gauss[0] in (0, 1) and _stored_int(gauss[0])):
         return f"'numpy_gauss' must be [0 or 1, number], got {_short(gauss)}"
-    if not _is_real(gauss[1]):
+    if not _stored_real(gauss[1]):
         return f"'numpy_gauss' must be [0 or 1, number], got {_short(gauss)}"
     python = state.get("python")
     if not (
         isinstance(python, list)
         and len(python) == 3
         and python[0] == random.getstate()[0]
-        and _is_int(python[0])
+        and _stored_int(python[0])
         and isinstance(python[1], list)
         and len(python[1]) == _PYTHON_STATE
-        and all(_is_int(v) and 0 <= v < 1 << 32 for v in python[1])
+        and all(_stored_int(v) and 0 <= v < 1 << 32 for v in python[1])
         and python[1][-1] <= _NUMPY_KEYS
         and (python[2] is None or type(python[2]) is float)
     ):
@@ -284,7 +290,7 @@ def _structure_problem(ckpt: dict[str, Any], world_size: int, iters: int | None)
 
 def _run_length(fingerprint: dict[str, Any]) -> int | None:
     settings = fingerprint.get("settings") if isinstance(fingerprint, dict) else None
-    if isinstance(settings, dict) and settings.get("epochs") is None and _is_int(settings.get("iters")):
+    if isinstance(settings, dict) and settings.get("epochs") is None and _stored_int(settings.get("iters")):
         return int(settings["iters"])
     return None  # set in epochs: the length depends on the number of images, which the fingerprint does not hold
 
@@ -385,7 +391,7 @@ def _optimizer_problem(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
         if not isinstance(group, dict) or not _same(group.get("params"), mine["params"]):
             return f"'optimizer' parameter group {index} is not this run's ({_short(group)})"
         lr = group.get("lr")
-        if not (isinstance(lr, (int, float)) and _is_real(lr) and math.isfinite(lr) and lr >= 0):
+        if not (isinstance(lr, (int, float)) and _stored_real(lr) and math.isfinite(lr) and lr >= 0):
             return f"'optimizer' parameter group {index} has learning rate {_short(lr)}"
         for key, value in group.items():  # the hyperparameters come from the settings, which the fingerprint holds
             if key not in ("lr", "params") and key in mine and not _same(value, mine[key]):
@@ -401,7 +407,7 @@ def _optimizer_problem(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
                     f"'optimizer' {name} of parameter {key} has shape {list(value.shape)}, "
                     f"the parameter's is {list(shapes[key])}"
                 )
-            if not (value is None or isinstance(value, torch.Tensor) or _is_real(value)):
+            if not (value is None or isinstance(value, torch.Tensor) or _stored_real(value)):
                 return f"'optimizer' {name} of parameter {key} is {_short(value)}"
     return None
 
@@ -412,7 +418,7 @@ def _scaler_problem(saved: dict[str, Any], scaler: torch.amp.GradScaler) -> str 
     expected = scaler.state_dict()
     if set(saved) != set(expected):
         return f"'scaler' has keys {sorted(saved)}, an enabled grad scaler's are {sorted(expected)}"
-    bad = next((k for k, v in saved.items() if not (_is_real(v) and math.isfinite(v) and v >= 0)), None)
+    bad = next((k for k, v in saved.items() if not (_stored_real(v) and math.isfinite(v) and v >= 0)), None)
     if bad is not None:
         return f"'scaler' {bad} is {_short(saved[bad])}"
     return None

@@ -167,7 +167,13 @@ class CompareConfig:
         """
         if not self.arms:
             raise ConfigError("arms must be a non-empty list, got []")
-        self.arm_specs()
+        specs = self.arm_specs()
+        in_script = [s.name for s in specs if getattr(s.arm.configure, "__module__", None) == "__main__"]
+        if in_script and self.jobs > 1 and len(specs) * len(self.seeds) > 1:
+            raise ConfigError(
+                f"arms {', '.join(in_script)} are registered in the script being run, which worker processes cannot "
+                "import: register them in a module named in arm_modules (--arm-modules), or use --jobs 1"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
         self._validate_data()

@@ -46,7 +46,9 @@ def split_arm_list(text: str) -> tuple[str, ...]:
         >>> split_arm_list("smooth_l1, balanced_l1(alpha=0.3,gamma=1.0)")
         ('smooth_l1', 'balanced_l1(alpha=0.3,gamma=1.0)')
     """
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1

@@ -107,7 +107,7 @@ def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
     pooled = np.concatenate(samples) if samples else np.zeros((0, 12))
     means: dict[str, float | None] = {}
     for name in ("inlier_fraction", "inlier_outlier_gradient_ratio", "inlier_gradient_share"):
-        values = [m[name] for m in measured if isinstance(m.get(name), (int, float))]
+        values = [float(v) for m in measured if isinstance(v := m.get(name), (int, float))]
         means[name] = float(np.mean(values)) if values else None
     seeds = tuple(int(r["seed"]) for _, r in sorted(mine, key=lambda pr: pr[1]["seed"]))
     return ArmRuns(arm, seeds, torch.from_numpy(pooled), means)

@@ -107,7 +107,9 @@ class CompareConfig:
     weight_decay: float = _setting(1e-4, "SGD weight decay")
     warmup_iters: int = _setting(50, "linear warm-up iterations")
     warmup_factor: float = _setting(0.001, "learning-rate factor at the start of the warm-up")
-    lr_schedule: str = _setting("cosine", "after the warm-up: cosine decay to 5%, or steps", choices=LR_SCHEDULES)
+    lr_schedule: str = _setting(
+        "cosine", "after the warm-up: cosine (to 5%) or step (see --lr-steps)", choices=LR_SCHEDULES
+    )
     lr_steps: tuple[int, ...] = _setting(
         (),
         "step schedule: the LR drops 10x after each of these epochs (an epoch: ceil(images / batch) iterations)",

@@ -18,6 +18,15 @@ def check_generator(generator: object) -> torch.Generator | None:
     return generator
 
 
+def sampled_masks(labels: Tensor, chosen_pos: Tensor, chosen_neg: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``uint8`` positive and negative masks of one image, shaped like ``labels`` (as torchvision returns)."""
+    pos_mask = torch.zeros_like(labels, dtype=torch.uint8)
+    neg_mask = torch.zeros_like(labels, dtype=torch.uint8)
+    pos_mask[chosen_pos] = 1
+    neg_mask[chosen_neg] = 1
+    return pos_mask, neg_mask
+
+
 def permutation(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
     """A random permutation of ``range(n)`` on ``device``, drawn from ``generator`` (torch's global one if ``None``)."""
     if generator is None:

@@ -20,7 +20,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from balanced_l1.detection._draw import check_batch, check_generator, check_image, permutation, take_per_group, top_up
+from balanced_l1.detection._draw import (
+    check_batch,
+    check_generator,
+    check_image,
+    permutation,
+    sampled_masks,
+    take_per_group,
+    top_up,
+)
 from balanced_l1.detection._roi_sampling import switch_roi_sampler
 
 
@@ -125,10 +133,7 @@ class InstanceBalancedPositiveSampler:
             num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
             chosen_pos = positive[instance_balanced_positives(gt[positive], num_pos, self.generator)]
             chosen_neg = negative[permutation(negative.numel(), labels.device, self.generator)[:num_neg]]
-            pos_mask = torch.zeros_like(labels, dtype=torch.uint8)
-            neg_mask = torch.zeros_like(labels, dtype=torch.uint8)
-            pos_mask[chosen_pos] = 1
-            neg_mask[chosen_neg] = 1
+            pos_mask, neg_mask = sampled_masks(labels, chosen_pos, chosen_neg)
             pos_masks.append(pos_mask)
             neg_masks.append(neg_mask)
         return pos_masks, neg_masks

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from balanced_l1.detection._draw import check_batch, check_generator, permutation
+from balanced_l1.detection._draw import check_batch, check_generator, permutation, sampled_masks
 from balanced_l1.params import check_number
 
 
@@ -79,10 +79,7 @@ class NegativeCappedSampler(BalancedPositiveNegativeSampler):
             num_neg = min(negative.numel(), self.batch_size_per_image - num_pos, self.neg_pos_ub * max(1, num_pos))
             chosen_pos = positive[permutation(positive.numel(), labels.device, self.generator)[:num_pos]]
             chosen_neg = negative[permutation(negative.numel(), labels.device, self.generator)[:num_neg]]
-            pos_mask = torch.zeros_like(labels, dtype=torch.uint8)
-            neg_mask = torch.zeros_like(labels, dtype=torch.uint8)
-            pos_mask[chosen_pos] = 1
-            neg_mask[chosen_neg] = 1
+            pos_mask, neg_mask = sampled_masks(labels, chosen_pos, chosen_neg)
             pos_masks.append(pos_mask)
             neg_masks.append(neg_mask)
         return pos_masks, neg_masks

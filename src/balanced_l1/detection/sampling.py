@@ -24,6 +24,7 @@ from balanced_l1.detection._draw import (
     check_generator,
     check_image,
     permutation,
+    sampled_masks,
     take_per_group,
     top_up,
 )
@@ -188,10 +189,7 @@ class IoUBalancedNegativeSampler:
                 chosen_neg = negative[self._sample_negatives_mmdet(iou[negative], max_iou, num_neg)]
             else:
                 chosen_neg = negative[self._sample_negatives(iou[negative], num_neg)]
-            pos_mask = torch.zeros_like(labels, dtype=torch.uint8)
-            neg_mask = torch.zeros_like(labels, dtype=torch.uint8)
-            pos_mask[chosen_pos] = 1
-            neg_mask[chosen_neg] = 1
+            pos_mask, neg_mask = sampled_masks(labels, chosen_pos, chosen_neg)
             pos_masks.append(pos_mask)
             neg_masks.append(neg_mask)
         return pos_masks, neg_masks

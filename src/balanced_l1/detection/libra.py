@@ -17,7 +17,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign
 
 from balanced_l1.detection.bfp import BackboneWithBFP, _infer_num_levels, use_balanced_feature_pyramid
-from balanced_l1.detection.losses import BoxLossConfig, placement_stages, use_balanced_l1
+from balanced_l1.detection.losses import BoxLossConfig, placement_stages, use_box_loss_config
 from balanced_l1.detection.rpn_sampling import use_rpn_negative_cap
 from balanced_l1.detection.sampling import use_iou_balanced_sampling
 from balanced_l1.params import BalancedL1Params, check_number
@@ -99,21 +99,11 @@ def use_libra(
             already has a Balanced Feature Pyramid; the model is unchanged then.
     """
     _check_two_stage(model, "use_libra")
-    rpn, roi_heads = placement_stages(placement)
-    BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)  # checked before any change
+    box_loss = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)  # checked first
+    placement_stages(placement)
     use_balanced_feature_pyramid(model, refine_level=refine_level, refine_type=refine_type)
     use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
-    use_balanced_l1(
-        model,
-        rpn=rpn,
-        roi_heads=roi_heads,
-        alpha=alpha,
-        gamma=gamma,
-        beta=beta,
-        formulation=formulation,
-        loss_weight=loss_weight,
-    )
-    return model
+    return use_box_loss_config(model, box_loss, placement=placement)
 
 
 def use_libra_mmdet(
@@ -175,7 +165,7 @@ def use_libra_mmdet(
         generator=generator,
     )
     use_rpn_negative_cap(model, neg_pos_ub=5, generator=generator)
-    use_balanced_l1(model, rpn=False, roi_heads=True, alpha=0.5, gamma=1.5, beta=1.0)
+    use_box_loss_config(model, BoxLossConfig(), placement="roi")  # the paper's Balanced L1 in the RoI head
     return model
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "rpn_losses",
     "use_balanced_l1",
     "use_box_loss",
+    "use_box_loss_config",
 ]
 
 #: The losses on encoded deltas: Balanced L1 and the baselines it is compared with.
@@ -489,13 +490,29 @@ def use_box_loss(
         'l1'
     """
     config = BoxLossConfig(BalancedL1Params(beta=beta), loss_weight, loss)
-    if rpn is None:
-        rpn = not config.decoded
-    if config.decoded and (rpn or _one_stage_module(model) is not None):
-        raise ValueError(
-            f"the {loss} loss compares boxes decoded against the RoI head's proposals: it goes in an R-CNN's RoI "
-            f"head only (rpn=False), got rpn={rpn!r} for a {type(model).__name__}"
-        )
+    return _use_box_loss(model, config, rpn=not config.decoded if rpn is None else rpn, roi_heads=roi_heads)
+
+
+def use_box_loss_config(model: nn.Module, config: BoxLossConfig, *, placement: str = "roi") -> nn.Module:
+    """Switch an R-CNN's box losses to ``config`` where ``placement`` says; the other stage keeps its own.
+
+    This is the form the comparison's arms and :func:`~balanced_l1.detection.use_libra` use: one validated
+    :class:`BoxLossConfig` (any loss of :data:`BOX_LOSSES`, its parameters and weight) and a placement.
+
+    Args:
+        model: a model that :func:`use_balanced_l1` supports.
+        config: the box loss.
+        placement: ``"roi"`` (the paper's place), ``"rpn"`` or ``"both"``; a one-stage model's single box
+            loss is switched with ``"both"``.
+
+    Returns:
+        ``model`` itself, switched in place.
+
+    Raises:
+        TypeError: for an unsupported model.
+        ValueError: for an unknown placement, or an IoU loss anywhere but an R-CNN's RoI head.
+    """
+    rpn, roi_heads = placement_stages(placement)
     return _use_box_loss(model, config, rpn=rpn, roi_heads=roi_heads)
 
 
@@ -504,6 +521,11 @@ def _use_box_loss(model: nn.Module, config: BoxLossConfig, *, rpn: bool, roi_hea
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool (True or False), got {flag!r} of type {type(flag).__name__}")
     one_stage = _one_stage_module(model)
+    if config.decoded and (rpn or one_stage is not None):
+        raise ValueError(
+            f"the {config.loss} loss compares boxes decoded against the RoI head's proposals: it goes in an R-CNN's "
+            f"RoI head only (rpn=False), got rpn={rpn!r} for a {type(model).__name__}"
+        )
     if one_stage is not None:
         name = "SSD" if one_stage is model else "RetinaNet"
         if not (rpn and roi_heads):

@@ -175,22 +175,10 @@ def _smooth_l1(model: nn.Module, *, beta: float, loss_weight: float, placement: 
         _use_box_loss(model, "smooth_l1", beta=beta, loss_weight=loss_weight, placement=placement)
 
 
-def _use_balanced_l1(
-    model: nn.Module, *, alpha: float, gamma: float, beta: float, formulation: str, loss_weight: float, placement: str
-) -> None:
-    from balanced_l1.detection.losses import placement_stages, use_balanced_l1
+def _use_balanced_l1(model: nn.Module, *, loss_weight: float, placement: str, **params: Any) -> None:
+    from balanced_l1.detection.losses import BoxLossConfig, use_box_loss_config
 
-    rpn, roi_heads = placement_stages(placement)
-    use_balanced_l1(
-        model,
-        rpn=rpn,
-        roi_heads=roi_heads,
-        alpha=alpha,
-        gamma=gamma,
-        beta=beta,
-        formulation=formulation,
-        loss_weight=loss_weight,
-    )
+    use_box_loss_config(model, BoxLossConfig(BalancedL1Params(**params), loss_weight), placement=placement)
 
 
 BASELINE_ARM = "smooth_l1"

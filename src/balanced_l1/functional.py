@@ -15,13 +15,13 @@ from balanced_l1.params import (
     DtypeRange,
     check_avg_factor,
     check_reduction,
+    compute_dtype_name,
     inlier_threshold,
     params_for,
 )
 
 __all__ = ["balanced_l1_loss"]
 
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 #: Elements per block of the eager CPU path: its five 1 MiB float32 buffers stay in the last-level cache,
 #: and 16 blocks per 4M elements keep the per-block dispatch small (1 << 17: measured slower on an EPYC).
@@ -51,8 +51,7 @@ class _Scalars(NamedTuple):
 
 
 def _dtype_range(dtype: torch.dtype) -> DtypeRange:
-    info = torch.finfo(dtype)
-    return DtypeRange(str(dtype).removeprefix("torch."), float(info.max), float(info.smallest_normal * info.eps))
+    return DtypeRange.of(str(dtype).removeprefix("torch."), torch.finfo(dtype))
 
 
 def _constants(
@@ -347,7 +346,7 @@ def _check_avg_factor_tensor(avg_factor: object, pred: Tensor) -> None:
 
 def _compute_dtype(pred: Tensor, target: Tensor) -> torch.dtype:
     dtype = torch.promote_types(pred.dtype, target.dtype)
-    return torch.float32 if dtype in _HALF_DTYPES else dtype
+    return getattr(torch, compute_dtype_name(str(dtype).removeprefix("torch.")))
 
 
 def balanced_l1_loss(

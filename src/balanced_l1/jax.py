@@ -22,12 +22,11 @@ from balanced_l1.params import (
     DtypeRange,
     check_avg_factor,
     check_reduction,
+    compute_dtype_name,
     inlier_threshold,
 )
 
 __all__ = ["balanced_l1_loss"]
-
-_HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
 class _Coefficients(NamedTuple):
@@ -57,8 +56,7 @@ class _Coefficients(NamedTuple):
 
 
 def _dtype_range(dtype: jnp.dtype) -> DtypeRange:
-    info = jnp.finfo(dtype)
-    return DtypeRange(jnp.dtype(dtype).name, float(info.max), float(info.smallest_subnormal))
+    return DtypeRange.of(jnp.dtype(dtype).name, jnp.finfo(dtype))
 
 
 def _inlier_coordinate(a: jax.Array, c: _Coefficients) -> jax.Array:
@@ -144,7 +142,7 @@ def _check_avg_factor_array(avg_factor: object) -> None:
 
 def _compute_dtype(pred: jax.Array | np.ndarray, target: jax.Array | np.ndarray) -> jnp.dtype:
     dtype = jnp.promote_types(pred.dtype, target.dtype)
-    return jnp.dtype(jnp.float32) if dtype in _HALF_DTYPES else dtype
+    return jnp.dtype(compute_dtype_name(dtype.name))
 
 
 def balanced_l1_loss(

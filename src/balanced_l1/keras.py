@@ -20,11 +20,10 @@ import ml_dtypes
 import numpy as np
 from keras import ops
 
-from balanced_l1.params import BalancedL1Params, DtypeRange, inlier_threshold
+from balanced_l1.params import BalancedL1Params, DtypeRange, compute_dtype_name, inlier_threshold
 
 __all__ = ["BalancedL1Loss", "balanced_l1_loss"]
 
-_HALF_DTYPES = ("float16", "bfloat16")
 _LOSS_PARAMETERS = ("alpha", "gamma", "beta", "formulation")
 
 
@@ -43,8 +42,7 @@ def _check_shapes(y_true: Any, y_pred: Any) -> None:
 
 
 def _dtype_range(dtype: str) -> DtypeRange:
-    info = ml_dtypes.finfo(dtype) if dtype == "bfloat16" else np.finfo(dtype)
-    return DtypeRange(dtype, float(info.max), float(info.smallest_subnormal))
+    return DtypeRange.of(dtype, ml_dtypes.finfo(dtype) if dtype == "bfloat16" else np.finfo(dtype))
 
 
 def _elementwise_loss(diff: Any, params: BalancedL1Params) -> Any:
@@ -110,7 +108,7 @@ def balanced_l1_loss(
     dtype = keras.backend.standardize_dtype(y_pred.dtype)
     if not keras.backend.is_float_dtype(dtype):
         raise TypeError(f"y_pred must be a floating tensor (float16, bfloat16, float32, float64), got {dtype}")
-    compute_dtype = "float32" if dtype in _HALF_DTYPES else dtype
+    compute_dtype = compute_dtype_name(dtype)
     params.check_fits(_dtype_range(compute_dtype), _dtype_range(dtype))
     y_pred = ops.cast(y_pred, compute_dtype)
     y_true = ops.cast(ops.convert_to_tensor(y_true), compute_dtype)

@@ -13,7 +13,7 @@ import functools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 FORMULATIONS: tuple[str, ...] = ("scaled", "mmdet")
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -177,12 +177,36 @@ def check_avg_factor(avg_factor: object, reduction: str) -> object:
     return avg_factor
 
 
+#: The half-precision dtypes that every backend computes in float32 (as autocast does for PyTorch's own losses).
+HALF_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
+
+
+def compute_dtype_name(name: str) -> str:
+    """The dtype a backend computes the loss in for inputs of dtype ``name``: float32 for the half ones.
+
+    Example:
+        >>> compute_dtype_name("bfloat16"), compute_dtype_name("float64")
+        ('float32', 'float64')
+    """
+    return "float32" if name in HALF_DTYPES else name
+
+
 class DtypeRange(NamedTuple):
     """What a floating dtype can hold: its name, largest finite value and smallest positive value."""
 
     name: str
     max: float
     smallest: float
+
+    @classmethod
+    def of(cls, name: str, finfo: object) -> DtypeRange:
+        """The range from any framework's ``finfo`` (torch, NumPy, JAX, ml_dtypes).
+
+        The smallest positive value is the smallest subnormal, ``smallest_normal * eps`` (both powers of two,
+        so the product is exact), which every ``finfo`` has under these names.
+        """
+        info: Any = finfo
+        return cls(name, float(info.max), float(info.smallest_normal) * float(info.eps))
 
 
 @dataclass(frozen=True)

@@ -124,11 +124,15 @@ class _State:
         """The RoI-head positives kept so far, ``(K, 12)`` float64 (see :data:`ROI_SAMPLE_ROWS`)."""
         return torch.cat(self.roi_sample) if self.roi_sample else torch.zeros((0, 12), dtype=torch.float64)
 
-    def keep(self, pairs: torch.Tensor, per_iteration: int) -> None:
-        """Keep up to ``per_iteration`` of this iteration's rows, evenly spaced (no random stream is drawn)."""
+    def keep(self, pairs: torch.Tensor, per_iteration: int, iteration: int) -> None:
+        """Keep ``per_iteration`` of this iteration's rows at random, from a generator of its own seeded with the
+        iteration: the run's random streams are untouched and a resumed run keeps the same rows. (Evenly spaced
+        rows would be biased: the rows are in image order, and each image's ground-truth boxes, which torchvision
+        adds to the proposals, come last.)"""
         rows = pairs.shape[0]
         if rows > per_iteration:
-            pairs = pairs[torch.linspace(0, rows - 1, per_iteration, device=pairs.device).round().long()]
+            chosen = torch.randperm(rows, generator=torch.Generator().manual_seed(iteration))[:per_iteration]
+            pairs = pairs[chosen.sort().values.to(pairs.device)]
         self.roi_sample.append(pairs.detach().cpu())
 
     def save(self, path: Path, iteration: int, fingerprint: dict[str, Any], ctx: DistContext) -> None:
@@ -304,7 +308,7 @@ def train(
                 monitor.keep_roi_pairs = iteration >= half and (iteration - half) % stride == 0
             record = _step(ddp, state, batch, config, ctx, iteration, monitor)
             if monitor is not None and monitor.roi_pairs is not None:
-                state.keep(monitor.roi_pairs, per_iteration)
+                state.keep(monitor.roi_pairs, per_iteration, iteration)
                 monitor.roi_pairs = None
             if not math.isfinite(record["loss"]):
                 raise TrainingDivergedError(

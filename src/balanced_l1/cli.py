@@ -308,6 +308,89 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _count(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="score the finished runs of a compare output folder again from their saved weights, without training",
+        description="Rebuilds every finished run in OUT (runs/*.json) from OUT/config.toml and its saved weights "
+        "(runs/<arm>_seed<s>_model.pt), scores it with COCO AP on the runs' held-out split or on the one given with "
+        "--val-ann/--val-root, prints compare's tables and writes results.json to --out (default OUT/evaluate; "
+        "OUT/results.json and the run records are left alone). Each run must have the fingerprint OUT/config.toml's "
+        "settings and data give it, as --resume checks. Exit status: 0 on success, 2 for bad arguments or an OUT "
+        "without config.toml or finished runs, 1 for a run of other settings or data, unreadable weights or bad data.",
+    )
+    evaluate.add_argument("out", metavar="OUT", help="the output folder of a balanced-l1 compare run")
+    evaluate.add_argument("--val-ann", default=None, metavar="FILE", help="another held-out split's COCO annotations")
+    evaluate.add_argument("--val-root", default=None, metavar="DIR", help="that split's image folder")
+    evaluate.add_argument(
+        "--show",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="draw the first N images with the ground truth and each arm's detections (its lowest seed), one PNG "
+        "per image under --out/show/ (default 0)",
+    )
+    evaluate.add_argument(
+        "--out", dest="dest", default=None, metavar="DIR", help="where to write (default OUT/evaluate)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    evaluate.add_argument("--threads", type=_integer, default=1, help="torch CPU threads (default 1)")
+    evaluate.set_defaults(handler=_run_evaluate, command_parser=evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from balanced_l1.experiments.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.coco_data import DataError
+    from balanced_l1.experiments.config import ConfigError
+
+    out = Path(args.out)
+    if not out.is_dir():
+        parser.error(f"OUT {str(out)!r} is not a folder")
+    if (args.val_ann is None) != (args.val_root is None):
+        parser.error("give --val-ann and --val-root together (the annotation file and its image folder)")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    _check_device(args.device, parser)
+    import torch
+
+    from balanced_l1.experiments.compare import _exclusive_out
+    from balanced_l1.experiments.runlog import is_terminal
+    from balanced_l1.experiments.trained import RunsNotFoundError, evaluate_out, saved_config
+
+    try:
+        saved_config(out)
+    except ConfigError as err:
+        parser.error(str(err))
+    torch.set_num_threads(args.threads)
+    try:
+        with _exclusive_out(out):
+            evaluate_out(
+                out,
+                val_ann=args.val_ann,
+                val_root=args.val_root,
+                show=args.show,
+                dest=args.dest,
+                device=args.device,
+                progress=is_terminal(),
+            )
+    except (ConfigError, RunsNotFoundError) as err:
+        parser.error(str(err))
+    except (DataError, CheckpointMismatchError) as err:
+        print(f"balanced-l1 evaluate: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"balanced-l1 evaluate: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="balanced-l1", description=__doc__)
@@ -315,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot_parser(subparsers)
     _add_compare_parser(subparsers)
     _add_balance_parser(subparsers)
+    _add_evaluate_parser(subparsers)
     return parser
 
 

@@ -4,14 +4,22 @@ For every seed, each arm starts from the same initial weights (``torch.manual_se
 model is built), sees the same images in the same order with the same flips, and draws from the same
 RNG streams; only the arm's ``configure`` differs. Output folder ``--out``::
 
+    config.toml         the resolved settings (``--print-config``'s format, read back by ``--config``), written first
+    log.txt             progress lines of every run (appended; see :mod:`~balanced_l1.experiments.runlog`)
     results.json        settings, per-arm metrics per seed, mean and std, paired differences
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
     gradient_balance.png  the gradient-balance statistics over training per arm (the paper's 0.3 marked)
     balance_vs_ap.png   each arm's AP against its RoI inlier/outlier and box/cls gradient ratios
-    runs/<arm>_seed<s>.json        one finished run: its fingerprint, metrics, loss history and gradient balance
+    detections.png      the first 4 held-out images: ground truth and each arm's detections (first seed)
+    ap_curve.png        AP on the held-out split during training per arm (only with --eval-every)
+    runs/<arm>_seed<s>.json        one finished run: its fingerprint, metrics, loss history, gradient balance,
+                                   validations during training and the number of classes
+    runs/<arm>_seed<s>_model.pt    its final weights, a plain state_dict (``load_trained_model``)
     runs/<arm>_seed<s>_roi_sample.npy  a bounded sample of its RoI head's positives (``balanced-l1 balance``)
     checkpoints/<arm>_seed<s>.pt   the latest checkpoint of that run (for --resume)
+    tensorboard/<arm>_seed<s>/     TensorBoard event files of that run (only with --tensorboard)
+    evaluate/           written by ``balanced-l1 evaluate`` only (its results.json, show/ pictures)
 
 ``<arm>`` is the arm's canonical name as a file name (:attr:`~balanced_l1.experiments.arm_specs.ArmSpec.file_stem`).
 
@@ -60,7 +68,7 @@ from balanced_l1.experiments.coco_data import (
     load_coco_dataset,
     load_coco_folder,
 )
-from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict
+from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
 from balanced_l1.experiments.distributed import (
     DistContext,
     barrier,
@@ -76,13 +84,15 @@ from balanced_l1.experiments.explain import (
     predict_from_baseline,
 )
 from balanced_l1.experiments.report import format_table, save_figures, summarize, write_results
+from balanced_l1.experiments.runlog import LOG_NAME, TENSORBOARD_FOLDER, LogFile, RunObserver, is_terminal
 from balanced_l1.experiments.synthetic import make_synthetic_dataset
-from balanced_l1.experiments.train import TrainConfig, train
+from balanced_l1.experiments.train import TrainConfig, train, validation_curve
+from balanced_l1.experiments.trained import CONFIG_NAME, model_path, save_model
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
     "arms", "arm_modules", "seeds", "out", "resume", "threads", "workers", "jobs", "checkpoint_every",
-    "follow_symlinks",
+    "follow_symlinks", "eval_every", "log_every", "tensorboard",
 )  # fmt: skip
 _DATA_KEYS = ("data", "train_ann", "train_root", "val_ann", "val_root")
 
@@ -126,6 +136,7 @@ def train_config(config: CompareConfig, num_train_images: int) -> TrainConfig:
         hflip=config.hflip,
         amp=config.amp,
         checkpoint_every=config.checkpoint_every,
+        eval_every=config.eval_every * per_epoch if config.epochs is not None else config.eval_every,
     )
 
 
@@ -143,8 +154,11 @@ def run_fingerprint(
     return {"arm": arm.name, "arm_parameters": arm.values, "seed": seed, "settings": settings, "data": data}
 
 
-_OUTPUT_FILES = ("results.json", "loss_curves.png", "ap_vs_iou.png", "gradient_balance.png", "balance_vs_ap.png")
-_OUTPUT_FOLDERS = ("runs", "checkpoints")
+_OUTPUT_FILES = (
+    "results.json", "loss_curves.png", "ap_vs_iou.png", "gradient_balance.png", "balance_vs_ap.png", "config.toml",
+    "log.txt", "detections.png", "ap_curve.png",
+)  # fmt: skip
+_OUTPUT_FOLDERS = ("runs", "checkpoints", "tensorboard", "evaluate")
 LOCK_NAME = ".balanced-l1.lock"
 
 
@@ -378,6 +392,11 @@ def _run_one(
     model = _build(config, len(splits["train"].category_ids), arm)
     model.to(ctx.device)
     monitor = GradientBalanceMonitor(model, task_balance_every=config.balance_every)
+    observer = _observer(config, arm, seed) if ctx.is_main else None
+
+    def validate() -> dict[str, Any] | None:
+        return evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers, show_progress=False)
+
     result = train(
         model,
         splits["train"],
@@ -391,13 +410,18 @@ def _run_one(
         workers=config.workers,
         position=position,
         monitor=monitor,
+        observer=observer,
+        validate=validate if tc.eval_every else None,
     )
     monitor.remove()
-    metrics = evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers)
+    metrics = evaluate_detector(
+        model, splits["val"], ctx=ctx, workers=config.workers, show_progress=observer is None or observer.bars
+    )
     record: dict[str, Any] | None = None
     if ctx.is_main:
         sample = result.roi_sample.numpy()
         write_atomically(roi_sample_path(config, arm, seed), lambda tmp: _save_array(tmp, sample))
+        save_model(model, model_path(record_path))  # before the record, which marks the run finished
         record = {
             "arm": arm.name,
             "seed": seed,
@@ -405,10 +429,24 @@ def _run_one(
             "metrics": metrics,
             "history": result.history,
             "gradient_balance": result.gradient_balance,
+            "validation": validation_curve(result.history),
+            "num_classes": len(splits["train"].category_ids),
+            "category_ids": splits["train"].category_ids,
         }
         write_json_atomically(record, record_path)
+    if observer is not None:
+        observer.end(metrics)
+        observer.log.close()
     barrier(ctx)
     return record
+
+
+def _observer(config: CompareConfig, arm: ArmSpec, seed: int) -> RunObserver:
+    """What reports a run on rank 0: lines in OUT/log.txt (and on stderr when it is no terminal), TensorBoard."""
+    bars = is_terminal()
+    log = LogFile(Path(config.out) / LOG_NAME, echo=not bars)
+    board = Path(config.out) / TENSORBOARD_FOLDER / f"{arm.file_stem}_seed{seed}" if config.tensorboard else None
+    return RunObserver(f"{arm.name} seed {seed}", log, config.log_every, tensorboard=board, bars=bars)
 
 
 def _save_array(path: str, array: np.ndarray) -> None:
@@ -466,6 +504,7 @@ def _compare(
         _check_resumable(config, splits, ctx)
     if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
         (Path(config.out) / "results.json").unlink(missing_ok=True)
+        write_atomically(Path(config.out) / CONFIG_NAME, lambda tmp: Path(tmp).write_text(to_toml(config)))
     names = [spec.name for spec in specs]
     runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in names}
     histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in names}
@@ -504,6 +543,7 @@ def _compare(
         *save_figures(histories, summary, config.out),
         save_balance_figure(balance, config.out),
         save_balance_vs_ap_figure(summary["arms"], config.out),
+        *_save_pictures(config, splits, specs, histories, ctx.device, log),
     ]
     path = write_results(results, config.out)
     log(format_table(summary))
@@ -517,3 +557,35 @@ def _compare(
         log(line)
     log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")
     return results
+
+
+def _save_pictures(
+    config: CompareConfig,
+    splits: dict[str, DetectionSplit],
+    specs: list[ArmSpec],
+    histories: dict[str, dict[int, list[dict[str, float]]]],
+    device: torch.device,
+    log: Callable[[str], None],
+) -> list[Path]:
+    """``detections.png`` (each arm's first-seed model on the first held-out images) and, when runs validated during
+    training, ``ap_curve.png``."""
+    from balanced_l1.experiments.pictures import save_ap_curve_figure, save_detections_figure
+    from balanced_l1.experiments.trained import _load
+
+    out = Path(config.out)
+    written = []
+    curves = {arm: {s: validation_curve(h) for s, h in by_seed.items()} for arm, by_seed in histories.items()}
+    curves = {arm: {s: c for s, c in by_seed.items() if c} for arm, by_seed in curves.items()}
+    if any(curves.values()):
+        written.append(save_ap_curve_figure({arm: c for arm, c in curves.items() if c}, out / "ap_curve.png"))
+    seed = config.seeds[0]
+    models = {}
+    for spec in specs:
+        record_path = _paths(config, spec, seed)[0]
+        try:
+            models[spec.name] = _load(config, spec, _read_record(record_path), record_path, device)
+        except CheckpointMismatchError as err:  # a run finished by an older version has no weights
+            log(f"detections.png leaves out {spec.name}: {err}")
+    if models:
+        written.append(save_detections_figure(splits["val"], models, out / "detections.png", device))
+    return written

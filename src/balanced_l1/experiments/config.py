@@ -128,6 +128,18 @@ class CompareConfig:
     balance_every: int = _setting(
         10, "measure the box/classification gradient balance every this many iterations (the rest: every one)"
     )
+    # reporting while training (none of these changes what a run computes)
+    eval_every: int = _setting(
+        0,
+        "score AP on the held-out split every this many iterations (epochs when --epochs is given) during "
+        "training, recorded per run and drawn in ap_curve.png; 0: only at the end",
+    )
+    log_every: int = _setting(
+        50, "iterations between progress lines in OUT/log.txt (and on stderr when it is not a terminal)"
+    )
+    tensorboard: bool = _setting(
+        False, "write TensorBoard event files to OUT/tensorboard/ (needs: pip install 'balanced-l1[tensorboard]')"
+    )
 
     @property
     def uses_coco_files(self) -> bool:
@@ -200,6 +212,20 @@ class CompareConfig:
             raise ConfigError("out must name a folder, got ''")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"out {self.out} exists and is not a folder")
+        self._validate_reporting()
+
+    def _validate_reporting(self) -> None:
+        """eval_every >= 0, log_every >= 1, and --tensorboard only with the tensorboard package installed."""
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
+        if self.tensorboard:
+            from balanced_l1.experiments.runlog import tensorboard_problem
+
+            problem = tensorboard_problem()
+            if problem is not None:
+                raise ConfigError(problem)
 
     def _validate_data(self) -> None:
         given = [key for key in _COCO_KEYS if getattr(self, key) is not None]

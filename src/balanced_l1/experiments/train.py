@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from balanced_l1.experiments.coco_data import DetectionSplit
 from balanced_l1.experiments.distributed import DistContext, barrier, gather_objects, mean_over_ranks
 from balanced_l1.experiments.loader import DataOrder, training_loader, unpack
 from balanced_l1.experiments.schedule import lr_factor
+
+if TYPE_CHECKING:
+    from balanced_l1.experiments.runlog import RunObserver
 
 
 class TrainingDivergedError(RuntimeError):
@@ -61,6 +65,7 @@ class TrainConfig:
         hflip: probability of a horizontal flip of each training image.
         amp: mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU).
         checkpoint_every: iterations between checkpoints.
+        eval_every: iterations between validations on the held-out split during training, 0 for none.
     """
 
     iters: int
@@ -76,6 +81,7 @@ class TrainConfig:
     hflip: float
     amp: bool
     checkpoint_every: int
+    eval_every: int
 
     def factor(self, iteration: int) -> float:
         """The learning-rate factor at ``iteration``."""
@@ -228,12 +234,14 @@ def _start(
     return state
 
 
-def _progress(config: TrainConfig, state: _State, ctx: DistContext, desc: str, position: int) -> tqdm[Any]:
+def _progress(
+    config: TrainConfig, state: _State, ctx: DistContext, desc: str, position: int, bar: bool
+) -> tqdm[Any]:
     return tqdm(
         total=config.iters,
         initial=state.start,
         desc=desc,
-        disable=not ctx.is_main,
+        disable=not (ctx.is_main and bar),
         leave=True,
         dynamic_ncols=True,
         position=position,
@@ -254,6 +262,8 @@ def train(
     workers: int = 0,
     position: int = 0,
     monitor: GradientBalanceMonitor | None = None,
+    observer: RunObserver | None = None,
+    validate: Callable[[], dict[str, Any] | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place, checkpointing every ``config.checkpoint_every`` iterations and at the end.
 
@@ -271,6 +281,11 @@ def train(
         workers: DataLoader worker processes.
         position: line of the progress bar (runs side by side each have their own).
         monitor: a gradient-balance monitor attached to ``model``; read after every backward pass.
+        observer: what reports the run on rank 0 (log lines, TensorBoard; see
+            :class:`~balanced_l1.experiments.runlog.RunObserver`); its ``bars`` say whether a tqdm bar is drawn.
+        validate: scores the model on the held-out split (every rank calls it; rank 0 gets the metrics), called
+            after every ``config.eval_every`` iterations; the metrics of :data:`~balanced_l1.experiments.evaluate.
+            METRICS` go into that iteration's history row as ``val_<metric>`` (so a checkpoint keeps them).
 
     Returns:
         The loss history and the gradient-balance series.
@@ -298,7 +313,9 @@ def train(
         device=ctx.device,
     )
     model.train()
-    bar = _progress(config, state, ctx, desc, position)
+    bar = _progress(config, state, ctx, desc, position, observer is None or observer.bars)
+    if observer is not None and ctx.is_main:
+        observer.begin(state.start, config.iters)
     half = config.iters // 2  # the sample: every stride-th iteration of the second half, per_iteration rows each
     stride = math.ceil(max(1, config.iters - half) / ROI_SAMPLE_ROWS)
     per_iteration = max(1, ROI_SAMPLE_ROWS // math.ceil(max(1, config.iters - half) / stride))
@@ -318,8 +335,42 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             done = iteration + 1
+            if observer is not None and ctx.is_main:
+                balance = state.balance[-1] if monitor is not None else None
+                observer.iteration(done, record, config.lr * config.factor(iteration), balance)
+            if validate is not None and config.eval_every and done % config.eval_every == 0:
+                _validate(validate, record, done, observer if ctx.is_main else None)
             if done % config.checkpoint_every == 0 or done == config.iters:
                 state.save(checkpoint_path, done, fingerprint, ctx)
     finally:
         bar.close()
     return TrainResult(state.history, state.balance, state.sample()[:ROI_SAMPLE_ROWS])
+
+
+def _validate(
+    validate: Callable[[], dict[str, Any] | None], record: dict[str, float], done: int, observer: RunObserver | None
+) -> None:
+    """Score the model now; rank 0 keeps the metrics in this iteration's history row as ``val_<metric>``."""
+    from balanced_l1.experiments.evaluate import METRICS
+
+    metrics = validate()
+    if metrics is None:  # not rank 0
+        return
+    record.update({f"val_{name}": float(metrics[name]) for name in METRICS})
+    if observer is not None:
+        observer.validation(done, metrics)
+
+
+def validation_curve(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The validations a run's history holds: ``[{"iteration": n, "AP": ..., "AP50": ..., ...}, ...]``.
+
+    Example:
+        >>> validation_curve([{"loss": 2.0}, {"loss": 1.0, "val_AP": 0.5}])
+        [{'iteration': 2, 'AP': 0.5}]
+    """
+    curve = []
+    for index, row in enumerate(history):
+        values = {name[len("val_") :]: value for name, value in row.items() if name.startswith("val_")}
+        if values:
+            curve.append({"iteration": index + 1, **values})
+    return curve

@@ -1,9 +1,15 @@
-"""The README's set-up commands, .ci/run and the quick start stay in agreement with the code."""
+"""The README's set-up commands, .ci/run and the quick start stay in agreement with the code.
+
+The README's Python examples run as tests/test_docs.py runs the site's: every one, unless an HTML comment
+before it says why not (``<!-- not run: needs a GPU -->``).
+"""
 
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.test_docs import python_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -47,26 +53,18 @@ def test_quick_start_runs():
     assert namespace["loss"].item() > 0  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("index", range(len(re.findall(r"```python\n", README))))
-def test_every_python_example_runs(index):
-    code = re.findall(r"```python\n(.*?)```", README, flags=re.S)[index]
-    exec(compile(code, f"README python block {index}", "exec"), {})
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        pytest.param(code, reason, id=f"README:{i}", marks=[pytest.mark.skip(reason)] if reason else [])
+        for i, (code, reason) in enumerate(python_examples(README))
+    ],
+)
+def test_every_python_example_runs(code: str, reason: str | None) -> None:
+    exec(compile(code, "README python example", "exec"), {})
 
 
-def _paragraphs(text: str) -> list[str]:
-    return [" ".join(block.split()) for block in re.split(r"\n\s*\n", text)]
-
-
-def test_bit_for_bit_claims_say_where_they_hold_and_what_varies():
-    claims = [p for p in _paragraphs(README) if re.search(r"bit-for-bit", p, flags=re.I)]
-    assert claims
-    for paragraph in claims:
-        assert "one machine with the same library versions" in paragraph, paragraph
-        assert "What varies across machines" in paragraph and "another CPU gave other numbers" in paragraph
-
-
-def test_the_quoted_paired_t_statistic_is_said_to_come_from_results_json():
-    quoted = [p for p in _paragraphs(README) if re.search(r"paired t\b", p, flags=re.I) and not p.startswith("|")]
-    assert quoted
-    assert all("results.json" in p for p in quoted), [p for p in quoted if "results.json" not in p]
-    assert any("ttest_1samp" in p for p in quoted)
+def test_the_default_run_section_is_there() -> None:
+    """The lead engineer fills it with the default run's table (the ``default-table`` marker until then)."""
+    section = README.split("### The default run\n", 1)
+    assert len(section) == 2

@@ -119,6 +119,22 @@ def test_readme_links_every_guide_page_and_says_how_to_build_the_site() -> None:
     assert ".venv/bin/mkdocs serve" in readme
 
 
+def test_getting_started_lists_every_extra_and_what_all_installs() -> None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    table: dict[str, str] = {}
+    for line in (DOCS / "index.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            table.update(dict.fromkeys(re.findall(r"`([a-z]+)`", cells[0]), cells[1]))
+    assert set(extras) <= set(table), f"extras missing from docs/index.md: {sorted(set(extras) - set(table))}"
+    (listed,) = re.findall(r"\[([a-z,]+)\]", extras["all"][0])
+    assert sorted(re.findall(r"`([a-z]+)`", table["all"])) == sorted(listed.split(","))
+
+
 def _paragraphs(text: str) -> list[str]:
     return [" ".join(block.split()) for block in re.split(r"\n\s*\n", text)]
 

@@ -55,7 +55,9 @@ def test_the_roi_head_loss_decodes_the_positives_true_class_and_divides_by_the_s
         logits, regression, labels, [torch.zeros(3, 4)], config, decoding=([PROPOSALS], [GT], CODER)
     )
     rows = regression.reshape(3, 3, 4)[[0, 2], [1, 2]]
-    expected = 10.0 * generalized_box_iou_loss(CODER.decode_single(rows, PROPOSALS[[0, 2]]), GT[[0, 2]], reduction="sum") / 3
+    expected = (
+        10.0 * generalized_box_iou_loss(CODER.decode_single(rows, PROPOSALS[[0, 2]]), GT[[0, 2]], reduction="sum") / 3
+    )
     torch.testing.assert_close(box, expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="compares decoded boxes"):
         roi_head_losses(logits, regression, labels, [torch.zeros(3, 4)], config)

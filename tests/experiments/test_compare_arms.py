@@ -57,7 +57,9 @@ def test_each_run_keeps_a_bounded_sample_of_its_roi_positives(finished: tuple[Pa
         assert 0 < sample.shape[0] <= ROI_SAMPLE_ROWS and np.isfinite(sample).all()
 
 
-def test_the_prediction_from_the_baseline_and_the_words_are_reported(finished: tuple[Path, dict[str, Any], str]) -> None:
+def test_the_prediction_from_the_baseline_and_the_words_are_reported(
+    finished: tuple[Path, dict[str, Any], str],
+) -> None:
     out, results, printed = finished
     assert set(results["predicted_from_baseline"]) == set(NAMES)
     assert "predicted from smooth_l1's regression errors" in printed

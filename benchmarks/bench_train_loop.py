@@ -60,7 +60,6 @@ def _seconds_per_iteration(splits: dict, iters: int, folder: Path, observed: boo
     elapsed = time.perf_counter() - started
     if observer is not None:
         observer.end()
-        observer.log.close()
     monitor.remove()
     return elapsed / iters
 

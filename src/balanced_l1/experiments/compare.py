@@ -36,6 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -436,7 +437,6 @@ def _run_one(
         write_json_atomically(record, record_path)
     if observer is not None:
         observer.end(metrics)
-        observer.log.close()
     barrier(ctx)
     return record
 
@@ -447,6 +447,10 @@ def _observer(config: CompareConfig, arm: ArmSpec, seed: int) -> RunObserver:
     log = LogFile(Path(config.out) / LOG_NAME, echo=not bars)
     board = Path(config.out) / TENSORBOARD_FOLDER / f"{arm.file_stem}_seed{seed}" if config.tensorboard else None
     return RunObserver(f"{arm.name} seed {seed}", log, config.log_every, tensorboard=board, bars=bars)
+
+
+def _write_text(text: str, path: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def _save_array(path: str, array: np.ndarray) -> None:
@@ -504,7 +508,7 @@ def _compare(
         _check_resumable(config, splits, ctx)
     if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
         (Path(config.out) / "results.json").unlink(missing_ok=True)
-        write_atomically(Path(config.out) / CONFIG_NAME, lambda tmp: Path(tmp).write_text(to_toml(config)))
+        write_atomically(Path(config.out) / CONFIG_NAME, partial(_write_text, to_toml(config)))
     names = [spec.name for spec in specs]
     runs: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in names}
     histories: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in names}

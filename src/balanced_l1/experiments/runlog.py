@@ -140,7 +140,8 @@ class RunObserver:
 
     Args:
         label: the run's name in its lines, e.g. ``"balanced_l1 seed 0"``.
-        log: where the lines go (``OUT/log.txt``, echoed to standard error when it is not a terminal).
+        log: where the lines go (``OUT/log.txt``, echoed to standard error when it is not a terminal); the
+            observer closes it in :meth:`end` or :meth:`close`.
         log_every: iterations between lines.
         tensorboard: the run's event-file folder, or ``None`` for no TensorBoard.
         bars: whether the run draws a tqdm bar (standard error is a terminal).
@@ -178,9 +179,9 @@ class RunObserver:
                 self.writer.add_scalar(f"loss/{name}", value, done)
             self.writer.add_scalar("lr", lr, done)
             for stage, stats in (balance or {}).items():
-                for statistic, value in stats.items():
-                    if value is not None:
-                        self.writer.add_scalar(f"gradient_balance/{stage}/{statistic}", value, done)
+                for statistic, measured in stats.items():
+                    if measured is not None:
+                        self.writer.add_scalar(f"gradient_balance/{stage}/{statistic}", measured, done)
         if done % self.log_every == 0 or done == self.total:
             start, then = self._mark
             now = time.perf_counter()
@@ -206,7 +207,8 @@ class RunObserver:
         self.close()
 
     def close(self) -> None:
-        """Flush and close the event file (the log file belongs to the caller)."""
+        """Flush and close the event file, and close the log file."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        self.log.close()

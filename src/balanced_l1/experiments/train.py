@@ -342,6 +342,10 @@ def train(
                 _validate(validate, record, done, observer if ctx.is_main else None)
             if done % config.checkpoint_every == 0 or done == config.iters:
                 state.save(checkpoint_path, done, fingerprint, ctx)
+    except BaseException:
+        if observer is not None:  # the run stops here: its event file and log are closed
+            observer.close()
+        raise
     finally:
         bar.close()
     return TrainResult(state.history, state.balance, state.sample()[:ROI_SAMPLE_ROWS])

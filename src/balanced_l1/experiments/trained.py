@@ -161,7 +161,8 @@ def rebuild_model(config: CompareConfig, spec: ArmSpec, num_classes: int) -> nn.
 
     model = _build(config, num_classes, spec, weights_backbone="none")
     if config.weights_backbone != "none" and config.model in zoo._FROZEN_BN:
-        zoo._freeze_batch_norm(model.backbone.body)
+        backbone: nn.Module = model.backbone  # type: ignore[assignment]  # every model here is a Faster R-CNN
+        zoo._freeze_batch_norm(backbone.body)  # type: ignore[arg-type]
     return model
 
 

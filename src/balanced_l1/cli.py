@@ -245,7 +245,8 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     compare.set_defaults(handler=_run_compare, command_parser=compare)
 
 
-def _check_device(device: str, parser: argparse.ArgumentParser) -> None:
+def _check_device(device: str, parser: argparse.ArgumentParser, *, here: bool = True) -> None:
+    """Exit 2 unless ``device`` names a cpu or cuda device (and, with ``here``, one this machine has)."""
     import torch
 
     try:
@@ -256,6 +257,8 @@ def _check_device(device: str, parser: argparse.ArgumentParser) -> None:
         return
     if target.type != "cuda":
         parser.error(f"--device {device!r}: training needs cpu or cuda[:N], got a {target.type!r} device")
+    if not here:
+        return
     if not torch.cuda.is_available():
         parser.error(f"--device {device!r}: CUDA is not available here; use --device cpu")
     if target.index is not None and target.index >= torch.cuda.device_count():
@@ -283,10 +286,11 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         if args.config:
             layers.append(load_config_file(args.config))
         config = resolve([*layers, flags])
-        if args.print_config:
+        config.validate()
+        if args.print_config:  # checked as a run would be, but not against this machine's CUDA devices
+            _check_device(config.device, parser, here=False)
             print(to_toml(config), end="")
             return 0
-        config.validate()
     except ConfigError as err:
         parser.error(str(err))
     _check_device(config.device, parser)

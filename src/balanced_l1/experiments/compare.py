@@ -69,7 +69,7 @@ from balanced_l1.experiments.coco_data import (
     load_coco_dataset,
     load_coco_folder,
 )
-from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
+from balanced_l1.experiments.config import MAX_ITERS, CompareConfig, ConfigError, as_dict, to_toml
 from balanced_l1.experiments.distributed import (
     DistContext,
     barrier,
@@ -119,9 +119,17 @@ def train_config(config: CompareConfig, num_train_images: int) -> TrainConfig:
     """The optimisation settings of each run: ``epochs`` and ``lr_steps`` (always in epochs) become iterations.
 
     An epoch is ``ceil(num_train_images / batch_size)`` iterations.
+
+    Raises:
+        ConfigError: if ``epochs`` come to more than :data:`~balanced_l1.experiments.config.MAX_ITERS` iterations.
     """
     per_epoch = math.ceil(num_train_images / config.batch_size)
     iters = config.epochs * per_epoch if config.epochs is not None else int(config.iters)  # type: ignore[arg-type]
+    if iters > MAX_ITERS:
+        raise ConfigError(
+            f"epochs {config.epochs} of {per_epoch} iterations ({num_train_images} training images in batches of "
+            f"{config.batch_size}) are {iters} iterations, over the limit of {MAX_ITERS} that iters has too"
+        )
     steps = tuple(s * per_epoch for s in config.lr_steps)
     return TrainConfig(
         iters=iters,
@@ -469,7 +477,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
         The content of ``results.json`` on rank 0, ``None`` on other ranks.
 
     Raises:
-        ConfigError: for a bad setting, or an arm that does not fit the model.
+        ConfigError: for a bad setting, or an arm that does not fit the model (before ``config.out`` is touched).
         balanced_l1.experiments.coco_data.DataError: for bad data, or an image that cannot be read (a ``ValueError``).
         balanced_l1.experiments.checkpoint.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
             or run record, or one that cannot be read.
@@ -480,6 +488,11 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     ctx = setup_distributed(config.device)
     try:
         config.validate(ctx.world_size)
+        # Everything else that can refuse the settings, before --out is touched: reading the data (read-only), every
+        # arm configured on the model once, the schedule's length in iterations. Every rank checks, as it validates.
+        splits = load_data(config)
+        box_losses = _check_arms_fit_model(config, len(splits["train"].category_ids))
+        train_config(config, len(splits["train"]))
         with contextlib.ExitStack() as stack:
             error = None
             if ctx.is_main:
@@ -490,19 +503,22 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             errors = [e for e in gather_objects(ctx, error) if e is not None]
             if errors:
                 raise errors[0]
-            return _compare(config, ctx, log, started)
+            return _compare(config, ctx, log, started, splits, box_losses)
     finally:
         teardown_distributed(ctx)
 
 
 def _compare(
-    config: CompareConfig, ctx: DistContext, log: Callable[[str], None], started: float
+    config: CompareConfig,
+    ctx: DistContext,
+    log: Callable[[str], None],
+    started: float,
+    splits: dict[str, DetectionSplit],
+    box_losses: dict[str, BoxLossConfig | None],
 ) -> dict[str, Any] | None:
-    splits = load_data(config)
     if ctx.is_main:
         log(format_data_report(splits))
     specs = config.arm_specs()
-    box_losses = _check_arms_fit_model(config, len(splits["train"].category_ids))
     tc = train_config(config, len(splits["train"]))
     if config.resume:
         _check_resumable(config, splits, ctx)

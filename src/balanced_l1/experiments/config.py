@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,99 @@ LR_SCHEDULES = ("cosine", "step")
 LENGTH_KEYS = ("iters", "epochs")
 _COCO_KEYS = ("train_ann", "train_root", "val_ann", "val_root")
 _MAX_IMAGE_SIDE = 4096
+
+# Upper bounds of the settings that are sizes or counts. Each is far above any real run's value; it exists so that a
+# mistyped value is refused by validate() (exit 2, nothing written) instead of exhausting the machine's memory,
+# processes or threads, or failing deep inside a library with a traceback. The reason is part of the message.
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 1000
+MAX_ITERS = 10**8
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
+MAX_THREADS = 1024
+MAX_WORKERS = 64
+MAX_JOBS = 64
+MAX_LR = 1000.0
+MAX_SYNTHETIC_BYTES = 4 << 30
+MAX_WEIGHTS_FILE_BYTES = 2 << 30
+_ITERS_WHY = "the COCO 1x schedule is 90000 iterations; 10**8 is over a thousand times that"
+_SEED_WHY = "every run seeds numpy's generator, which takes seeds below 2**32"
+# name: (smallest, largest, why the largest); every integer setting has an entry (a test checks it)
+INT_BOUNDS: dict[str, tuple[int, int, str]] = {
+    "iters": (1, MAX_ITERS, _ITERS_WHY),
+    "epochs": (1, MAX_EPOCHS, "COCO schedules train 12 to 36 epochs"),
+    "batch_size": (
+        1,
+        MAX_BATCH_SIZE,
+        "a global batch's images are listed and loaded together; detection papers use at most 256",
+    ),
+    "warmup_iters": (0, MAX_ITERS, _ITERS_WHY),
+    "checkpoint_every": (1, MAX_ITERS, _ITERS_WHY),
+    "balance_every": (1, MAX_ITERS, _ITERS_WHY),
+    "threads": (1, MAX_THREADS, "torch starts that many threads per process; far more fail to be allocated"),
+    "workers": (0, MAX_WORKERS, "each DataLoader worker is a separate process; more are forked than a machine holds"),
+    "jobs": (1, MAX_JOBS, "each job is a whole training process with its own model"),
+    "train_images": (1, 1_000_000, "COCO's training split has 118287 images"),
+    "val_images": (1, 1_000_000, "COCO's training split has 118287 images"),
+    "image_size": (64, _MAX_IMAGE_SIDE, "the synthetic images are held in memory"),
+    "min_size": (32, _MAX_IMAGE_SIDE, "torchvision resizes every image to it"),
+    "max_size": (32, _MAX_IMAGE_SIDE, "torchvision resizes every image to it"),
+    "data_seed": (0, MAX_SEED, "numpy's seeds, as the training seeds, are below 2**32"),
+    "eval_every": (0, MAX_ITERS, _ITERS_WHY),
+    "log_every": (1, MAX_ITERS, _ITERS_WHY),
+}
+
+
+def _check_int(name: str, value: int) -> None:
+    """Raise ConfigError unless ``value`` is within :data:`INT_BOUNDS` for ``name``."""
+    low, high, why = INT_BOUNDS[name]
+    if name in ("image_size", "min_size", "max_size") and not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high} pixels, got {value} ({why})")
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if value > high:
+        raise ConfigError(f"{name} must be <= {high}, got {value} ({why})")
+
+
+def _check_no_nul(name: str, path: str) -> None:
+    if "\0" in path:
+        raise ConfigError(f"{name} {path!r}: a path cannot hold a NUL character")
+
+
+def _path_limit(folder: str, which: str, fallback: int) -> int:
+    try:
+        return int(os.pathconf(folder, which))
+    except (AttributeError, OSError, ValueError):  # not POSIX, or a file system without the limit
+        return fallback
+
+
+def _check_path_fits(name: str, path: str, *, inside: int, names_below: int) -> None:
+    """Raise ConfigError unless every name in ``path`` that does not exist yet fits its file system's NAME_MAX, and the
+    whole path, with room for ``inside`` bytes and ``names_below`` longest names under it, fits PATH_MAX.
+
+    The limits are those of the nearest folder of ``path`` that exists (where the new names would be created).
+    """
+    shown = path if len(path) <= 80 else f"{path[:60]}...{path[-10:]}"
+    absolute = os.path.abspath(path)
+    existing = absolute
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    name_max = _path_limit(existing, "PC_NAME_MAX", 255)
+    new_part = os.path.relpath(absolute, existing) if absolute != existing else ""
+    for part in new_part.split(os.sep) if new_part not in ("", ".") else []:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(
+                f"{name} {shown!r}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes, longer than this file "
+                f"system allows ({name_max} bytes, PC_NAME_MAX of {existing})"
+            )
+    path_max = _path_limit(existing, "PC_PATH_MAX", 4096)
+    room = inside + names_below * (1 + name_max)
+    if len(os.fsencode(path)) + room >= path_max:
+        raise ConfigError(
+            f"{name} {shown!r}: the path is {len(os.fsencode(path))} bytes; with room for the files this run writes "
+            f"inside it ({room} bytes: a folder and a file name of up to {name_max} bytes each) it exceeds this file "
+            f"system's limit of {path_max} bytes (PC_PATH_MAX of {existing})"
+        )
 
 
 class ConfigError(ValueError):
@@ -181,6 +275,7 @@ class CompareConfig:
         """
         if not self.arms:
             raise ConfigError("arms must be a non-empty list, got []")
+        self._validate_sizes()
         specs = self.arm_specs()
         in_script = [s.name for s in specs if getattr(s.arm.configure, "__module__", None) == "__main__"]
         if in_script and self.jobs > 1 and len(specs) * len(self.seeds) > 1:
@@ -188,31 +283,17 @@ class CompareConfig:
                 f"arms {', '.join(in_script)} are registered in the script being run, which worker processes cannot "
                 "import: register them in a module named in arm_modules (--arm-modules), or use --jobs 1"
             )
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
-            raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
         self._validate_data()
         self._validate_schedule(world_size)
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        for name in ("min_size", "max_size"):
-            value = getattr(self, name)
-            if value is not None and not 32 <= value <= _MAX_IMAGE_SIDE:
-                raise ConfigError(f"{name} must be between 32 and {_MAX_IMAGE_SIDE} pixels, got {value}")
         min_size, max_size = self.resize()
         if max_size < min_size:
             raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
-        if not self.weights_backbone:
-            raise ConfigError("weights_backbone must be none, DEFAULT or the path of a local file, got ''")
-        for name in ("threads", "checkpoint_every", "jobs", "balance_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        if not self.out:
-            raise ConfigError("out must name a folder, got ''")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise ConfigError(f"out {self.out} exists and is not a folder")
+        self._validate_weights()
+        self._validate_paths()
         self._validate_reporting()
+        to_toml(self)  # every setting can be written to OUT/config.toml (and --print-config) and read back
 
     def _validate_reporting(self) -> None:
         """eval_every >= 0, log_every >= 1, and --tensorboard only with the tensorboard package installed."""
@@ -227,6 +308,84 @@ class CompareConfig:
             if problem is not None:
                 raise ConfigError(problem)
 
+    def _validate_sizes(self) -> None:
+        """Every count and size within its bound (:data:`INT_BOUNDS`), the seeds among them."""
+        if len(self.seeds) > MAX_SEEDS:
+            raise ConfigError(
+                f"seeds: at most {MAX_SEEDS} seeds, got {len(self.seeds)} (every arm trains once per seed)"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
+        too_large = [s for s in self.seeds if s > MAX_SEED]
+        if too_large:
+            raise ConfigError(f"seeds must be <= {MAX_SEED}, got {too_large[0]} ({_SEED_WHY})")
+        for name in INT_BOUNDS:
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value)
+        if any(step > MAX_EPOCHS for step in self.lr_steps):
+            raise ConfigError(
+                f"lr_steps must be <= {MAX_EPOCHS} (epochs), got {max(self.lr_steps)} ({INT_BOUNDS['epochs'][2]})"
+            )
+        if self.uses_synthetic_data:
+            size = (self.train_images + self.val_images) * self.image_size**2 * 3
+            if size > MAX_SYNTHETIC_BYTES:
+                raise ConfigError(
+                    f"train_images {self.train_images} + val_images {self.val_images} synthetic images of "
+                    f"{self.image_size}x{self.image_size} pixels take {size} bytes of memory, over the limit of "
+                    f"{MAX_SYNTHETIC_BYTES >> 30} GiB (they are generated up front and kept in memory): "
+                    "give fewer images or a smaller image_size"
+                )
+
+    def _validate_weights(self) -> None:
+        """weights_backbone: none; DEFAULT or a local file only for torchvision's models (the file must be there)."""
+        weights = self.weights_backbone
+        if not weights:
+            raise ConfigError("weights_backbone must be none, DEFAULT or the path of a local file, got ''")
+        if weights == "none":
+            return
+        if self.model == "small":
+            raise ConfigError(
+                f"weights_backbone {weights!r}: the small model is built from scratch and takes only 'none'; "
+                f"DEFAULT (torchvision's ImageNet weights) or a weights file is for the models {', '.join(MODELS[1:])}"
+            )
+        if weights == "DEFAULT":
+            return
+        from balanced_l1._files import file_kind, format_size
+
+        _check_no_nul("weights_backbone", weights)
+        try:
+            info = os.stat(weights)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"weights_backbone {weights!r}: no such file (give none, DEFAULT or the path of a local state_dict "
+                "file)"
+            ) from None
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or err
+            raise ConfigError(f"weights_backbone {weights!r}: cannot read it ({reason})") from None
+        kind = file_kind(info.st_mode)
+        if kind is not None:
+            raise ConfigError(f"weights_backbone {weights!r} is {kind}, not a regular file (a state_dict file)")
+        if info.st_size > MAX_WEIGHTS_FILE_BYTES:
+            raise ConfigError(
+                f"weights_backbone {weights!r} is {format_size(info.st_size)}, over the limit of "
+                f"{format_size(MAX_WEIGHTS_FILE_BYTES)} for a backbone's weights (ResNet-50's are 98 MiB; the file "
+                "is read into memory)"
+            )
+
+    def _validate_paths(self) -> None:
+        """No path holds a NUL; --out names a folder whose name fits the file system."""
+        for name in (*_COCO_KEYS, "data", "out"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_no_nul(name, value)
+        if not self.out:
+            raise ConfigError("out must name a folder, got ''")
+        _check_path_fits("out", self.out, inside=len("/tensorboard"), names_below=2)  # tensorboard/<run>/<events>
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"out {self.out} exists and is not a folder")
+
     def _validate_data(self) -> None:
         given = [key for key in _COCO_KEYS if getattr(self, key) is not None]
         if self.data is not None and given:
@@ -237,29 +396,21 @@ class CompareConfig:
             raise ConfigError(
                 f"COCO files need all of --train-ann --train-root --val-ann --val-root; missing {missing}"
             )
-        for name in ("train_images", "val_images"):
-            if not 1 <= getattr(self, name) <= 1_000_000:
-                raise ConfigError(f"{name} must be between 1 and 1000000, got {getattr(self, name)}")
-        if not 64 <= self.image_size <= _MAX_IMAGE_SIDE:
-            raise ConfigError(f"image_size must be between 64 and {_MAX_IMAGE_SIDE} pixels, got {self.image_size}")
-        if self.data_seed < 0:
-            raise ConfigError(f"data_seed must be >= 0, got {self.data_seed}")
 
     def _validate_schedule(self, world_size: int) -> None:
         if (self.iters is None) == (self.epochs is None):
             raise ConfigError(f"give exactly one of iters and epochs, got iters={self.iters}, epochs={self.epochs}")
-        for name in ("iters", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be finite and > 0, got {self.lr}")
+        if self.lr > MAX_LR:
+            raise ConfigError(
+                f"lr must be <= {MAX_LR:g}, got {self.lr:g} (detection trains at 0.02 per 16 images, 5.12 at a batch "
+                "of 4096; a far larger step overflows the float32 weights in the first SGD update)"
+            )
         for name in ("momentum", "weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value < 1.0):
                 raise ConfigError(f"{name} must be in [0, 1), got {value}")
-        if self.warmup_iters < 0:
-            raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
         if not (math.isfinite(self.warmup_factor) and 0.0 < self.warmup_factor <= 1.0):
             raise ConfigError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -409,13 +560,36 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return '"' + "".join(_toml_char(char) for char in value) + '"'
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _toml_char(char: str) -> str:
+    """One character inside a TOML basic string: quote, backslash and control characters escaped."""
+    if char in _TOML_ESCAPES:
+        return _TOML_ESCAPES[char]
+    code = ord(char)
+    if code < 0x20 or code == 0x7F:
+        return f"\\u{code:04X}"
+    if 0xD800 <= code <= 0xDFFF:  # a lone surrogate: a file name in another encoding, which TOML cannot hold
+        raise ValueError(
+            f"U+{code:04X} (a byte that is not UTF-8, in a file name) cannot be written in TOML, as --print-config "
+            "and OUT/config.toml write every setting: use a UTF-8 name"
+        )
+    return char
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
 def to_toml(config: CompareConfig) -> str:
     """The settings as a TOML file that :func:`load_config_file` reads back (unset optional ones as comments).
+
+    Strings are TOML basic strings, with quotes, backslashes and control characters escaped, so any text reads back
+    equal.
+
+    Raises:
+        ConfigError: for a string that holds a lone surrogate (a file name that is not UTF-8), which TOML cannot hold.
 
     Example:
         >>> "lr = 0.04" in to_toml(CompareConfig())
@@ -424,7 +598,10 @@ def to_toml(config: CompareConfig) -> str:
     lines = []
     for name, spec in FIELDS.items():
         value = getattr(config, name)
-        line = f"# {name} =  (not set)" if value is None else f"{name} = {_toml_value(value)}"
+        try:
+            line = f"# {name} =  (not set)" if value is None else f"{name} = {_toml_value(value)}"
+        except ValueError as err:
+            raise ConfigError(f"{name} {value!r}: {err}") from None
         lines.append(f"{line:<48} # {spec.metadata['help']}")
     return "\n".join(lines) + "\n"
 

@@ -98,8 +98,8 @@ def _grid(kind: type) -> object:
 
 
 def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    from balanced_l1.detection.box_loss import DELTA_LOSSES
     from balanced_l1.detection.iou_losses import IOU_LOSSES
-    from balanced_l1.detection.losses import DELTA_LOSSES
 
     balance = subparsers.add_parser(
         "balance",

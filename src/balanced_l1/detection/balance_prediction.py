@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import RoIHeads
 
+from balanced_l1.detection.box_loss import CONFIG_ATTRIBUTE, BoxLossConfig
 from balanced_l1.detection.gradient_balance import box_gradient_statistics
-from balanced_l1.detection.losses import CONFIG_ATTRIBUTE, BoxLossConfig
 from balanced_l1.params import MAX_GAMMA_OVER_ALPHA, BalancedL1Params
 
 __all__ = [

@@ -20,7 +20,7 @@ from torchvision.models.detection._utils import BoxCoder
 from balanced_l1.detection._loss_normaliser import normaliser
 
 if TYPE_CHECKING:
-    from balanced_l1.detection.losses import BoxLossConfig
+    from balanced_l1.detection.box_loss import BoxLossConfig
 
 __all__ = ["ssd_losses"]
 

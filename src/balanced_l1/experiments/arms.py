@@ -156,14 +156,15 @@ TORCHVISION_SMOOTH_L1_BETA = 1.0 / 9.0
 
 
 def _check_box_loss(loss: str, *, beta: float = 1.0, loss_weight: float, placement: str, **balanced: Any) -> None:
-    from balanced_l1.detection.losses import BoxLossConfig, placement_stages
+    from balanced_l1.detection.box_loss import BoxLossConfig, placement_stages
 
     placement_stages(placement)
     BoxLossConfig(BalancedL1Params(beta=beta, **balanced), loss_weight, loss)
 
 
 def _use_box_loss(model: nn.Module, loss: str, *, loss_weight: float, placement: str, beta: float = 1.0) -> None:
-    from balanced_l1.detection.losses import placement_stages, use_box_loss
+    from balanced_l1.detection.box_loss import placement_stages
+    from balanced_l1.detection.losses import use_box_loss
 
     rpn, roi_heads = placement_stages(placement)
     use_box_loss(model, loss, rpn=rpn, roi_heads=roi_heads, beta=beta, loss_weight=loss_weight)
@@ -176,7 +177,8 @@ def _smooth_l1(model: nn.Module, *, beta: float, loss_weight: float, placement: 
 
 
 def _use_balanced_l1(model: nn.Module, *, loss_weight: float, placement: str, **params: Any) -> None:
-    from balanced_l1.detection.losses import BoxLossConfig, use_box_loss_config
+    from balanced_l1.detection.box_loss import BoxLossConfig
+    from balanced_l1.detection.losses import use_box_loss_config
 
     use_box_loss_config(model, BoxLossConfig(BalancedL1Params(**params), loss_weight), placement=placement)
 

@@ -51,8 +51,8 @@ from balanced_l1._files import (
     write_json_atomically,
 )
 from balanced_l1.detection.balance_prediction import roi_box_loss
+from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
-from balanced_l1.detection.losses import BoxLossConfig
 from balanced_l1.detection.zoo import build_detector
 from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.balance import (

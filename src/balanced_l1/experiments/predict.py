@@ -27,7 +27,7 @@ from balanced_l1.detection.balance_prediction import (
     solve_alpha,
     split_roi_sample,
 )
-from balanced_l1.detection.losses import BoxLossConfig
+from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments._markdown import markdown_table
 from balanced_l1.experiments.balance import run_summary
 from balanced_l1.params import BalancedL1Params

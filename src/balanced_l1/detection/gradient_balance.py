@@ -42,7 +42,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressionHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
@@ -58,6 +57,7 @@ from balanced_l1.detection._gradient_probes import (
     is_inlier,
 )
 from balanced_l1.detection._mixins import _with_mixin
+from balanced_l1.detection._model_kinds import is_two_stage, wrapper_hint
 from balanced_l1.params import check_number
 
 __all__ = [
@@ -280,11 +280,7 @@ class GradientBalanceMonitor:
         self._undo: list[Callable[[], None]] = []
         self.stages: dict[str, _Stage] = {}
         self._task: _TaskBalance | None = None
-        if (
-            isinstance(model, GeneralizedRCNN)
-            and isinstance(model.rpn, RegionProposalNetwork)
-            and isinstance(model.roi_heads, RoIHeads)
-        ):
+        if is_two_stage(model):
             self.stages = {"roi_heads": _Stage("roi_heads", True), "rpn": _Stage("rpn", False)}
             self._attach(model.rpn, _MonitoredRPN)
             self._attach(model.roi_heads, _MonitoredRoIHeads)
@@ -301,11 +297,9 @@ class GradientBalanceMonitor:
             self._task = _TaskBalance(model.head, _dict_outputs)
             self._hook(model.head, self._one_stage_head_hook)
         else:
-            wrapped = isinstance(getattr(model, "module", None), nn.Module)
-            hint = " (pass the bare model, e.g. ddp_model.module)" if wrapped else ""
             raise TypeError(
                 "GradientBalanceMonitor supports torchvision FasterRCNN, MaskRCNN, KeypointRCNN, RetinaNet and "
-                f"SSD / SSDlite, as use_balanced_l1 does; got {type(model).__name__}{hint}"
+                f"SSD / SSDlite, as use_balanced_l1 does; got {type(model).__name__}{wrapper_hint(model)}"
             )
         self._hook_pre(model)
         self._arm()

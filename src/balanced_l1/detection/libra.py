@@ -11,11 +11,9 @@ import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign
 
+from balanced_l1.detection._model_kinds import is_two_stage
 from balanced_l1.detection.bfp import BackboneWithBFP, _infer_num_levels, use_balanced_feature_pyramid
 from balanced_l1.detection.box_loss import BoxLossConfig, placement_stages
 from balanced_l1.detection.losses import use_box_loss_config
@@ -25,11 +23,7 @@ from balanced_l1.params import BalancedL1Params, check_number
 
 
 def _check_two_stage(model: nn.Module, caller: str) -> None:
-    if not (
-        isinstance(model, GeneralizedRCNN)
-        and isinstance(model.rpn, RegionProposalNetwork)
-        and isinstance(model.roi_heads, RoIHeads)
-    ):
+    if not is_two_stage(model):
         raise TypeError(f"{caller} needs a torchvision two-stage detector (Faster R-CNN), got {type(model).__name__}")
 
 

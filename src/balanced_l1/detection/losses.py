@@ -29,7 +29,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, cross_entropy
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressionHead
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
@@ -37,6 +36,7 @@ from torchvision.models.detection.ssd import SSD
 
 from balanced_l1.detection._loss_normaliser import normaliser
 from balanced_l1.detection._mixins import _with_mixin
+from balanced_l1.detection._model_kinds import is_two_stage, wrapper_hint
 from balanced_l1.detection.box_loss import (
     BOX_LOSSES,
     CONFIG_ATTRIBUTE,
@@ -467,14 +467,8 @@ def _use_box_loss(model: nn.Module, config: BoxLossConfig, *, rpn: bool, roi_hea
             )
         _switch(one_stage, _BalancedL1SSD if one_stage is model else _BalancedL1RetinaNetRegression, config)
         return model
-    if not (
-        isinstance(model, GeneralizedRCNN)
-        and isinstance(model.rpn, RegionProposalNetwork)
-        and isinstance(model.roi_heads, RoIHeads)
-    ):
-        wrapped = isinstance(getattr(model, "module", None), nn.Module)
-        hint = " (pass the bare model, e.g. ddp_model.module)" if wrapped else ""
-        raise TypeError(f"use_balanced_l1 supports {_SUPPORTED}; got {type(model).__name__}{hint}")
+    if not is_two_stage(model):
+        raise TypeError(f"use_balanced_l1 supports {_SUPPORTED}; got {type(model).__name__}{wrapper_hint(model)}")
     if not (rpn or roi_heads):
         raise ValueError("rpn=False and roi_heads=False would switch nothing; set at least one of them to True")
     if rpn:

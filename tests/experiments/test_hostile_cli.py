@@ -23,6 +23,7 @@ from balanced_l1.experiments.config import (
     FIELDS,
     INT_BOUNDS,
     MAX_ITERS,
+    MAX_WEIGHTS_FILE_BYTES,
     CompareConfig,
     ConfigError,
     load_config_file,
@@ -68,11 +69,15 @@ def _file_cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
     """Cases that need files: a config file with a NUL in --out, a weights folder, over-long --out names."""
     nul = tmp / "nul.toml"
     nul.write_text('out = "a\\u0000b"\n')
+    big = tmp / "big.pth"
+    with big.open("wb") as handle:  # sparse: takes no disk space
+        handle.truncate(MAX_WEIGHTS_FILE_BYTES + 1)
     long_name = str(tmp / ("x" * 300))
     long_path = str(tmp / "/".join(["d" * 200] * 25))
     return [
         (["--config", str(nul)], ["out 'a\\x00b'", "cannot hold a NUL character"]),  # its own --out
         (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", str(tmp)], ["weights_backbone", "is a folder"]),
+        (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", str(big)], ["2147483649 bytes), over the limit"]),
         (["--out", long_name], ["out", "is 300 bytes, longer than this file system allows (255 bytes"]),
         (["--out", long_path], ["out", "PC_PATH_MAX"]),
     ]

@@ -369,9 +369,9 @@ class CompareConfig:
             raise ConfigError(f"weights_backbone {weights!r} is {kind}, not a regular file (a state_dict file)")
         if info.st_size > MAX_WEIGHTS_FILE_BYTES:
             raise ConfigError(
-                f"weights_backbone {weights!r} is {format_size(info.st_size)}, over the limit of "
-                f"{format_size(MAX_WEIGHTS_FILE_BYTES)} for a backbone's weights (ResNet-50's are 98 MiB; the file "
-                "is read into memory)"
+                f"weights_backbone {weights!r} is {format_size(info.st_size)} ({info.st_size} bytes), over the limit "
+                f"of {format_size(MAX_WEIGHTS_FILE_BYTES)} for a backbone's weights (ResNet-50's are about 98 MiB; "
+                "the file is read into memory)"
             )
 
     def _validate_paths(self) -> None:

@@ -21,12 +21,17 @@ model = dict(
         norm_eval=False,  # BatchNorm statistics are learned, for the same reason
         init_cfg=None,  # no pretrained weights (the base config loads torchvision's ResNet-50)
     ),
-    neck=dict(in_channels=[64, 128, 256, 512]),
+    # Narrower than mmdetection's 256 channels and 1024-wide fully connected layers, to train fast on a CPU.
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64),
     roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=64),
         bbox_head=dict(
+            in_channels=64,
+            fc_out_channels=256,
             num_classes=3,
             loss_bbox=dict(type="balanced_l1.BalancedL1Loss", alpha=0.5, gamma=1.5, beta=1.0, loss_weight=1.0),
-        )
+        ),
     ),
 )
 

@@ -232,7 +232,7 @@ def test_diverging_loss_exits_1_and_leaves_no_results_json(tmp_path: Path, capsy
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text('{"left": "by an earlier run"}')
-    args = [*TINY, "--iters", "4", "--warmup-iters", "0", "--lr", "1e6", "--arms", "smooth_l1"]
+    args = [*TINY, "--iters", "4", "--warmup-iters", "0", "--lr", "1000", "--grad-clip", "0", "--arms", "smooth_l1"]
     code = main(["compare", *args, "--out", str(out)])
     assert code == 1
     assert "smooth_l1 seed 0: loss became nan" in capsys.readouterr().err
@@ -255,7 +255,7 @@ def test_runs_side_by_side_give_exactly_the_results_of_runs_one_after_another(
 def test_a_run_failing_in_a_side_process_exits_1_with_its_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [*TINY, "--iters", "4", "--warmup-iters", "0", "--lr", "1e6", "--jobs", "2"]
+    args = [*TINY, "--iters", "4", "--warmup-iters", "0", "--lr", "1000", "--grad-clip", "0", "--jobs", "2"]
     code = main(["compare", *args, "--out", str(tmp_path / "out")])
     assert code == 1
     assert "loss became nan" in capsys.readouterr().err

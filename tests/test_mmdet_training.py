@@ -56,7 +56,7 @@ BOX_INDEPENDENT = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "acc")
 # each element can differ by a few ULPs, and the mean over the sampled RoIs by about as much
 # relative to itself (measured: 1 ULP at beta = 1, equal at beta = 0.11). 16 ULPs bounds that with
 # room and is far below a real difference (the default formulation at beta = 0.11 moves loss_bbox
-# by about 4 %, 350 000 ULPs).
+# by about 4 %, 400 000 ULPs).
 LOSS_BBOX_RTOL = 16 * EPS32
 
 # Gradients: the box-loss gradients with respect to the box predictions differ by a few ULPs per

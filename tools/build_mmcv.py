@@ -131,6 +131,8 @@ def build_wheel(mmcv_version: str = MMCV_VERSION, jobs: int | None = None, verbo
         wheel = cached_wheel(mmcv_version)
         if wheel is not None:  # built by another process while this one waited
             return wheel
+        for leftover in target.glob("mmcv-build-*"):  # from a build that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
         log = target / "build.log"
         log.write_text(f"building mmcv {mmcv_version} for {build_key(mmcv_version)}\n")
         if verbose:

@@ -48,6 +48,7 @@ train_dataloader = dict(
     batch_size=2,
     num_workers=0,  # data loading in the training process: deterministic, and no worker processes
     persistent_workers=False,
+    sampler=dict(type="InfiniteSampler", shuffle=True),  # iteration-based training: no epoch boundary
     dataset=dict(
         data_root=data_root,
         metainfo=metainfo,

@@ -5,7 +5,8 @@ NMS) cannot run with it, and no mmcv wheel exists for the torch this project tes
 module builds mmcv 2.1.0 with its CPU ops from its sdist (tools/build_mmcv.py: the one patch is
 ``-std=c++17`` -> ``-std=c++20`` in its setup.py, which ATen's headers require), once per machine:
 the wheel is cached outside the repository (``~/.cache/balanced-l1/``, keyed by mmcv version, torch
-version, Python tag and machine). The first run takes about 10 minutes for that build.
+version, Python tag and machine). The first run builds it: 31 CPU-minutes, 41 minutes of wall time
+on 2 cores shared with other jobs.
 
 How the built mmcv is used: the wheel is unpacked beside itself and put first on ``PYTHONPATH`` of
 subprocesses, which then import it ahead of the venv's mmcv-lite. It is not installed into the venv:
@@ -21,7 +22,7 @@ build log's tail; ``BALANCED_L1_MMCV_BUILD=0`` turns them into skips that say wh
 
 tests/_mmdet_training_run.py trains examples/mmdet/faster_rcnn_r18_balanced_l1_tiny.py (Faster R-CNN,
 ResNet-18 FPN from scratch, 16 generated 128-pixel images) with the plugin's loss for 5 iterations (the
-config's 20 take a few minutes on 2 CPU cores), then one or two iterations each with mmdetection's
+config's 20 take over a minute on 2 CPU cores), then one or two iterations each with mmdetection's
 loss and the other variants, in one process, each from seed 0, and records every iteration's losses
 and the first iteration's parameter gradients.
 """

@@ -3,15 +3,16 @@
 mmdetection 3.3 trains only with a full mmcv (``mmcv._ext``, its compiled ops), and mmcv 2.1.0, the
 newest release that mmdetection 3.3 accepts (``mmcv >= 2.0.0rc4, < 2.2.0``), has no wheel for recent
 torch releases. Its source builds against them with one change: its ``setup.py`` compiles with
-``-std=c++17``, and ATen's headers (torch >= 2.10) require C++20 (``#error C++20 or later compatible
-compiler is required``). This script:
+``-std=c++17``, and the ATen headers of recent torch releases (2.14 here) require C++20
+(``#error C++20 or later compatible compiler is required``). This script:
 
 1. downloads the mmcv sdist from PyPI with pip (``pip download --no-binary :all:``);
 2. replaces every ``-std=c++17`` in its ``setup.py`` by ``-std=c++20`` (the one patch; see ``PATCHES``);
 3. builds a wheel with ``MMCV_WITH_OPS=1``, CUDA hidden (the ops are compiled for the CPU), and
    ``--no-build-isolation`` so the extension is compiled against the torch installed here;
 4. keeps the wheel in a cache outside the repository, keyed by mmcv version, torch version, Python
-   tag and machine, so the build (about 9 minutes on 2 cores) runs once per machine.
+   tag and machine, so the build (31 CPU-minutes; 41 minutes of wall time on 2 busy cores here) runs
+   once per machine.
 
 Usage::
 
@@ -136,7 +137,7 @@ def build_wheel(mmcv_version: str = MMCV_VERSION, jobs: int | None = None, verbo
         log = target / "build.log"
         log.write_text(f"building mmcv {mmcv_version} for {build_key(mmcv_version)}\n")
         if verbose:
-            print(f"building mmcv {mmcv_version} with its ops (once per machine, ~10 min); log: {log}", flush=True)
+            print(f"building mmcv {mmcv_version} with its ops (once per machine, minutes); log: {log}", flush=True)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mmcv-build-", dir=target) as tmp:
             work = Path(tmp)

@@ -39,7 +39,8 @@ def test_two_process_compare_trains_with_ddp_and_writes_once(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["world_size"] == 2 and list(results["arms"]) == ["smooth_l1", "balanced_l1"]
-    assert done.stdout.count("| arm ") == 2  # the two tables (AP, gradient balance) come from rank 0 only
+    # the three tables (AP, gradient balance, the balance predicted from the baseline) come from rank 0 only
+    assert done.stdout.count("| arm ") == 3
     assert done.stdout.count("gradient balance, second half of training") == 1
     assert done.stderr.count("smooth_l1 seed 0:   0%") == 1  # so does the progress bar
 

@@ -234,9 +234,7 @@ def _start(
     return state
 
 
-def _progress(
-    config: TrainConfig, state: _State, ctx: DistContext, desc: str, position: int, bar: bool
-) -> tqdm[Any]:
+def _progress(config: TrainConfig, state: _State, ctx: DistContext, desc: str, position: int, bar: bool) -> tqdm[Any]:
     return tqdm(
         total=config.iters,
         initial=state.start,

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from balanced_l1.detection import GradientBalanceMonitor
-from balanced_l1.experiments.compare import _build, load_data, train_config
 from balanced_l1.experiments.config import DEFAULTS
 from balanced_l1.experiments.distributed import DistContext
 from balanced_l1.experiments.evaluate import evaluate_detector
+from balanced_l1.experiments.run import build_arm_model, load_data, train_config
 from balanced_l1.experiments.runlog import LogFile, RunObserver
 from balanced_l1.experiments.train import train
 
@@ -36,7 +36,7 @@ def _seconds_per_iteration(splits: dict, iters: int, folder: Path, observed: boo
     tc = type(tc)(**{**tc.__dict__, "iters": iters, "checkpoint_every": 10**8})
     spec = config.arm_specs()[1]
     torch.manual_seed(0)
-    model = _build(config, len(splits["train"].category_ids), spec)
+    model = build_arm_model(config, len(splits["train"].category_ids), spec)
     monitor = GradientBalanceMonitor(model, task_balance_every=config.balance_every)
     observer = None
     if observed:
@@ -79,7 +79,7 @@ def main() -> None:
         for _ in range(args.rounds):
             plain.append(_seconds_per_iteration(splits, args.iters, Path(tmp), False, False))
             observed.append(_seconds_per_iteration(splits, args.iters, Path(tmp), True, args.tensorboard))
-        model = _build(DEFAULTS, len(splits["train"].category_ids), DEFAULTS.arm_specs()[0])
+        model = build_arm_model(DEFAULTS, len(splits["train"].category_ids), DEFAULTS.arm_specs()[0])
         started = time.perf_counter()
         evaluate_detector(model, splits["val"], show_progress=False)
         validation = time.perf_counter() - started

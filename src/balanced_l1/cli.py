@@ -364,7 +364,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_device(args.device, parser)
     import torch
 
-    from balanced_l1.experiments.compare import _exclusive_out
+    from balanced_l1.experiments.output_folder import exclusive_out
     from balanced_l1.experiments.runlog import is_terminal
     from balanced_l1.experiments.trained import RunsNotFoundError, evaluate_out, saved_config
 
@@ -374,7 +374,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(str(err))
     torch.set_num_threads(args.threads)
     try:
-        with _exclusive_out(out):
+        with exclusive_out(out):
             evaluate_out(
                 out,
                 val_ann=args.val_ann,

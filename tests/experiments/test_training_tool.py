@@ -100,7 +100,7 @@ def test_each_run_writes_its_final_weights_as_a_plain_state_dict(finished: Finis
 
 def test_the_rebuilt_model_gives_the_detections_of_the_model_that_was_evaluated(finished: Finished) -> None:
     from balanced_l1.experiments import load_trained_model
-    from balanced_l1.experiments.compare import _build
+    from balanced_l1.experiments.run import build_arm_model
 
     config = saved_config(finished.out)
     splits = load_data(config)
@@ -109,7 +109,7 @@ def test_the_rebuilt_model_gives_the_detections_of_the_model_that_was_evaluated(
         assert not rebuilt.training
         # the trained model as it was in memory at the end of training: the final checkpoint's weights
         spec = next(s for s in config.arm_specs() if s.name == arm)
-        trained = _build(config, 3, spec)
+        trained = build_arm_model(config, 3, spec)
         ckpt = load_checkpoint(finished.out / "checkpoints" / f"{arm}_seed0.pt", finished.record(arm)["fingerprint"], 1)
         trained.load_state_dict(ckpt["model"])
         device = torch.device("cpu")

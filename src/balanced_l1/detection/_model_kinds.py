@@ -18,6 +18,13 @@ def is_two_stage(model: object) -> bool:
     )
 
 
+def two_stage_parts(model: object) -> tuple[RegionProposalNetwork, RoIHeads] | None:
+    """``(model.rpn, model.roi_heads)`` of a two-stage detector (see :func:`is_two_stage`), else ``None``."""
+    if not is_two_stage(model):
+        return None
+    return model.rpn, model.roi_heads  # type: ignore[attr-defined]  # checked by is_two_stage
+
+
 def wrapper_hint(model: object) -> str:
     """A hint for an error message when ``model`` looks like a wrapper (DDP) around a bare model."""
     return (

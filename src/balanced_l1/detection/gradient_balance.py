@@ -57,7 +57,7 @@ from balanced_l1.detection._gradient_probes import (
     is_inlier,
 )
 from balanced_l1.detection._mixins import _with_mixin
-from balanced_l1.detection._model_kinds import is_two_stage, wrapper_hint
+from balanced_l1.detection._model_kinds import two_stage_parts, wrapper_hint
 from balanced_l1.params import check_number
 
 __all__ = [
@@ -280,12 +280,14 @@ class GradientBalanceMonitor:
         self._undo: list[Callable[[], None]] = []
         self.stages: dict[str, _Stage] = {}
         self._task: _TaskBalance | None = None
-        if is_two_stage(model):
+        parts = two_stage_parts(model)
+        if parts is not None:
+            rpn, roi_heads = parts
             self.stages = {"roi_heads": _Stage("roi_heads", True), "rpn": _Stage("rpn", False)}
-            self._attach(model.rpn, _MonitoredRPN)
-            self._attach(model.roi_heads, _MonitoredRoIHeads)
-            self._task = _TaskBalance(model.roi_heads.box_predictor, _tuple_outputs)
-            self._hook(model.roi_heads.box_predictor, self._roi_predictor_hook)
+            self._attach(rpn, _MonitoredRPN)
+            self._attach(roi_heads, _MonitoredRoIHeads)
+            self._task = _TaskBalance(roi_heads.box_predictor, _tuple_outputs)
+            self._hook(roi_heads.box_predictor, self._roi_predictor_hook)
         elif isinstance(model, RetinaNet) and isinstance(model.head.regression_head, RetinaNetRegressionHead):
             self.stages = {"head": _Stage("head", True)}
             self._attach(model.head.regression_head, _MonitoredOneStage)

@@ -36,7 +36,7 @@ from torchvision.models.detection.ssd import SSD
 
 from balanced_l1.detection._loss_normaliser import normaliser
 from balanced_l1.detection._mixins import _with_mixin
-from balanced_l1.detection._model_kinds import is_two_stage, wrapper_hint
+from balanced_l1.detection._model_kinds import two_stage_parts, wrapper_hint
 from balanced_l1.detection.box_loss import (
     BOX_LOSSES,
     CONFIG_ATTRIBUTE,
@@ -467,12 +467,13 @@ def _use_box_loss(model: nn.Module, config: BoxLossConfig, *, rpn: bool, roi_hea
             )
         _switch(one_stage, _BalancedL1SSD if one_stage is model else _BalancedL1RetinaNetRegression, config)
         return model
-    if not is_two_stage(model):
+    parts = two_stage_parts(model)
+    if parts is None:
         raise TypeError(f"use_balanced_l1 supports {_SUPPORTED}; got {type(model).__name__}{wrapper_hint(model)}")
     if not (rpn or roi_heads):
         raise ValueError("rpn=False and roi_heads=False would switch nothing; set at least one of them to True")
     if rpn:
-        _switch(model.rpn, _BalancedL1RPN, config)
+        _switch(parts[0], _BalancedL1RPN, config)
     if roi_heads:
-        _switch(model.roi_heads, _BalancedL1RoIHeads, config)
+        _switch(parts[1], _BalancedL1RoIHeads, config)
     return model

@@ -49,7 +49,7 @@ class TrainConfig:
     """Optimisation settings of one training run, resolved from :class:`~balanced_l1.experiments.config.CompareConfig`.
 
     No field has a default here: the defaults live in ``CompareConfig`` alone
-    (:func:`balanced_l1.experiments.compare.train_config` builds this from it).
+    (:func:`balanced_l1.experiments.run.train_config` builds this from it).
 
     Attributes:
         iters: number of iterations (global batches).
@@ -273,7 +273,7 @@ def train(
         ctx: this process's place in the job.
         checkpoint_path: where rank 0 writes the checkpoint.
         fingerprint: the run's identity (settings, data, seed; see
-            :func:`~balanced_l1.experiments.compare.run_fingerprint`), stored in the checkpoint and checked on resume.
+            :func:`~balanced_l1.experiments.run.run_fingerprint`), stored in the checkpoint and checked on resume.
         resume: continue from ``checkpoint_path`` if it exists.
         desc: label of the progress bar.
         workers: DataLoader worker processes.

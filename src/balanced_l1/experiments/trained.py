@@ -157,9 +157,9 @@ def rebuild_model(config: CompareConfig, spec: ArmSpec, num_classes: int) -> nn.
     """The untrained detector of ``config`` with ``spec``'s arm, with the architecture the run trained (nothing is
     downloaded: a backbone started from ImageNet weights gets its frozen BatchNorm layers as torchvision's has)."""
     from balanced_l1.detection import zoo
-    from balanced_l1.experiments.compare import _build
+    from balanced_l1.experiments.run import build_arm_model
 
-    model = _build(config, num_classes, spec, weights_backbone="none")
+    model = build_arm_model(config, num_classes, spec, weights_backbone="none")
     if config.weights_backbone != "none" and config.model in zoo._FROZEN_BN:
         backbone: nn.Module = model.backbone  # type: ignore[assignment]  # every model here is a Faster R-CNN
         zoo._freeze_batch_norm(backbone.body)  # type: ignore[arg-type]
@@ -208,7 +208,7 @@ def load_trained_model(
         RunsNotFoundError: if the run has no record (it did not finish).
         CheckpointMismatchError: if the run belongs to other settings, or its record or weights cannot be read.
     """
-    from balanced_l1.experiments.compare import _read_record, run_fingerprint
+    from balanced_l1.experiments.run import read_record, run_fingerprint
 
     root = Path(out)
     config = saved_config(root)
@@ -216,18 +216,18 @@ def load_trained_model(
     path = _record_path(root, spec, seed)
     if not path.exists():
         raise RunsNotFoundError(f"{path}: no finished run of arm {spec.name!r} and seed {seed} in {root}")
-    record = _read_record(path)
+    record = read_record(path)
     check_fingerprint(record, run_fingerprint(config, {}, spec, seed), path, data=False)
     return _load(config, spec, record, path, torch.device(device))
 
 
 def finished_runs(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every run record in ``OUT/runs`` (``*.json``), read and checked, in name order."""
-    from balanced_l1.experiments.compare import _read_record
+    from balanced_l1.experiments.run import read_record
 
     folder = out / "runs"
     paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    return [(path, _read_record(path)) for path in paths]
+    return [(path, read_record(path)) for path in paths]
 
 
 def _run_key(record: dict[str, Any], path: Path) -> tuple[str, int]:
@@ -292,10 +292,10 @@ def evaluate_out(
         DataError: for bad data (a ``ValueError``), or another split whose categories differ.
     """
     from balanced_l1.experiments.balance import format_balance_table, run_summary
-    from balanced_l1.experiments.compare import load_data, run_fingerprint
     from balanced_l1.experiments.config import as_dict
     from balanced_l1.experiments.evaluate import evaluate_detector
     from balanced_l1.experiments.report import format_table, summarize
+    from balanced_l1.experiments.run import load_data, run_fingerprint
 
     root = Path(out)
     target = Path(dest) if dest is not None else root / "evaluate"

@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from balanced_l1.detection.zoo import DETECTORS
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
 
 if sys.version_info >= (3, 11):
@@ -34,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-MODELS = ("small", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn")
+MODELS = DETECTORS  # the one list of models: the detectors balanced_l1.detection.zoo builds
 LR_SCHEDULES = ("cosine", "step")
 LENGTH_KEYS = ("iters", "epochs")
 _COCO_KEYS = ("train_ann", "train_root", "val_ann", "val_root")

@@ -172,8 +172,8 @@ def test_extreme_accepted_alpha_gamma_beta_give_finite_losses_and_gradients():
         ("alpha", 0.01, ValueError, r"gamma / alpha must be at most 80 .*ratio 150"),
         ("gamma", True, TypeError, r"gamma must be a real number, got True"),
         ("beta", math.nan, ValueError, r"beta must be finite and > 0, got nan"),
-        ("formulation", "paper", ValueError, r"formulation must be one of \('scaled', 'mmdet'\), got 'paper'"),
-        ("reduction", "avg", ValueError, r"reduction must be one of \('none', 'mean', 'sum'\), got 'avg'"),
+        ("formulation", "paper", ValueError, r"formulation must be one of scaled, mmdet, got 'paper'"),
+        ("reduction", "avg", ValueError, r"reduction must be one of none, mean, sum, got 'avg'"),
     ],
 )
 def test_assigning_a_bad_parameter_after_construction_raises_at_once_and_keeps_the_old_value(

@@ -248,13 +248,13 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "reduction",
         lambda: balanced_l1_loss(jnp.zeros(1), jnp.zeros(1), reduction="avg"),
         ValueError,
-        r"reduction must be one of \('none', 'mean', 'sum'\), got 'avg'",
+        r"reduction must be one of none, mean, sum, got 'avg'",
     ),
     (
         "formulation",
         lambda: balanced_l1_loss(jnp.zeros(1), jnp.zeros(1), formulation="paper"),
         ValueError,
-        r"formulation must be one of \('scaled', 'mmdet'\), got 'paper'",
+        r"formulation must be one of scaled, mmdet, got 'paper'",
     ),
     (
         "avg_factor sum",

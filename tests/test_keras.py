@@ -207,7 +207,7 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("beta", lambda: BalancedL1Loss(beta=0), ValueError, "beta must be finite and > 0, got 0$"),
     ("beta type", lambda: BalancedL1Loss(beta="1"), TypeError, "beta must be a real number, got '1'"),
     ("formulation", lambda: BalancedL1Loss(formulation="paper"), ValueError,
-     r"formulation must be one of \('scaled', 'mmdet'\), got 'paper'"),
+     r"formulation must be one of scaled, mmdet, got 'paper'"),
     ("reduction", lambda: BalancedL1Loss(reduction="avg"), ValueError,
      "Invalid value for argument `reduction`.*Received: reduction=avg"),
     ("class shapes", lambda: BalancedL1Loss()(np.zeros((2, 3)), np.zeros((3, 2))), ValueError, "same shape"),

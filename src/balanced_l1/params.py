@@ -12,11 +12,14 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 FORMULATIONS: tuple[str, ...] = ("scaled", "mmdet")
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+T = TypeVar("T")
 
 #: Largest ``gamma / alpha``: ``b = exp(80) - 1 ~ 5.5e34`` still fits float32 (max ~3.4e38).
 MAX_GAMMA_OVER_ALPHA: float = 80.0
@@ -137,18 +140,37 @@ def check_number(
     return result
 
 
+def check_choice(name: str, value: T, choices: Sequence[object]) -> T:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` naming it and listing the valid ones.
+
+    The one checker for settings that take one of a few values, beside :func:`check_number` for numbers.
+
+    Example:
+        >>> check_choice("reduction", "sum", REDUCTIONS)
+        'sum'
+        >>> check_choice("reduction", "avg", REDUCTIONS)
+        Traceback (most recent call last):
+        ...
+        ValueError: reduction must be one of none, mean, sum, got 'avg'
+    """
+    try:
+        valid = any(type(value) is type(choice) and value == choice for choice in choices)
+    except (TypeError, ValueError, RuntimeError):  # a value whose == is not a bool (an array, a tensor)
+        valid = False
+    if not valid:
+        listed = ", ".join(c if isinstance(c, str) else repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+    return value
+
+
 def check_formulation(formulation: object) -> str:
     """Return ``formulation`` if it is valid, else raise ``ValueError`` listing the valid ones."""
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
-    return str(formulation)
+    return str(check_choice("formulation", formulation, FORMULATIONS))
 
 
 def check_reduction(reduction: object) -> str:
     """Return ``reduction`` if it is valid, else raise ``ValueError`` listing the valid ones."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return str(reduction)
+    return str(check_choice("reduction", reduction, REDUCTIONS))
 
 
 def check_loss_weight(loss_weight: object) -> float:

@@ -379,7 +379,7 @@ def test_retinanet_rejects_stage_flags(flags: dict[str, bool]) -> None:
     [
         ({"beta": 0.0}, ValueError, r"beta must be finite and > 0, got 0.0"),
         ({"alpha": float("nan")}, ValueError, r"alpha must be finite and > 0, got nan"),
-        ({"formulation": "paper"}, ValueError, r"formulation must be one of \('scaled', 'mmdet'\), got 'paper'"),
+        ({"formulation": "paper"}, ValueError, r"formulation must be one of scaled, mmdet, got 'paper'"),
         ({"loss_weight": -1.0}, ValueError, r"loss_weight must be finite and >= 0, got -1.0"),
         ({"loss_weight": "2"}, TypeError, r"loss_weight must be a real number, got '2' of type str"),
     ],

@@ -142,7 +142,7 @@ def test_instance_balanced_positives_pair_with_iou_balanced_negatives() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"mode": "mmdetection"}, r"mode must be one of \('paper', 'mmdet'\), got 'mmdetection'"),
+        ({"mode": "mmdetection"}, r"mode must be one of paper, mmdet, got 'mmdetection'"),
         ({"positive_sampling": "instance"}, r"positive_sampling must be one of .*got 'instance'"),
     ],
 )

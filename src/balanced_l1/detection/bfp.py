@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.functional import adaptive_max_pool2d, interpolate, max_pool2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from balanced_l1.params import check_number
+from balanced_l1.params import check_choice, check_number
 
 REFINE_TYPES = ("non_local", "non_local_mmdet", "conv", None)
 POOL_LEVEL = "pool"
@@ -109,8 +109,7 @@ class BalancedFeaturePyramid(nn.Module):
         refine_level = check_number("refine_level", refine_level, integer=True)
         if not 0 <= refine_level < num_levels:
             raise ValueError(f"refine_level must be in [0, {num_levels}) (num_levels={num_levels}), got {refine_level}")
-        if refine_type not in REFINE_TYPES:
-            raise ValueError(f"refine_type must be one of {REFINE_TYPES}, got {refine_type!r}")
+        check_choice("refine_type", refine_type, REFINE_TYPES)
         self.num_levels = num_levels
         self.refine_level = refine_level
         self.refine_type = refine_type

@@ -16,7 +16,7 @@ from torch.nn.functional import l1_loss, smooth_l1_loss
 
 from balanced_l1.detection.iou_losses import IOU_LOSSES, decoded_box_loss
 from balanced_l1.functional import balanced_l1_loss
-from balanced_l1.params import BalancedL1Params, check_loss_weight
+from balanced_l1.params import BalancedL1Params, check_choice, check_loss_weight
 
 __all__ = ["BOX_LOSSES", "CONFIG_ATTRIBUTE", "DELTA_LOSSES", "PLACEMENTS", "BoxLossConfig", "placement_stages"]
 
@@ -38,8 +38,7 @@ def placement_stages(placement: str) -> tuple[bool, bool]:
         >>> placement_stages("roi")
         (False, True)
     """
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    check_choice("placement", placement, PLACEMENTS)
     return placement in ("rpn", "both"), placement in ("roi", "both")
 
 
@@ -65,8 +64,7 @@ class BoxLossConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss_weight", check_loss_weight(self.loss_weight))
-        if self.loss not in BOX_LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(BOX_LOSSES)}, got {self.loss!r}")
+        check_choice("loss", self.loss, BOX_LOSSES)
 
     @property
     def decoded(self) -> bool:

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
+from balanced_l1.params import check_choice
+
 __all__ = ["IOU_LOSSES", "IOU_LOSS_WEIGHTS", "decoded_box_loss"]
 
 _FUNCTIONS: dict[str, Callable[..., Tensor]] = {
@@ -61,8 +63,7 @@ def decoded_box_loss(loss: str, deltas: Tensor, proposals: Tensor, gt_boxes: Ten
         >>> float(decoded_box_loss("giou", torch.zeros(1, 4), box, box, coder))
         0.0
     """
-    if loss not in _FUNCTIONS:
-        raise ValueError(f"loss must be one of {', '.join(IOU_LOSSES)}, got {loss!r}")
+    check_choice("loss", loss, IOU_LOSSES)
     work = deltas.float() if deltas.dtype in (torch.float16, torch.bfloat16) else deltas
     if work.shape[0] == 0:
         return work.sum() * 0.0

@@ -30,7 +30,7 @@ from balanced_l1.detection._draw import (
 )
 from balanced_l1.detection._roi_sampling import switch_roi_sampler
 from balanced_l1.detection.instance_sampling import instance_balanced_positives
-from balanced_l1.params import check_number
+from balanced_l1.params import check_choice, check_number
 
 MODES = ("paper", "mmdet")
 POSITIVE_SAMPLING = ("random", "instance_balanced")
@@ -116,10 +116,8 @@ class IoUBalancedNegativeSampler:
                 f"floor_fraction={floor_fraction!r} needs a floor set, but floor_thr={floor_thr!r} < 0 disables it; "
                 "set floor_thr >= 0 or floor_fraction=0"
             )
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if positive_sampling not in POSITIVE_SAMPLING:
-            raise ValueError(f"positive_sampling must be one of {POSITIVE_SAMPLING}, got {positive_sampling!r}")
+        check_choice("mode", mode, MODES)
+        check_choice("positive_sampling", positive_sampling, POSITIVE_SAMPLING)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.num_bins = num_bins

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from balanced_l1.experiments.arms import Arm, get_arm
+from balanced_l1.params import check_choice
 
 __all__ = ["ArmSpec", "ArmSpecError", "expand_arms", "parse_arm", "split_arm_list"]
 
@@ -116,9 +117,10 @@ def _value(spec: str, arm: Arm, key: str, text: str) -> float | str:
     parameter = next(p for p in arm.parameters if p.name == key)
     text = text.strip()
     if isinstance(parameter.default, str):
-        if text not in parameter.choices:
-            raise ArmSpecError(f"arm {spec!r}: {key} must be one of {', '.join(parameter.choices)}, got {text!r}")
-        return text
+        try:
+            return check_choice(key, text, parameter.choices)
+        except ValueError as err:
+            raise ArmSpecError(f"arm {spec!r}: {err}") from None
     try:
         number = float(text)
     except ValueError:

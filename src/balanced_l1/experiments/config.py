@@ -29,6 +29,7 @@ from typing import Any
 
 from balanced_l1.detection.zoo import DETECTORS
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
+from balanced_l1.params import check_choice
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -137,6 +138,14 @@ def _check_path_fits(name: str, path: str, *, inside: int, names_below: int) -> 
 
 class ConfigError(ValueError):
     """A comparison setting is out of range; the message names it, its value and what is allowed."""
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """:func:`~balanced_l1.params.check_choice`, raising :class:`ConfigError`."""
+    try:
+        check_choice(name, value, choices)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def import_arm_modules(modules: tuple[str, ...]) -> None:
@@ -286,8 +295,7 @@ class CompareConfig:
             )
         self._validate_data()
         self._validate_schedule(world_size)
-        if self.model not in MODELS:
-            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        _choice("model", self.model, MODELS)
         min_size, max_size = self.resize()
         if max_size < min_size:
             raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
@@ -414,8 +422,7 @@ class CompareConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {value}")
         if not (math.isfinite(self.warmup_factor) and 0.0 < self.warmup_factor <= 1.0):
             raise ConfigError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if list(self.lr_steps) != sorted(set(self.lr_steps)) or any(s < 1 for s in self.lr_steps):
             raise ConfigError(f"lr_steps must be increasing positive integers, got {list(self.lr_steps)}")
         if self.lr_steps and self.lr_schedule != "step":

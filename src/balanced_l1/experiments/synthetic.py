@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from balanced_l1.experiments.coco_data import DetectionSplit
 from balanced_l1.experiments.datasets import SplitSamples
 from balanced_l1.experiments.images import MemoryImages
-from balanced_l1.params import check_number
+from balanced_l1.params import check_choice, check_number
 
 CATEGORIES = ({"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}, {"id": 3, "name": "triangle"})
 _SPLIT_KEYS = {"train": 1, "val": 2}
@@ -168,8 +168,7 @@ def make_synthetic_split(split: str, num_images: int, *, image_size: int = 128, 
         >>> bool((a.load_image(1) == b.load_image(1)).all()) and a.coco == b.coco
         True
     """
-    if split not in _SPLIT_KEYS:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_KEYS)}, got {split!r}")
+    check_choice("split", split, sorted(_SPLIT_KEYS))
     num_images = check_number("num_images", num_images, minimum=1, integer=True)
     image_size = check_number("image_size (pixels)", image_size, minimum=64, integer=True)
     images: list[np.ndarray] = []

@@ -129,3 +129,20 @@ def test_an_untouched_output_folder_resumes(finished: Path, tmp_path: Path) -> N
     out = _copy(finished, tmp_path, keep_record=False)
     code, _ = _resume(out)
     assert code == 0 and (out / "results.json").exists()
+
+
+def test_a_checkpoint_past_the_length_of_an_epochs_run_is_refused(tmp_path: Path) -> None:
+    settings = [a if a != "--iters" else "--epochs" for a in SETTINGS]  # --epochs 1: 4 images of batch 2, 2 iterations
+    settings[settings.index("--epochs") + 1] = "1"
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main([*settings, "--out", str(out)]) == 0
+    (out / RECORD).unlink()  # so that --resume continues from the checkpoint
+    ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+    _extend(ckpt)
+    torch.save(ckpt, out / CHECKPOINT)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main([*settings, "--out", str(out), "--resume"])
+    assert code == 1 and "Traceback" not in err.getvalue()
+    assert "'iteration' must be 0 to 2 (this run's length), got 5" in err.getvalue()

@@ -228,7 +228,7 @@ def _start(
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp and ctx.device.type == "cuda")
     state = _State(model, optimizer, scaler, [])
     if resume and checkpoint_path.exists():
-        state.restore(load_checkpoint(checkpoint_path, fingerprint, ctx.world_size), ctx)
+        state.restore(load_checkpoint(checkpoint_path, fingerprint, ctx.world_size, iters=config.iters), ctx)
     else:
         _seed_everything(seed * 1000 + ctx.rank)
     return state

@@ -14,6 +14,7 @@ starts worker processes that call :func:`run_single`. Neither imports the other'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -90,23 +91,14 @@ def train_config(config: CompareConfig, num_train_images: int) -> TrainConfig:
             f"epochs {config.epochs} of {per_epoch} iterations ({num_train_images} training images in batches of "
             f"{config.batch_size}) are {iters} iterations, over the limit of {MAX_ITERS} that iters has too"
         )
-    steps = tuple(s * per_epoch for s in config.lr_steps)
-    return TrainConfig(
-        iters=iters,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        warmup_iters=min(config.warmup_iters, iters),
-        warmup_factor=config.warmup_factor,
-        lr_schedule=config.lr_schedule,
-        lr_steps=steps,
-        grad_clip=config.grad_clip,
-        hflip=config.hflip,
-        amp=config.amp,
-        checkpoint_every=config.checkpoint_every,
-        eval_every=config.eval_every * per_epoch if config.epochs is not None else config.eval_every,
-    )
+    resolved: dict[str, Any] = {  # the settings counted in epochs become iterations; the rest are copied by name
+        "iters": iters,
+        "warmup_iters": min(config.warmup_iters, iters),
+        "lr_steps": tuple(s * per_epoch for s in config.lr_steps),
+        "eval_every": config.eval_every * per_epoch if config.epochs is not None else config.eval_every,
+    }
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    return TrainConfig(**{name: resolved[name] if name in resolved else getattr(config, name) for name in names})
 
 
 def run_fingerprint(

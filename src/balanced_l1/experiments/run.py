@@ -17,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from balanced_l1._files import (
     UnreadableFileError,
@@ -47,7 +50,6 @@ from balanced_l1.experiments.evaluate import evaluate_detector
 from balanced_l1.experiments.runlog import LOG_NAME, TENSORBOARD_FOLDER, LogFile, RunObserver, is_terminal
 from balanced_l1.experiments.synthetic import make_synthetic_dataset
 from balanced_l1.experiments.train import TrainConfig, train, validation_curve
-from balanced_l1.experiments.trained import model_path, save_model
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
@@ -119,6 +121,22 @@ def run_paths(config: CompareConfig, arm: ArmSpec, seed: int) -> tuple[Path, Pat
     out = Path(config.out)
     stem = f"{arm.file_stem}_seed{seed}"
     return out / "runs" / f"{stem}.json", out / "checkpoints" / f"{stem}.pt"
+
+
+#: A finished run's final weights: ``runs/<arm>_seed<s>_model.pt`` beside its record.
+MODEL_SUFFIX = "_model.pt"
+
+
+def model_path(record_path: str | os.PathLike[str]) -> Path:
+    """Where the run whose record is ``record_path`` keeps its final weights (``<stem>_model.pt`` beside it)."""
+    record = Path(record_path)
+    return record.with_name(record.stem + MODEL_SUFFIX)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s ``state_dict`` (tensors moved to the CPU) atomically, owner-only as checkpoints are."""
+    state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+    return write_atomically(path, partial(torch.save, state), owner_only=True)
 
 
 def roi_sample_path(config: CompareConfig, arm: ArmSpec, seed: int) -> Path:

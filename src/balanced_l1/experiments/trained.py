@@ -21,37 +21,30 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from balanced_l1._files import UnreadableFileError, open_regular_file, write_atomically, write_json_atomically
+from balanced_l1._files import UnreadableFileError, open_regular_file, write_json_atomically
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
 from balanced_l1.experiments.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointMismatchError
 from balanced_l1.experiments.coco_data import DataError, DetectionSplit
 from balanced_l1.experiments.config import CompareConfig, ConfigError, import_arm_modules, load_config_file, resolve
+from balanced_l1.experiments.run import (
+    build_arm_model,
+    load_data,
+    model_path,
+    read_record,
+    run_fingerprint,
+)
 
 CONFIG_NAME = "config.toml"
-MODEL_SUFFIX = "_model.pt"
 
 
 class RunsNotFoundError(ValueError):
     """``OUT`` has no finished run to load or evaluate (a bad argument: exit status 2)."""
-
-
-def model_path(record_path: str | os.PathLike[str]) -> Path:
-    """Where the run whose record is ``record_path`` keeps its final weights (``<stem>_model.pt`` beside it)."""
-    record = Path(record_path)
-    return record.with_name(record.stem + MODEL_SUFFIX)
-
-
-def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Write ``model``'s ``state_dict`` (tensors moved to the CPU) atomically, owner-only as checkpoints are."""
-    state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
-    return write_atomically(path, partial(torch.save, state), owner_only=True)
 
 
 def saved_config(out: str | os.PathLike[str]) -> CompareConfig:
@@ -157,7 +150,6 @@ def rebuild_model(config: CompareConfig, spec: ArmSpec, num_classes: int) -> nn.
     """The untrained detector of ``config`` with ``spec``'s arm, with the architecture the run trained (nothing is
     downloaded: a backbone started from ImageNet weights gets its frozen BatchNorm layers as torchvision's has)."""
     from balanced_l1.detection import zoo
-    from balanced_l1.experiments.run import build_arm_model
 
     model = build_arm_model(config, num_classes, spec, weights_backbone="none")
     if config.weights_backbone != "none" and config.model in zoo._FROZEN_BN:
@@ -208,7 +200,6 @@ def load_trained_model(
         RunsNotFoundError: if the run has no record (it did not finish).
         CheckpointMismatchError: if the run belongs to other settings, or its record or weights cannot be read.
     """
-    from balanced_l1.experiments.run import read_record, run_fingerprint
 
     root = Path(out)
     config = saved_config(root)
@@ -223,7 +214,6 @@ def load_trained_model(
 
 def finished_runs(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every run record in ``OUT/runs`` (``*.json``), read and checked, in name order."""
-    from balanced_l1.experiments.run import read_record
 
     folder = out / "runs"
     paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
@@ -295,7 +285,6 @@ def evaluate_out(
     from balanced_l1.experiments.config import as_dict
     from balanced_l1.experiments.evaluate import evaluate_detector
     from balanced_l1.experiments.report import format_table, summarize
-    from balanced_l1.experiments.run import load_data, run_fingerprint
 
     root = Path(out)
     target = Path(dest) if dest is not None else root / "evaluate"

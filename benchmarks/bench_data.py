@@ -106,7 +106,7 @@ def _pass(ann_file: str, root: str, workers: int) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from balanced_l1.experiments.coco_data import DetectionDataset, load_coco_split
+    from balanced_l1.experiments.data.coco_data import DetectionDataset, load_coco_split
 
     torch.set_num_threads(1)
     dataset = DetectionDataset(load_coco_split(ann_file, root, "train"))
@@ -120,7 +120,7 @@ def _pass(ann_file: str, root: str, workers: int) -> dict[str, Any]:
 
 
 def _validate(ann_file: str, baseline: bool) -> dict[str, Any]:
-    from balanced_l1.experiments.coco_annotations import read_coco_annotations
+    from balanced_l1.experiments.data.coco_annotations import read_coco_annotations
 
     before = _peak_rss_mb()  # after the imports (torch among them): the table shows what reading adds
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Cost of the training loop's reporting on the default run: log lines, TensorBoard, validation.
 
 Trains the default run's small detector on the default embedded data with the default settings, in rounds of
-``--iters`` iterations, alternately through :func:`balanced_l1.experiments.train.train` without an observer (the
+``--iters`` iterations, alternately through :func:`balanced_l1.experiments.run.train.train` without an observer (the
 loop as it was before ``log.txt``: a tqdm bar only) and with the observer the default ``compare`` run builds
 (``log.txt`` every ``--log-every`` iterations; with ``--tensorboard``, event files too), and prints the median time
 per iteration of each and their ratio, all measured in one process. Both start from the same weights and data
@@ -23,11 +23,11 @@ import torch
 
 from balanced_l1.detection import GradientBalanceMonitor
 from balanced_l1.experiments.config import DEFAULTS
-from balanced_l1.experiments.distributed import DistContext
-from balanced_l1.experiments.evaluate import evaluate_detector
-from balanced_l1.experiments.run import build_arm_model, load_data, train_config
-from balanced_l1.experiments.runlog import LogFile, RunObserver
-from balanced_l1.experiments.train import train
+from balanced_l1.experiments.run.distributed import DistContext
+from balanced_l1.experiments.run.evaluate import evaluate_detector
+from balanced_l1.experiments.run.runlog import LogFile, RunObserver
+from balanced_l1.experiments.run.runner import build_arm_model, load_data, train_config
+from balanced_l1.experiments.run.train import train
 
 
 def _seconds_per_iteration(splits: dict, iters: int, folder: Path, observed: bool, tensorboard: bool) -> float:

@@ -305,8 +305,8 @@ def test_the_number_rules_have_one_checker_used_by_params_samplers_pyramid_and_c
 
     src = Path(__file__).resolve().parents[1] / "src" / "balanced_l1"
     users = ["params.py", "detection/_draw.py", "detection/sampling.py", "detection/rpn_sampling.py"]
-    users += ["detection/bfp.py", "detection/libra.py", "detection/models.py", "experiments/coco_annotations.py"]
-    users += ["experiments/synthetic.py"]
+    users += ["detection/bfp.py", "detection/libra.py", "detection/models.py", "experiments/data/coco_annotations.py"]
+    users += ["experiments/data/synthetic.py"]
     for name in users:
         assert "check_number(" in (src / name).read_text(), name
     second_checkers = [

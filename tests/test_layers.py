@@ -107,14 +107,14 @@ def test_there_is_no_import_loop() -> None:
 
 
 def test_the_checks_see_a_loop_and_an_upward_import() -> None:
-    loop = {"balanced_l1.experiments.run": {"balanced_l1.experiments.trained"},
-            "balanced_l1.experiments.trained": {"balanced_l1.experiments.run"}}  # fmt: skip
+    loop = {"balanced_l1.experiments.run.runner": {"balanced_l1.experiments.run.trained"},
+            "balanced_l1.experiments.run.trained": {"balanced_l1.experiments.run.runner"}}  # fmt: skip
     assert _loop(loop) == [
-        "balanced_l1.experiments.run",
-        "balanced_l1.experiments.trained",
-        "balanced_l1.experiments.run",
+        "balanced_l1.experiments.run.runner",
+        "balanced_l1.experiments.run.trained",
+        "balanced_l1.experiments.run.runner",
     ]
     assert _upward({"balanced_l1.detection.losses": {"balanced_l1.experiments.arms"}}) == [
         "balanced_l1.detection.losses -> balanced_l1.experiments.arms"
     ]
-    assert "balanced_l1.experiments.parallel" in _graph()["balanced_l1.experiments.compare"]  # a lazy import counts
+    assert "balanced_l1.experiments.run.parallel" in _graph()["balanced_l1.experiments.compare"]  # a lazy import counts

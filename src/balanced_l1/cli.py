@@ -130,7 +130,7 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
 
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from balanced_l1._files import UnreadableFileError
-    from balanced_l1.experiments.predict import (
+    from balanced_l1.experiments.report.predict import (
         RunsNotFoundError,
         load_arm_runs,
         loss_grid,
@@ -267,8 +267,6 @@ def _check_device(device: str, parser: argparse.ArgumentParser, *, here: bool = 
 
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from balanced_l1.detection.zoo import BackboneWeightsError
-    from balanced_l1.experiments.checkpoint import CheckpointMismatchError
-    from balanced_l1.experiments.coco_data import DataError, ImageReadError
     from balanced_l1.experiments.compare import run_compare
     from balanced_l1.experiments.config import (
         FIELDS,
@@ -278,7 +276,9 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         resolve,
         to_toml,
     )
-    from balanced_l1.experiments.train import TrainingDivergedError
+    from balanced_l1.experiments.data.coco_data import DataError, ImageReadError
+    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.run.train import TrainingDivergedError
 
     flags = {name: value for name, value in vars(args).items() if name in FIELDS}
     try:
@@ -350,9 +350,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.checkpoint import CheckpointMismatchError
-    from balanced_l1.experiments.coco_data import DataError
     from balanced_l1.experiments.config import ConfigError
+    from balanced_l1.experiments.data.coco_data import DataError
+    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 
     out = Path(args.out)
     if not out.is_dir():
@@ -365,8 +365,8 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     import torch
 
     from balanced_l1.experiments.output_folder import exclusive_out
-    from balanced_l1.experiments.runlog import is_terminal
-    from balanced_l1.experiments.trained import RunsNotFoundError, evaluate_out, saved_config
+    from balanced_l1.experiments.run.runlog import is_terminal
+    from balanced_l1.experiments.run.trained import RunsNotFoundError, evaluate_out, saved_config
 
     try:
         saved_config(out)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from balanced_l1.experiments.checkpoint import (
+from balanced_l1.experiments.run.checkpoint import (
     CheckpointMismatchError,
     load_checkpoint,
     restore_checkpoint,
@@ -244,7 +244,7 @@ def test_a_checkpoint_that_is_not_a_regular_file_is_refused_without_opening_it(t
 
 
 def test_a_checkpoint_over_the_bound_is_refused_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balanced_l1.experiments import checkpoint
+    from balanced_l1.experiments.run import checkpoint
 
     save_checkpoint(tmp_path / "c.pt", _state())
     monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 1024)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from balanced_l1.experiments.coco_data import (
+from balanced_l1.experiments.data.coco_data import (
     DataError,
     DetectionDataset,
     ImageReadError,
@@ -19,7 +19,7 @@ from balanced_l1.experiments.coco_data import (
     load_coco_split,
     save_coco_folder,
 )
-from balanced_l1.experiments.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from tests.experiments.coco_fixture import CATEGORIES, MODES, write_coco_quirks
 
-from balanced_l1.experiments import images as images_module
-from balanced_l1.experiments.coco_data import (
+from balanced_l1.experiments.data import images as images_module
+from balanced_l1.experiments.data.coco_data import (
     DataError,
     DetectionDataset,
     DetectionSplit,
@@ -24,7 +24,7 @@ from balanced_l1.experiments.coco_data import (
     load_coco_dataset,
     load_coco_split,
 )
-from balanced_l1.experiments.evaluate import coco_metrics
+from balanced_l1.experiments.run.evaluate import coco_metrics
 
 
 @pytest.fixture(scope="module")

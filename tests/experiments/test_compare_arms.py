@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from balanced_l1.cli import main
-from balanced_l1.experiments.train import ROI_SAMPLE_ROWS
+from balanced_l1.experiments.run.train import ROI_SAMPLE_ROWS
 
 TINY = ["--iters", "4", "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
 ARMS = "smooth_l1,balanced_l1(alpha=0.3,gamma=1.0),l1(loss_weight=1.5)"
@@ -141,7 +141,7 @@ def _history(losses: list[float]) -> list[dict[str, float]]:
 
 
 def test_the_plateau_check_compares_the_last_tenth_with_the_one_before() -> None:
-    from balanced_l1.experiments.explain import explain_plateau
+    from balanced_l1.experiments.report.explain import explain_plateau
 
     falling = {"a": {0: _history([2.0 - 0.01 * i for i in range(100)])}}
     lines = explain_plateau(falling, 100)
@@ -152,7 +152,7 @@ def test_the_plateau_check_compares_the_last_tenth_with_the_one_before() -> None
 
 
 def test_the_balance_sentence_says_which_way_an_arm_moves_the_ratio() -> None:
-    from balanced_l1.experiments.explain import explain_balance
+    from balanced_l1.experiments.report.explain import explain_balance
 
     def arm(ratio: float) -> dict[str, Any]:
         return {"gradient_balance_mean": {"gradient_balance": {"inlier_outlier_gradient_ratio": ratio}}}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from balanced_l1.experiments.coco_data import DetectionDataset, DetectionSplit
-from balanced_l1.experiments.synthetic import make_synthetic_split
+from balanced_l1.experiments.data.coco_data import DetectionDataset, DetectionSplit
+from balanced_l1.experiments.data.synthetic import make_synthetic_split
 
 
 def _as_list(batch: list[Any]) -> list[Any]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from balanced_l1.experiments.evaluate import IOU_THRESHOLDS, METRICS, coco_metrics
-from balanced_l1.experiments.report import format_table, mean_std, summarize, write_results
-from balanced_l1.experiments.synthetic import make_synthetic_split
+from balanced_l1.experiments.data.synthetic import make_synthetic_split
+from balanced_l1.experiments.report.summary import format_table, mean_std, summarize, write_results
+from balanced_l1.experiments.run.evaluate import IOU_THRESHOLDS, METRICS, coco_metrics
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_results_json_is_readable_by_others_like_the_figures(tmp_path: Path) -> 
 def test_paired_t_statistic_and_p_value_match_the_closed_form_for_two_degrees_of_freedom() -> None:
     import math
 
-    from balanced_l1.experiments.report import paired_t_test
+    from balanced_l1.experiments.report.summary import paired_t_test
 
     diffs = [0.012, -0.004, 0.02]
     mean = sum(diffs) / 3

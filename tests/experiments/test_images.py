@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from balanced_l1.experiments.data_errors import ImageReadError
-from balanced_l1.experiments.images import FileImages, file_name_problem, read_image
+from balanced_l1.experiments.data.data_errors import ImageReadError
+from balanced_l1.experiments.data.images import FileImages, file_name_problem, read_image
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from balanced_l1.experiments.loader import DataOrder, RankBatchSampler, evaluation_loader, training_loader, unpack
-from balanced_l1.experiments.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.data.loader import DataOrder, RankBatchSampler, evaluation_loader, training_loader, unpack
+from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
 
 
 def test_each_epoch_is_a_permutation_and_the_seed_fixes_order_and_flips() -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from balanced_l1.experiments.schedule import lr_factor
+from balanced_l1.experiments.run.schedule import lr_factor
 
 
 def test_warmup_rises_linearly_from_the_warmup_factor() -> None:

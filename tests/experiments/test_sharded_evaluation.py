@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from balanced_l1.experiments.distributed import DistContext
-from balanced_l1.experiments.evaluate import evaluate_detector, predict
+from balanced_l1.experiments.run.distributed import DistContext
+from balanced_l1.experiments.run.evaluate import evaluate_detector, predict
 
 pytestmark = pytest.mark.slow
 WORLD_SIZE = 2
@@ -22,7 +22,7 @@ VAL_IMAGES = 7  # 4 batches of 2: rank 0 takes 2 batches, rank 1 two, the last o
 
 def _model_and_split() -> tuple[torch.nn.Module, Any]:
     from balanced_l1.detection.models import build_small_faster_rcnn
-    from balanced_l1.experiments.synthetic import make_synthetic_dataset
+    from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
 
     torch.manual_seed(0)
     model = build_small_faster_rcnn(3, image_size=64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from balanced_l1.experiments.synthetic import CATEGORIES, make_synthetic_dataset, make_synthetic_split
+from balanced_l1.experiments.data.synthetic import CATEGORIES, make_synthetic_dataset, make_synthetic_split
 
 
 def test_same_seed_gives_identical_images_and_annotations() -> None:

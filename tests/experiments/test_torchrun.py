@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from balanced_l1.experiments.loader import global_batch
+from balanced_l1.experiments.data.loader import global_batch
 
 pytestmark = pytest.mark.slow
 

@@ -23,12 +23,12 @@ import torch
 from PIL import Image
 
 from balanced_l1.cli import main
-from balanced_l1.experiments.checkpoint import load_checkpoint
 from balanced_l1.experiments.compare import load_data, run_fingerprint
 from balanced_l1.experiments.config import as_dict, load_config_file, resolve
-from balanced_l1.experiments.evaluate import METRICS, coco_metrics, predict
-from balanced_l1.experiments.pictures import ARM_COLORS, draw_panel, panel_rows, scale
-from balanced_l1.experiments.trained import RunsNotFoundError, saved_config
+from balanced_l1.experiments.report.pictures import ARM_COLORS, draw_panel, panel_rows, scale
+from balanced_l1.experiments.run.checkpoint import load_checkpoint
+from balanced_l1.experiments.run.evaluate import METRICS, coco_metrics, predict
+from balanced_l1.experiments.run.trained import RunsNotFoundError, saved_config
 
 ITERS = 4
 TINY = ["--iters", str(ITERS), "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
@@ -100,7 +100,7 @@ def test_each_run_writes_its_final_weights_as_a_plain_state_dict(finished: Finis
 
 def test_the_rebuilt_model_gives_the_detections_of_the_model_that_was_evaluated(finished: Finished) -> None:
     from balanced_l1.experiments import load_trained_model
-    from balanced_l1.experiments.run import build_arm_model
+    from balanced_l1.experiments.run.runner import build_arm_model
 
     config = saved_config(finished.out)
     splits = load_data(config)
@@ -159,7 +159,7 @@ def test_evaluate_reproduces_each_runs_ap_exactly_and_leaves_the_compare_files_a
 
 
 def test_evaluate_on_another_split_given_by_files(finished: Finished, tmp_path: Path) -> None:
-    from balanced_l1.experiments.coco_data import save_coco_folder
+    from balanced_l1.experiments.data.coco_data import save_coco_folder
 
     folder = save_coco_folder(load_data(saved_config(finished.out)), tmp_path / "coco")
     dest = tmp_path / "elsewhere"
@@ -380,7 +380,7 @@ def test_the_log_off_a_terminal_is_plain_lines_one_per_run_per_interval(finished
 
 
 def test_log_lines_are_appended_whole(tmp_path: Path) -> None:
-    from balanced_l1.experiments.runlog import LogFile
+    from balanced_l1.experiments.run.runlog import LogFile
 
     with LogFile(tmp_path / "log.txt") as first, LogFile(tmp_path / "log.txt") as second:
         for i in range(50):

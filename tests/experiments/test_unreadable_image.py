@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from balanced_l1.cli import main
-from balanced_l1.experiments.coco_data import save_coco_folder
-from balanced_l1.experiments.loader import DataOrder
-from balanced_l1.experiments.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.data.coco_data import save_coco_folder
+from balanced_l1.experiments.data.loader import DataOrder
+from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
 
 pytestmark = pytest.mark.slow
 ARGS = ["--arms", "smooth_l1", "--iters", "4", "--batch-size", "2", "--checkpoint-every", "1", "--warmup-iters", "2"]

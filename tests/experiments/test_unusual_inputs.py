@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from balanced_l1.cli import main
-from balanced_l1.experiments import coco_annotations
-from balanced_l1.experiments.coco_data import DataError, ImageReadError, load_coco_folder, save_coco_folder
-from balanced_l1.experiments.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.data import coco_annotations
+from balanced_l1.experiments.data.coco_data import DataError, ImageReadError, load_coco_folder, save_coco_folder
+from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
 
 TINY = ["--iters", "1", "--batch-size", "2", "--train-images", "2", "--val-images", "2", "--image-size", "64"]
 

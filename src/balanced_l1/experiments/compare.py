@@ -5,7 +5,7 @@ model is built), sees the same images in the same order with the same flips, and
 RNG streams; only the arm's ``configure`` differs. Output folder ``--out``::
 
     config.toml         the resolved settings (``--print-config``'s format, read back by ``--config``), written first
-    log.txt             progress lines of every run (appended; see :mod:`~balanced_l1.experiments.runlog`)
+    log.txt             progress lines of every run (appended; see :mod:`~balanced_l1.experiments.run.runlog`)
     results.json        settings, per-arm metrics per seed, mean and std, paired differences
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
@@ -45,34 +45,34 @@ from balanced_l1._files import (
 from balanced_l1.detection.balance_prediction import roi_box_loss
 from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.balance import (
+from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
+from balanced_l1.experiments.data.coco_data import (
+    DetectionSplit,
+    format_data_report,
+)
+from balanced_l1.experiments.output_folder import LOCK_NAME, exclusive_out
+from balanced_l1.experiments.report.balance import (
     Series,
     format_balance_table,
     run_summary,
     save_balance_figure,
     save_balance_vs_ap_figure,
 )
-from balanced_l1.experiments.checkpoint import CheckpointMismatchError, load_checkpoint
-from balanced_l1.experiments.coco_data import (
-    DetectionSplit,
-    format_data_report,
-)
-from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
-from balanced_l1.experiments.distributed import (
-    DistContext,
-    gather_objects,
-    setup_distributed,
-    teardown_distributed,
-)
-from balanced_l1.experiments.explain import (
+from balanced_l1.experiments.report.explain import (
     explain_balance,
     explain_plateau,
     format_prediction_table,
     predict_from_baseline,
 )
-from balanced_l1.experiments.output_folder import LOCK_NAME, exclusive_out
-from balanced_l1.experiments.report import format_table, save_figures, summarize, write_results
-from balanced_l1.experiments.run import (
+from balanced_l1.experiments.report.summary import format_table, save_figures, summarize, write_results
+from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError, load_checkpoint
+from balanced_l1.experiments.run.distributed import (
+    DistContext,
+    gather_objects,
+    setup_distributed,
+    teardown_distributed,
+)
+from balanced_l1.experiments.run.runner import (
     build_arm_model,
     load_data,
     read_record,
@@ -84,8 +84,8 @@ from balanced_l1.experiments.run import (
     run_single,
     train_config,
 )
-from balanced_l1.experiments.train import validation_curve
-from balanced_l1.experiments.trained import CONFIG_NAME
+from balanced_l1.experiments.run.train import validation_curve
+from balanced_l1.experiments.run.trained import CONFIG_NAME
 
 __all__ = ["LOCK_NAME", "load_data", "roi_sample_path", "run_compare", "run_fingerprint", "run_single", "train_config"]
 
@@ -137,11 +137,12 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
 
     Raises:
         ConfigError: for a bad setting, or an arm that does not fit the model (before ``config.out`` is touched).
-        balanced_l1.experiments.coco_data.DataError: for bad data, or an image that cannot be read (a ``ValueError``).
-        balanced_l1.experiments.checkpoint.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
+        balanced_l1.experiments.data.coco_data.DataError: for bad data, or an image that cannot be read (a
+            ``ValueError``).
+        balanced_l1.experiments.run.checkpoint.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
             or run record, or one that cannot be read.
         balanced_l1.detection.zoo.BackboneWeightsError: when backbone weights cannot be had.
-        balanced_l1.experiments.train.TrainingDivergedError: when a run's loss stops being finite.
+        balanced_l1.experiments.run.train.TrainingDivergedError: when a run's loss stops being finite.
     """
     started = time.perf_counter()
     ctx = setup_distributed(config.device)
@@ -192,7 +193,7 @@ def _compare(
     todo = [t for t in tasks if not (config.resume and run_paths(config, *t)[0].exists())]
     parallel = config.jobs > 1 and not ctx.distributed and len(todo) > 1
     if parallel:
-        from balanced_l1.experiments.parallel import run_in_processes
+        from balanced_l1.experiments.run.parallel import run_in_processes
 
         run_in_processes(config, [(spec.name, seed) for spec, seed in todo], config.jobs)
     for spec, seed in tasks:
@@ -248,8 +249,8 @@ def _save_pictures(
 ) -> list[Path]:
     """``detections.png`` (each arm's first-seed model on the first held-out images) and, when runs validated during
     training, ``ap_curve.png``."""
-    from balanced_l1.experiments.pictures import save_ap_curve_figure, save_detections_figure
-    from balanced_l1.experiments.trained import _load
+    from balanced_l1.experiments.report.pictures import save_ap_curve_figure, save_detections_figure
+    from balanced_l1.experiments.run.trained import _load
 
     out = Path(config.out)
     written = []

@@ -311,7 +311,7 @@ class CompareConfig:
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if self.tensorboard:
-            from balanced_l1.experiments.runlog import tensorboard_problem
+            from balanced_l1.experiments.run.runlog import tensorboard_problem
 
             problem = tensorboard_problem()
             if problem is not None:

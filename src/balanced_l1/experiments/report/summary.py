@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from balanced_l1._files import save_figure_atomically, write_json_atomically
-from balanced_l1.experiments._markdown import markdown_table
-from balanced_l1.experiments.balance import inlier_outlier_cell, mean_over_seeds
-from balanced_l1.experiments.evaluate import IOU_THRESHOLDS, METRICS
+from balanced_l1.experiments.report._markdown import markdown_table
+from balanced_l1.experiments.report.balance import inlier_outlier_cell, mean_over_seeds
+from balanced_l1.experiments.run.evaluate import IOU_THRESHOLDS, METRICS
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

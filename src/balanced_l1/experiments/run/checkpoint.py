@@ -167,7 +167,7 @@ def series_problem(history: object, balance: object) -> str | None:
 
 
 def _metrics_problem(metrics: object) -> str | None:
-    from balanced_l1.experiments.evaluate import METRICS
+    from balanced_l1.experiments.run.evaluate import METRICS
 
     if not isinstance(metrics, dict):
         return f"'metrics' must be an object, got {type(metrics).__name__}"
@@ -318,7 +318,10 @@ def load_checkpoint(
     """
     try:
         handle = open_regular_file(
-            path, MAX_CHECKPOINT_BYTES, "checkpoint", why="see balanced_l1.experiments.checkpoint.MAX_CHECKPOINT_BYTES"
+            path,
+            MAX_CHECKPOINT_BYTES,
+            "checkpoint",
+            why="see balanced_l1.experiments.run.checkpoint.MAX_CHECKPOINT_BYTES",
         )
     except UnreadableFileError as err:
         raise CheckpointMismatchError(f"{err}. {_NEXT_STEP}") from None

@@ -2,9 +2,9 @@
 
 :func:`load_coco_split` takes what torchvision's ``CocoDetection`` takes (``annFile`` and ``root``), for instance
 ``annotations/instances_train2017.json`` with ``train2017/``. It validates and cleans the whole annotation file
-(see :mod:`balanced_l1.experiments.coco_annotations`: zero-size boxes dropped, boxes clipped to the image, crowd
+(see :mod:`balanced_l1.experiments.data.coco_annotations`: zero-size boxes dropped, boxes clipped to the image, crowd
 regions kept for evaluation only, images without annotations kept) and decodes no image: each image is read from
-its file when the training or evaluation loop asks for it (see :mod:`balanced_l1.experiments.images` for which
+its file when the training or evaluation loop asks for it (see :mod:`balanced_l1.experiments.data.images` for which
 files are refused), so memory grows with the annotations, not with the images.
 
 :func:`load_coco_folder` reads the older single-folder layout, which :func:`save_coco_folder` writes::
@@ -17,7 +17,7 @@ Symbolic links: a path given (``ann_file``, ``image_root``, the folder ``PATH``)
 What is found inside ``PATH`` (``annotations/``, ``images/`` and the two annotation files) may be a symbolic link
 only if it resolves to a place inside ``PATH``, unless ``follow_symlinks`` (``--follow-symlinks``) allows links
 that lead out of it. Inside an image folder, images and their subfolders may not be links at all without
-``follow_symlinks`` (see :mod:`balanced_l1.experiments.images`).
+``follow_symlinks`` (see :mod:`balanced_l1.experiments.data.images`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import torch
 from PIL import Image
 
 from balanced_l1._files import link_leaving, write_json_atomically
-from balanced_l1.experiments.coco_annotations import read_coco_annotations
-from balanced_l1.experiments.data_errors import DataError, ImageReadError
-from balanced_l1.experiments.datasets import DetectionDataset, SplitSamples
-from balanced_l1.experiments.images import FileImages
+from balanced_l1.experiments.data.coco_annotations import read_coco_annotations
+from balanced_l1.experiments.data.data_errors import DataError, ImageReadError
+from balanced_l1.experiments.data.datasets import DetectionDataset, SplitSamples
+from balanced_l1.experiments.data.images import FileImages
 
 __all__ = [
     "SPLITS",
@@ -133,7 +133,7 @@ def load_coco_split(
         The split. No image is opened here; a missing or bad image raises :class:`ImageReadError` when read.
 
     Raises:
-        DataError: naming the file and the reason (see :func:`~balanced_l1.experiments.coco_annotations.
+        DataError: naming the file and the reason (see :func:`~balanced_l1.experiments.data.coco_annotations.
             read_coco_annotations`), or for an image folder that does not exist.
     """
     root = Path(image_root)

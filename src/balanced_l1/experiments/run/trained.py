@@ -29,10 +29,10 @@ from torch import nn
 
 from balanced_l1._files import UnreadableFileError, open_regular_file, write_json_atomically
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
-from balanced_l1.experiments.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointMismatchError
-from balanced_l1.experiments.coco_data import DataError, DetectionSplit
 from balanced_l1.experiments.config import CompareConfig, ConfigError, import_arm_modules, load_config_file, resolve
-from balanced_l1.experiments.run import (
+from balanced_l1.experiments.data.coco_data import DataError, DetectionSplit
+from balanced_l1.experiments.run.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointMismatchError
+from balanced_l1.experiments.run.runner import (
     build_arm_model,
     load_data,
     model_path,
@@ -232,7 +232,7 @@ def _held_out(
 ) -> tuple[DetectionSplit, str]:
     if val_ann is None:
         return splits["val"], "the runs' held-out split"
-    from balanced_l1.experiments.coco_data import load_coco_split
+    from balanced_l1.experiments.data.coco_data import load_coco_split
 
     split = load_coco_split(val_ann, val_root, "val", follow_symlinks=config.follow_symlinks)  # type: ignore[arg-type]
     if split.category_ids != splits["train"].category_ids:
@@ -281,10 +281,10 @@ def evaluate_out(
         CheckpointMismatchError: for a run of other settings or data, or one whose record or weights cannot be read.
         DataError: for bad data (a ``ValueError``), or another split whose categories differ.
     """
-    from balanced_l1.experiments.balance import format_balance_table, run_summary
     from balanced_l1.experiments.config import as_dict
-    from balanced_l1.experiments.evaluate import evaluate_detector
-    from balanced_l1.experiments.report import format_table, summarize
+    from balanced_l1.experiments.report.balance import format_balance_table, run_summary
+    from balanced_l1.experiments.report.summary import format_table, summarize
+    from balanced_l1.experiments.run.evaluate import evaluate_detector
 
     root = Path(out)
     target = Path(dest) if dest is not None else root / "evaluate"
@@ -338,7 +338,7 @@ def evaluate_out(
     target.mkdir(parents=True, exist_ok=True)
     written = [write_json_atomically(results, target / "results.json")]
     if show > 0:
-        from balanced_l1.experiments.pictures import save_image_pictures
+        from balanced_l1.experiments.report.pictures import save_image_pictures
 
         written += save_image_pictures(split, first_models, target / "show", torch_device, show)
     log(f"evaluated {len(runs)} finished run(s) of {root} on {where}:")

@@ -19,9 +19,9 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from tqdm import tqdm
 
-from balanced_l1.experiments.coco_data import DetectionSplit
-from balanced_l1.experiments.distributed import DistContext, gather_objects
-from balanced_l1.experiments.loader import evaluation_loader, unpack
+from balanced_l1.experiments.data.coco_data import DetectionSplit
+from balanced_l1.experiments.data.loader import evaluation_loader, unpack
+from balanced_l1.experiments.run.distributed import DistContext, gather_objects
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))

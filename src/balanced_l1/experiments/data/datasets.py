@@ -17,7 +17,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as tvf
 
-from balanced_l1.experiments.images import FileImages, MemoryImages
+from balanced_l1.experiments.data.images import FileImages, MemoryImages
 
 Target = dict[str, torch.Tensor]
 

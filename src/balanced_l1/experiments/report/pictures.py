@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from balanced_l1._files import save_figure_atomically
-from balanced_l1.experiments.coco_data import DetectionSplit
-from balanced_l1.experiments.datasets import DetectionDataset
+from balanced_l1.experiments.data.coco_data import DetectionSplit
+from balanced_l1.experiments.data.datasets import DetectionDataset
 
 SHOWN_IMAGES = 4
 MIN_SCORE = 0.3
@@ -188,7 +188,7 @@ def save_ap_curve_figure(curves: dict[str, dict[int, list[dict[str, float]]]], p
 
     Args:
         curves: ``{arm: {seed: [{"iteration": n, "AP": ...}, ...]}}`` (see
-            :func:`~balanced_l1.experiments.train.validation_curve`).
+            :func:`~balanced_l1.experiments.run.train.validation_curve`).
         path: the file.
     """
     from matplotlib.figure import Figure

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from balanced_l1.experiments.coco_data import DetectionDataset, DetectionSplit, ImageReadError
+from balanced_l1.experiments.data.coco_data import DetectionDataset, DetectionSplit, ImageReadError
 
 Sample = tuple[torch.Tensor, dict[str, torch.Tensor]]
 

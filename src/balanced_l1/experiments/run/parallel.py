@@ -41,7 +41,7 @@ def _child(config: CompareConfig, arm: str, seed: int, position: int, errors: An
     try:
         import torch
 
-        from balanced_l1.experiments.run import run_single
+        from balanced_l1.experiments.run.runner import run_single
 
         torch.set_num_threads(config.threads)
         run_single(config, arm, seed, position=position)

@@ -28,8 +28,8 @@ from balanced_l1.detection.balance_prediction import (
     split_roi_sample,
 )
 from balanced_l1.detection.box_loss import BoxLossConfig
-from balanced_l1.experiments._markdown import markdown_table
-from balanced_l1.experiments.balance import run_summary
+from balanced_l1.experiments.report._markdown import markdown_table
+from balanced_l1.experiments.report.balance import run_summary
 from balanced_l1.params import BalancedL1Params
 
 _RECORD_BYTES = 256 * 2**20

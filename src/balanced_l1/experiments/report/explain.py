@@ -20,7 +20,7 @@ import torch
 
 from balanced_l1.detection.balance_prediction import predict_box_gradient_balance, split_roi_sample
 from balanced_l1.detection.box_loss import BoxLossConfig
-from balanced_l1.experiments._markdown import markdown_table
+from balanced_l1.experiments.report._markdown import markdown_table
 
 #: A drop of the mean loss by more than this fraction from one tenth of training to the last one: still learning.
 STILL_LEARNING_DROP = 0.02

@@ -8,7 +8,7 @@
   rank of a distributed job); :func:`run_single` does it in a worker process of ``--jobs N``;
 - :func:`read_record`, :func:`read_sample`: a finished run's record and sample, checked.
 
-:mod:`~balanced_l1.experiments.compare` orchestrates the runs; :mod:`~balanced_l1.experiments.parallel`
+:mod:`~balanced_l1.experiments.compare` orchestrates the runs; :mod:`~balanced_l1.experiments.run.parallel`
 starts worker processes that call :func:`run_single`. Neither imports the other's callers back.
 """
 
@@ -35,21 +35,21 @@ from balanced_l1._files import (
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.detection.zoo import build_detector
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.checkpoint import CheckpointMismatchError
-from balanced_l1.experiments.coco_data import (
+from balanced_l1.experiments.config import MAX_ITERS, CompareConfig, ConfigError, as_dict
+from balanced_l1.experiments.data.coco_data import (
     DetectionSplit,
     load_coco_dataset,
     load_coco_folder,
 )
-from balanced_l1.experiments.config import MAX_ITERS, CompareConfig, ConfigError, as_dict
-from balanced_l1.experiments.distributed import (
+from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+from balanced_l1.experiments.run.distributed import (
     DistContext,
     barrier,
 )
-from balanced_l1.experiments.evaluate import evaluate_detector
-from balanced_l1.experiments.runlog import LOG_NAME, TENSORBOARD_FOLDER, LogFile, RunObserver, is_terminal
-from balanced_l1.experiments.synthetic import make_synthetic_dataset
-from balanced_l1.experiments.train import TrainConfig, train, validation_curve
+from balanced_l1.experiments.run.evaluate import evaluate_detector
+from balanced_l1.experiments.run.runlog import LOG_NAME, TENSORBOARD_FOLDER, LogFile, RunObserver, is_terminal
+from balanced_l1.experiments.run.train import TrainConfig, train, validation_curve
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
@@ -148,10 +148,10 @@ def roi_sample_path(config: CompareConfig, arm: ArmSpec, seed: int) -> Path:
 def read_record(path: Path) -> dict[str, Any]:
     """A finished run's record, checked (a regular file of bounded size, every field of its type)."""
     from balanced_l1._files import UnreadableFileError, read_regular_file
-    from balanced_l1.experiments.checkpoint import MAX_RECORD_BYTES, run_record_problem
+    from balanced_l1.experiments.run.checkpoint import MAX_RECORD_BYTES, run_record_problem
 
     try:
-        why = "see balanced_l1.experiments.checkpoint.MAX_RECORD_BYTES"
+        why = "see balanced_l1.experiments.run.checkpoint.MAX_RECORD_BYTES"
         record = json.loads(read_regular_file(path, MAX_RECORD_BYTES, "finished-run record", why=why).decode())
     except UnreadableFileError as err:
         raise CheckpointMismatchError(f"{err}; delete it to train the run again") from None

@@ -17,7 +17,7 @@ import numpy as np
 
 from balanced_l1._files import save_figure_atomically
 from balanced_l1.detection.gradient_balance import PAPER_INLIER_OUTLIER_RATIO, STATISTICS, second_half_means
-from balanced_l1.experiments._markdown import markdown_table
+from balanced_l1.experiments.report._markdown import markdown_table
 
 Series = list[dict[str, dict[str, float | None]]]
 #: results.json key -> the monitor's stage names it is read from (first present wins).

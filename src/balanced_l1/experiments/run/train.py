@@ -1,11 +1,11 @@
 """The training loop: a fixed data order per seed, DDP, AMP, a warm-up + cosine/step schedule, checkpoints.
 
-The data order (:mod:`balanced_l1.experiments.loader`) and the learning rate
-(:mod:`balanced_l1.experiments.schedule`) are pure functions of the seed and the iteration; the model,
-optimizer, grad scaler and random states are in the checkpoint (:mod:`balanced_l1.experiments.checkpoint`),
+The data order (:mod:`balanced_l1.experiments.data.loader`) and the learning rate
+(:mod:`balanced_l1.experiments.run.schedule`) are pure functions of the seed and the iteration; the model,
+optimizer, grad scaler and random states are in the checkpoint (:mod:`balanced_l1.experiments.run.checkpoint`),
 written atomically by rank 0 every ``checkpoint_every`` iterations and at the end. Resuming from one
 continues exactly where the run stopped. An image that cannot be read stops the run with
-:class:`~balanced_l1.experiments.coco_data.ImageReadError`; the last checkpoint stays intact.
+:class:`~balanced_l1.experiments.data.coco_data.ImageReadError`; the last checkpoint stays intact.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
-from balanced_l1.experiments.checkpoint import load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
-from balanced_l1.experiments.coco_data import DetectionSplit
-from balanced_l1.experiments.distributed import DistContext, barrier, gather_objects, mean_over_ranks
-from balanced_l1.experiments.loader import DataOrder, training_loader, unpack
-from balanced_l1.experiments.schedule import lr_factor
+from balanced_l1.experiments.data.coco_data import DetectionSplit
+from balanced_l1.experiments.data.loader import DataOrder, training_loader, unpack
+from balanced_l1.experiments.run.checkpoint import load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
+from balanced_l1.experiments.run.distributed import DistContext, barrier, gather_objects, mean_over_ranks
+from balanced_l1.experiments.run.schedule import lr_factor
 
 if TYPE_CHECKING:
-    from balanced_l1.experiments.runlog import RunObserver
+    from balanced_l1.experiments.run.runlog import RunObserver
 
 
 class TrainingDivergedError(RuntimeError):
@@ -49,7 +49,7 @@ class TrainConfig:
     """Optimisation settings of one training run, resolved from :class:`~balanced_l1.experiments.config.CompareConfig`.
 
     No field has a default here: the defaults live in ``CompareConfig`` alone
-    (:func:`balanced_l1.experiments.run.train_config` builds this from it).
+    (:func:`balanced_l1.experiments.run.runner.train_config` builds this from it).
 
     Attributes:
         iters: number of iterations (global batches).
@@ -273,16 +273,17 @@ def train(
         ctx: this process's place in the job.
         checkpoint_path: where rank 0 writes the checkpoint.
         fingerprint: the run's identity (settings, data, seed; see
-            :func:`~balanced_l1.experiments.run.run_fingerprint`), stored in the checkpoint and checked on resume.
+            :func:`~balanced_l1.experiments.run.runner.run_fingerprint`), stored in the checkpoint and checked on
+            resume.
         resume: continue from ``checkpoint_path`` if it exists.
         desc: label of the progress bar.
         workers: DataLoader worker processes.
         position: line of the progress bar (runs side by side each have their own).
         monitor: a gradient-balance monitor attached to ``model``; read after every backward pass.
         observer: what reports the run on rank 0 (log lines, TensorBoard; see
-            :class:`~balanced_l1.experiments.runlog.RunObserver`); its ``bars`` say whether a tqdm bar is drawn.
+            :class:`~balanced_l1.experiments.run.runlog.RunObserver`); its ``bars`` say whether a tqdm bar is drawn.
         validate: scores the model on the held-out split (every rank calls it; rank 0 gets the metrics), called
-            after every ``config.eval_every`` iterations; the metrics of :data:`~balanced_l1.experiments.evaluate.
+            after every ``config.eval_every`` iterations; the metrics of :data:`~balanced_l1.experiments.run.evaluate.
             METRICS` go into that iteration's history row as ``val_<metric>`` (so a checkpoint keeps them).
 
     Returns:
@@ -353,7 +354,7 @@ def _validate(
     validate: Callable[[], dict[str, Any] | None], record: dict[str, float], done: int, observer: RunObserver | None
 ) -> None:
     """Score the model now; rank 0 keeps the metrics in this iteration's history row as ``val_<metric>``."""
-    from balanced_l1.experiments.evaluate import METRICS
+    from balanced_l1.experiments.run.evaluate import METRICS
 
     metrics = validate()
     if metrics is None:  # not rank 0

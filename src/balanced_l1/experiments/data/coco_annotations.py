@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from balanced_l1._files import UnreadableFileError, format_size, read_regular_file
-from balanced_l1.experiments.data_errors import DataError, ImageReadError
-from balanced_l1.experiments.images import file_name_problem
+from balanced_l1.experiments.data.data_errors import DataError, ImageReadError
+from balanced_l1.experiments.data.images import file_name_problem
 from balanced_l1.params import check_number
 
 _KEPT_FIELDS = frozenset(("id", "image_id", "category_id", "bbox", "area", "iscrowd"))

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from balanced_l1._files import file_kind
-from balanced_l1.experiments.data_errors import ImageReadError
+from balanced_l1.experiments.data.data_errors import ImageReadError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 

@@ -1,6 +1,6 @@
 """What a training run reports while it runs: plain log lines, ``OUT/log.txt`` and TensorBoard event files.
 
-:class:`RunObserver` is what :func:`balanced_l1.experiments.train.train` calls after every iteration and every
+:class:`RunObserver` is what :func:`balanced_l1.experiments.run.train.train` calls after every iteration and every
 validation. It never touches a tensor: the training loop hands it the Python floats it already has (the loss
 row is read back from the device once per iteration, as before), so it adds no host synchronisation.
 
@@ -130,7 +130,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         >>> format_metrics({"AP": 0.5, "AP50": 0.75, "AP75": 0.25, "APs": -1.0, "APm": 0.5, "APl": 0.5})
         'AP 50.0 AP50 75.0 AP75 25.0 APs n/a APm 50.0 APl 50.0'
     """
-    from balanced_l1.experiments.evaluate import METRICS
+    from balanced_l1.experiments.run.evaluate import METRICS
 
     return " ".join(f"{name} {100 * metrics[name]:.1f}" if metrics[name] >= 0 else f"{name} n/a" for name in METRICS)
 
@@ -191,7 +191,7 @@ class RunObserver:
 
     def validation(self, done: int, metrics: dict[str, Any]) -> None:
         """The held-out split was scored after iteration ``done``."""
-        from balanced_l1.experiments.evaluate import METRICS
+        from balanced_l1.experiments.run.evaluate import METRICS
 
         if self.writer is not None:
             for name in METRICS:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from balanced_l1.experiments.data.coco_data import DetectionDataset, DetectionSplit, ImageReadError
+from balanced_l1.experiments.data.coco_data import DetectionDataset, ImageReadError
+from balanced_l1.experiments.data.split import DetectionSplit
 
 Sample = tuple[torch.Tensor, dict[str, torch.Tensor]]
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from balanced_l1.experiments.data.coco_data import DetectionSplit
 from balanced_l1.experiments.data.datasets import SplitSamples
 from balanced_l1.experiments.data.images import MemoryImages
+from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.params import check_choice, check_number
 
 CATEGORIES = ({"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}, {"id": 3, "name": "triangle"})

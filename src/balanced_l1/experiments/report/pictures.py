@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from balanced_l1._files import save_figure_atomically
-from balanced_l1.experiments.data.coco_data import DetectionSplit
 from balanced_l1.experiments.data.datasets import DetectionDataset
+from balanced_l1.experiments.data.split import DetectionSplit
 
 SHOWN_IMAGES = 4
 MIN_SCORE = 0.3

@@ -19,8 +19,8 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from tqdm import tqdm
 
-from balanced_l1.experiments.data.coco_data import DetectionSplit
 from balanced_l1.experiments.data.loader import evaluation_loader, unpack
+from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.run.distributed import DistContext, gather_objects
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
-from balanced_l1.experiments.data.coco_data import DetectionSplit
 from balanced_l1.experiments.data.loader import DataOrder, training_loader, unpack
+from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.run.checkpoint import load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
 from balanced_l1.experiments.run.distributed import DistContext, barrier, gather_objects, mean_over_ranks
 from balanced_l1.experiments.run.schedule import lr_factor

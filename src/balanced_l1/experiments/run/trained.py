@@ -30,7 +30,8 @@ from torch import nn
 from balanced_l1._files import UnreadableFileError, open_regular_file, write_json_atomically
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
 from balanced_l1.experiments.config import CompareConfig, ConfigError, import_arm_modules, load_config_file, resolve
-from balanced_l1.experiments.data.coco_data import DataError, DetectionSplit
+from balanced_l1.experiments.data.coco_data import DataError
+from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.run.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointMismatchError
 from balanced_l1.experiments.run.runner import (
     build_arm_model,

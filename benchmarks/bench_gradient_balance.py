@@ -21,7 +21,7 @@ import time
 import torch
 
 from balanced_l1.detection import GradientBalanceMonitor
-from balanced_l1.detection.zoo import build_detector
+from balanced_l1.detection.models import build_detector
 from balanced_l1.experiments.arms import get_arm
 from balanced_l1.experiments.compare import load_data, train_config
 from balanced_l1.experiments.config import DEFAULTS

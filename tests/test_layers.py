@@ -3,7 +3,7 @@
 Every ``import`` and ``from ... import`` of ``src/balanced_l1`` counts, those inside functions too (a lazy
 import is still a dependency). The layers, lowest first (the design page's "Where things are"):
 
-    params, _files                  numbers, choices, files: no framework
+    params, _files, _moved          numbers, choices, files, old module paths: no framework
     reference                       the float64 NumPy oracle
     functional, modules             the PyTorch loss
     balanced_l1, jax, keras, plots  the package's front, the other frameworks, the figure
@@ -21,6 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
     "balanced_l1.params": 0,
     "balanced_l1._files": 0,
+    "balanced_l1._moved": 0,
     "balanced_l1.reference": 1,
     "balanced_l1.functional": 2,
     "balanced_l1.modules": 3,

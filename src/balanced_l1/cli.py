@@ -266,7 +266,7 @@ def _check_device(device: str, parser: argparse.ArgumentParser, *, here: bool = 
 
 
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.detection.zoo import BackboneWeightsError
+    from balanced_l1.detection.models import BackboneWeightsError
     from balanced_l1.experiments.compare import run_compare
     from balanced_l1.experiments.config import (
         FIELDS,

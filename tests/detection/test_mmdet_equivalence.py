@@ -16,7 +16,7 @@ from torch import Tensor
 from balanced_l1.detection import BackboneWithBFP, BalancedFeaturePyramid, build_small_faster_rcnn
 from balanced_l1.detection.bfp import _EmbeddedGaussianNonLocal
 from balanced_l1.detection.instance_sampling import instance_balanced_positives
-from balanced_l1.detection.sampling import IoUBalancedNegativeSampler
+from balanced_l1.detection.iou_balanced_sampling import IoUBalancedNegativeSampler
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from torchvision.models import mobilenet_v3_large, resnet50
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from balanced_l1.detection.zoo import DETECTORS, BackboneWeightsError, build_detector
+from balanced_l1.detection.models import DETECTORS, BackboneWeightsError, build_detector
 
 
 @pytest.mark.parametrize("name", DETECTORS)

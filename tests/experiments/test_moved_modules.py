@@ -26,3 +26,11 @@ def test_the_old_report_module_names_are_found_on_the_report_package() -> None:
         assert report.summarize is summarize
     with pytest.raises(AttributeError):
         report.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(("old", "new"), [("zoo", "models"), ("sampling", "iou_balanced_sampling")])
+def test_the_moved_detection_modules_import_at_their_old_paths_with_a_warning(old: str, new: str) -> None:
+    sys.modules.pop(f"balanced_l1.detection.{old}", None)
+    with pytest.warns(DeprecationWarning, match=f"moved to balanced_l1.detection.{new}"):
+        module = importlib.import_module(f"balanced_l1.detection.{old}")
+    assert module is importlib.import_module(f"balanced_l1.detection.{new}")

@@ -16,9 +16,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from balanced_l1.detection._model_kinds import is_two_stage
 from balanced_l1.detection.bfp import BackboneWithBFP, _infer_num_levels, use_balanced_feature_pyramid
 from balanced_l1.detection.box_loss import BoxLossConfig, placement_stages
+from balanced_l1.detection.iou_balanced_sampling import use_iou_balanced_sampling
 from balanced_l1.detection.losses import use_box_loss_config
 from balanced_l1.detection.rpn_sampling import use_rpn_negative_cap
-from balanced_l1.detection.sampling import use_iou_balanced_sampling
 from balanced_l1.params import BalancedL1Params, check_number
 
 

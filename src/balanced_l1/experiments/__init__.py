@@ -17,14 +17,9 @@ attributes include the old module's names: see :mod:`~balanced_l1.experiments.re
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import sys
-import warnings
-from types import ModuleType
 from typing import Any
+
+from balanced_l1._moved import keep_old_paths
 
 __all__ = ["load_trained_model"]
 
@@ -40,26 +35,7 @@ MOVED_MODULES = {
 }
 
 
-class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports ``balanced_l1.experiments.<old>`` as the module at its new place, with a ``DeprecationWarning``."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        prefix, _, name = fullname.rpartition(".")
-        if prefix != __name__ or name not in MOVED_MODULES:
-            return None
-        return importlib.util.spec_from_loader(fullname, self)
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        new = f"{__name__}.{MOVED_MODULES[spec.name.rpartition('.')[2]]}"
-        warnings.warn(f"{spec.name} moved to {new}; import it from there", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
-
-    def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run: the module was imported at its new place."""
-
-
-if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())
+keep_old_paths(__name__, MOVED_MODULES)
 
 
 def __getattr__(name: str) -> Any:

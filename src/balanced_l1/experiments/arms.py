@@ -247,7 +247,7 @@ _register_iou_arms()
 
 
 def _use_iou_balanced_sampling(model: nn.Module) -> None:
-    from balanced_l1.detection.sampling import use_iou_balanced_sampling
+    from balanced_l1.detection.iou_balanced_sampling import use_iou_balanced_sampling
 
     use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
 

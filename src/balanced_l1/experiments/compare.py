@@ -141,7 +141,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             ``ValueError``).
         balanced_l1.experiments.run.checkpoint.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
             or run record, or one that cannot be read.
-        balanced_l1.detection.zoo.BackboneWeightsError: when backbone weights cannot be had.
+        balanced_l1.detection.models.BackboneWeightsError: when backbone weights cannot be had.
         balanced_l1.experiments.run.train.TrainingDivergedError: when a run's loss stops being finite.
     """
     started = time.perf_counter()

@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from balanced_l1.detection.zoo import DETECTORS
+from balanced_l1.detection.models import DETECTORS
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
 from balanced_l1.params import check_choice
 
@@ -36,7 +36,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-MODELS = DETECTORS  # the one list of models: the detectors balanced_l1.detection.zoo builds
+MODELS = DETECTORS  # the one list of models: the detectors balanced_l1.detection.models builds
 LR_SCHEDULES = ("cosine", "step")
 LENGTH_KEYS = ("iters", "epochs")
 _COCO_KEYS = ("train_ann", "train_root", "val_ann", "val_root")

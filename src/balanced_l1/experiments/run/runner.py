@@ -33,7 +33,7 @@ from balanced_l1._files import (
     write_json_atomically,
 )
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
-from balanced_l1.detection.zoo import build_detector
+from balanced_l1.detection.models import build_detector
 from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.config import MAX_ITERS, CompareConfig, ConfigError, as_dict
 from balanced_l1.experiments.data.coco_data import (

@@ -150,12 +150,12 @@ def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, to
 def rebuild_model(config: CompareConfig, spec: ArmSpec, num_classes: int) -> nn.Module:
     """The untrained detector of ``config`` with ``spec``'s arm, with the architecture the run trained (nothing is
     downloaded: a backbone started from ImageNet weights gets its frozen BatchNorm layers as torchvision's has)."""
-    from balanced_l1.detection import zoo
+    from balanced_l1.detection import models
 
     model = build_arm_model(config, num_classes, spec, weights_backbone="none")
-    if config.weights_backbone != "none" and config.model in zoo._FROZEN_BN:
+    if config.weights_backbone != "none" and config.model in models._FROZEN_BN:
         backbone: nn.Module = model.backbone  # type: ignore[assignment]  # every model here is a Faster R-CNN
-        zoo._freeze_batch_norm(backbone.body)  # type: ignore[arg-type]
+        models._freeze_batch_norm(backbone.body)  # type: ignore[arg-type]
     return model
 
 

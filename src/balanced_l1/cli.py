@@ -129,7 +129,6 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
 
 
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1._files import UnreadableFileError
     from balanced_l1.experiments.report.predict import (
         RunsNotFoundError,
         load_arm_runs,
@@ -137,6 +136,7 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         predict_table,
         solve_alpha_table,
     )
+    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 
     out = Path(args.out)
     if not out.is_dir():
@@ -178,7 +178,7 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             print(predict_table(runs, grid))
     except RunsNotFoundError as err:
         parser.error(str(err))
-    except UnreadableFileError as err:
+    except CheckpointMismatchError as err:
         print(f"balanced-l1 balance: error: {err}", file=sys.stderr)
         return 1
     return 0

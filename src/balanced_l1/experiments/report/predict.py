@@ -9,9 +9,7 @@ Nothing in the output folder is executed: run records are JSON, samples are read
 
 from __future__ import annotations
 
-import io
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from balanced_l1._files import UnreadableFileError, read_regular_file
 from balanced_l1.detection.balance_prediction import (
     PREDICTED_STATISTICS,
     predict_box_gradient_balance,
@@ -30,10 +27,9 @@ from balanced_l1.detection.balance_prediction import (
 from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments.report._markdown import markdown_table
 from balanced_l1.experiments.report.balance import run_summary
+from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+from balanced_l1.experiments.run.runner import read_record, read_sample, sample_path
 from balanced_l1.params import BalancedL1Params
-
-_RECORD_BYTES = 256 * 2**20
-_SAMPLE_BYTES = 64 * 2**20
 
 
 class RunsNotFoundError(ValueError):
@@ -66,11 +62,9 @@ def _records(out: Path) -> list[tuple[Path, dict[str, Any]]]:
         if path.is_symlink() or not path.is_file():
             continue
         try:
-            record = json.loads(read_regular_file(path, _RECORD_BYTES, "run record", why="records hold a few MB"))
-        except (UnreadableFileError, UnicodeDecodeError, ValueError, RecursionError):
-            continue  # not a run record: only records of the arm asked for are read in full below
-        if isinstance(record, dict) and isinstance(record.get("arm"), str) and isinstance(record.get("seed"), int):
-            found.append((path, record))
+            found.append((path, read_record(path)))
+        except CheckpointMismatchError:
+            continue  # not a run record of balanced-l1 compare: no run of any arm
     return found
 
 
@@ -79,7 +73,8 @@ def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
 
     Raises:
         RunsNotFoundError: when ``out`` has no finished run of ``arm`` (the arms it has are listed).
-        UnreadableFileError: when a run's sample cannot be read or is not a finite ``(K, 12)`` float64 array.
+        CheckpointMismatchError: when a run's sample is missing, cannot be read or is not a finite ``(K, 12)``
+            float64 array (see :func:`~balanced_l1.experiments.run.runner.read_sample`).
     """
     folder = Path(out)
     records = _records(folder)
@@ -90,17 +85,7 @@ def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
         raise RunsNotFoundError(f"{folder}: no finished run of arm {arm!r}; {have}")
     samples, measured = [], []
     for path, record in sorted(mine, key=lambda pr: pr[1]["seed"]):
-        sample_path = path.with_name(path.stem + "_roi_sample.npy")
-        if sample_path.is_symlink():
-            raise UnreadableFileError(f"{sample_path}: a symbolic link; a run's sample is a regular file in runs/")
-        data = read_regular_file(sample_path, _SAMPLE_BYTES, "RoI sample", why="a run keeps at most 4096 rows")
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise UnreadableFileError(f"{sample_path}: not a NumPy array file ({err})") from None
-        if array.ndim != 2 or array.shape[1] != 12 or array.dtype != np.float64 or not np.isfinite(array).all():
-            raise UnreadableFileError(f"{sample_path}: not a RoI sample (a finite (K, 12) float64 array)")
-        samples.append(array)
+        samples.append(read_sample(sample_path(path), missing_ok=False))
         series = record.get("gradient_balance")
         if isinstance(series, list):
             measured.append(run_summary(series).get("gradient_balance") or {})

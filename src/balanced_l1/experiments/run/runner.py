@@ -139,10 +139,15 @@ def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     return write_atomically(path, partial(torch.save, state), owner_only=True)
 
 
+def sample_path(record_path: str | os.PathLike[str]) -> Path:
+    """Where the run whose record is ``record_path`` keeps its sample of RoI-head positives (beside it)."""
+    record = Path(record_path)
+    return record.with_name(record.stem + "_roi_sample.npy")
+
+
 def roi_sample_path(config: CompareConfig, arm: ArmSpec, seed: int) -> Path:
     """Where a finished run keeps its sample of RoI-head positives (an ``.npy`` of float64, ``(K, 12)``)."""
-    record, _ = run_paths(config, arm, seed)
-    return record.with_name(record.stem + "_roi_sample.npy")
+    return sample_path(run_paths(config, arm, seed)[0])
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -186,12 +191,23 @@ def build_arm_model(
     return model
 
 
-def read_sample(path: Path) -> np.ndarray:
-    """A finished run's RoI sample (empty when the file is missing: a run record from an earlier version)."""
-    if not path.exists():
+def read_sample(path: Path, *, missing_ok: bool = True) -> np.ndarray:
+    """A finished run's RoI sample, checked: a regular file (not a link) holding a finite ``(K, 12)`` float64 array.
+
+    Args:
+        path: the sample file (:func:`sample_path` of the run's record).
+        missing_ok: return an empty sample for a missing file (a run record from an earlier version), instead of
+            raising.
+
+    Raises:
+        CheckpointMismatchError: naming the file, if it cannot be read or is not such an array.
+    """
+    if missing_ok and not path.is_symlink() and not path.exists():
         return np.zeros((0, 12))
     try:
-        with open_regular_file(path, 64 * 2**20, "RoI sample", why="a run keeps at most 4096 rows") as handle:
+        with open_regular_file(
+            path, 64 * 2**20, "RoI sample", why="a run keeps at most 4096 rows", follow_symlinks=False
+        ) as handle:
             array = np.load(handle, allow_pickle=False)
     except (UnreadableFileError, OSError, ValueError) as err:
         raise CheckpointMismatchError(

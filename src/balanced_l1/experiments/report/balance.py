@@ -17,7 +17,7 @@ import numpy as np
 
 from balanced_l1._files import save_figure_atomically
 from balanced_l1.detection.gradient_balance import PAPER_INLIER_OUTLIER_RATIO, STATISTICS, second_half_means
-from balanced_l1.experiments.report._markdown import markdown_table
+from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
 
 Series = list[dict[str, dict[str, float | None]]]
 #: results.json key -> the monitor's stage names it is read from (first present wins).
@@ -156,15 +156,11 @@ def format_balance_table(summary: dict[str, Any]) -> str:
             stats = (data.get("gradient_balance_mean") or {}).get(key)
             if stats is None:
                 continue
-            cells = [_number(stats.get(n)) for n in STATISTICS]
+            cells = [statistic_cell(stats.get(n)) for n in STATISTICS]
             rows.append([arm, label, *cells])
     if len(rows) == 1:
         return ""
     return "\n".join(markdown_table(rows))
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
 def _per_seed_points(arm_summary: dict[str, Any], statistic: str) -> tuple[list[float], list[float]]:

@@ -20,7 +20,7 @@ import torch
 
 from balanced_l1.detection.balance_prediction import predict_box_gradient_balance, split_roi_sample
 from balanced_l1.detection.box_loss import BoxLossConfig
-from balanced_l1.experiments.report._markdown import markdown_table
+from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
 
 #: A drop of the mean loss by more than this fraction from one tenth of training to the last one: still learning.
 STILL_LEARNING_DROP = 0.02
@@ -140,14 +140,10 @@ def format_prediction_table(predicted: dict[str, dict[str, float | None]], arms:
         rows.append(
             [
                 arm,
-                _number(prediction.get("inlier_outlier_gradient_ratio")),
-                _number(_roi_stat(arms.get(arm, {}), "inlier_outlier_gradient_ratio")),
-                _number(prediction.get("inlier_gradient_share")),
-                _number(_roi_stat(arms.get(arm, {}), "inlier_gradient_share")),
+                statistic_cell(prediction.get("inlier_outlier_gradient_ratio")),
+                statistic_cell(_roi_stat(arms.get(arm, {}), "inlier_outlier_gradient_ratio")),
+                statistic_cell(prediction.get("inlier_gradient_share")),
+                statistic_cell(_roi_stat(arms.get(arm, {}), "inlier_gradient_share")),
             ]
         )
     return "\n".join(markdown_table(rows)) if len(rows) > 1 else ""
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"

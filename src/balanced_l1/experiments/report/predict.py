@@ -10,7 +10,6 @@ Nothing in the output folder is executed: run records are JSON, samples are read
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from balanced_l1.detection.balance_prediction import (
     split_roi_sample,
 )
 from balanced_l1.detection.box_loss import BoxLossConfig
-from balanced_l1.experiments.report._markdown import markdown_table
+from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
 from balanced_l1.experiments.report.balance import run_summary
 from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 from balanced_l1.experiments.run.runner import read_record, read_sample, sample_path
@@ -126,10 +125,10 @@ def predict_table(runs: ArmRuns, grid: list[tuple[str, BoxLossConfig]]) -> str:
     """A Markdown table: the arm's measured balance, then the prediction for each loss of ``grid``."""
     pred, target, proposals = split_roi_sample(runs.sample)
     header = ["loss", "inlier fraction", "in/out gradient", "inlier share", "mean box gradient"]
-    rows = [header, [f"{runs.arm} (measured)", *(_cell(runs.measured.get(n)) for n in PREDICTED_STATISTICS)]]
+    rows = [header, [f"{runs.arm} (measured)", *(statistic_cell(runs.measured.get(n)) for n in PREDICTED_STATISTICS)]]
     for label, config in grid:
         stats = predict_box_gradient_balance(pred, target, config, proposals=proposals)
-        rows.append([label, *(_cell(stats[n]) for n in PREDICTED_STATISTICS)])
+        rows.append([label, *(statistic_cell(stats[n]) for n in PREDICTED_STATISTICS)])
     return "\n".join(markdown_table(rows))
 
 
@@ -147,11 +146,7 @@ def solve_alpha_table(
         config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation))
         stats = predict_box_gradient_balance(pred, target, config)
         rows.append(
-            [f"{gamma:g}", f"{beta:g}", f"{alpha:.4f}", _cell(stats["inlier_outlier_gradient_ratio"]),
-             _cell(stats["inlier_gradient_share"])]
+            [f"{gamma:g}", f"{beta:g}", f"{alpha:.4f}", statistic_cell(stats["inlier_outlier_gradient_ratio"]),
+             statistic_cell(stats["inlier_gradient_share"])]
         )  # fmt: skip
     return "\n".join(markdown_table(rows))
-
-
-def _cell(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"

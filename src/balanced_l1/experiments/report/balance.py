@@ -69,11 +69,15 @@ def mean_over_seeds(per_seed: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     return result
 
 
+def roi_statistic(arm_summary: dict[str, Any], name: str) -> float | None:
+    """An arm's RoI-head (or one-stage head's) statistic, mean over seeds, from its ``results.json`` entry."""
+    value = ((arm_summary.get("gradient_balance_mean") or {}).get("gradient_balance") or {}).get(name)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
 def inlier_outlier_cell(arm_summary: dict[str, Any]) -> str:
     """The printed table's cell: the RoI head's mean inlier/outlier gradient ratio over seeds, or ``n/a``."""
-    value = ((arm_summary.get("gradient_balance_mean") or {}).get("gradient_balance") or {}).get(
-        "inlier_outlier_gradient_ratio"
-    )
+    value = roi_statistic(arm_summary, "inlier_outlier_gradient_ratio")
     return "n/a" if value is None else f"{value:.2f}"
 
 

@@ -12,7 +12,6 @@ After its tables, ``balanced-l1 compare`` prints, computed from its own numbers:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -21,15 +20,10 @@ import torch
 from balanced_l1.detection.balance_prediction import predict_box_gradient_balance, split_roi_sample
 from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
+from balanced_l1.experiments.report.balance import roi_statistic
 
 #: A drop of the mean loss by more than this fraction from one tenth of training to the last one: still learning.
 STILL_LEARNING_DROP = 0.02
-
-
-def _roi_stat(arm_summary: dict[str, Any], name: str) -> float | None:
-    stats = (arm_summary.get("gradient_balance_mean") or {}).get("gradient_balance") or {}
-    value = stats.get(name)
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def explain_balance(arms: dict[str, Any], baseline: str) -> list[str]:
@@ -39,15 +33,15 @@ def explain_balance(arms: dict[str, Any], baseline: str) -> list[str]:
         arms: the ``arms`` section of ``results.json``.
         baseline: the arm the others are compared with.
     """
-    base_ratio = _roi_stat(arms.get(baseline, {}), "inlier_outlier_gradient_ratio")
-    base_task = _roi_stat(arms.get(baseline, {}), "box_cls_gradient_ratio")
+    base_ratio = roi_statistic(arms.get(baseline, {}), "inlier_outlier_gradient_ratio")
+    base_task = roi_statistic(arms.get(baseline, {}), "box_cls_gradient_ratio")
     if base_ratio is None:
         return []
     lines = []
     for arm, data in arms.items():
         if arm == baseline:
             continue
-        ratio = _roi_stat(data, "inlier_outlier_gradient_ratio")
+        ratio = roi_statistic(data, "inlier_outlier_gradient_ratio")
         if ratio is None:
             continue
         change = (ratio - base_ratio) / base_ratio
@@ -61,7 +55,7 @@ def explain_balance(arms: dict[str, Any], baseline: str) -> list[str]:
             f"{arm}: an inlier gets {ratio:.2f} of an outlier's box gradient in the RoI head against "
             f"{base_ratio:.2f} under {baseline} ({change:+.0%}): {direction} the baseline"
         )
-        task = _roi_stat(data, "box_cls_gradient_ratio")
+        task = roi_statistic(data, "box_cls_gradient_ratio")
         if task is not None and base_task is not None:
             line += f"; box/cls gradient {task:.2f} against {base_task:.2f}"
         lines.append(line + ".")
@@ -141,9 +135,9 @@ def format_prediction_table(predicted: dict[str, dict[str, float | None]], arms:
             [
                 arm,
                 statistic_cell(prediction.get("inlier_outlier_gradient_ratio")),
-                statistic_cell(_roi_stat(arms.get(arm, {}), "inlier_outlier_gradient_ratio")),
+                statistic_cell(roi_statistic(arms.get(arm, {}), "inlier_outlier_gradient_ratio")),
                 statistic_cell(prediction.get("inlier_gradient_share")),
-                statistic_cell(_roi_stat(arms.get(arm, {}), "inlier_gradient_share")),
+                statistic_cell(roi_statistic(arms.get(arm, {}), "inlier_gradient_share")),
             ]
         )
     return "\n".join(markdown_table(rows)) if len(rows) > 1 else ""

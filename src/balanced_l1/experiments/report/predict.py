@@ -25,7 +25,7 @@ from balanced_l1.detection.balance_prediction import (
 )
 from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
-from balanced_l1.experiments.report.balance import run_summary
+from balanced_l1.experiments.report.balance import mean_over_seeds, run_summary
 from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 from balanced_l1.experiments.run.runner import read_record, read_sample, sample_path
 from balanced_l1.params import BalancedL1Params
@@ -82,19 +82,11 @@ def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
         arms = sorted({r["arm"] for _, r in records})
         have = f"it has runs of: {', '.join(arms)}" if arms else "it has no finished run"
         raise RunsNotFoundError(f"{folder}: no finished run of arm {arm!r}; {have}")
-    samples, measured = [], []
-    for path, record in sorted(mine, key=lambda pr: pr[1]["seed"]):
-        samples.append(read_sample(sample_path(path), missing_ok=False))
-        series = record.get("gradient_balance")
-        if isinstance(series, list):
-            measured.append(run_summary(series).get("gradient_balance") or {})
-    pooled = np.concatenate(samples) if samples else np.zeros((0, 12))
-    means: dict[str, float | None] = {}
-    for name in ("inlier_fraction", "inlier_outlier_gradient_ratio", "inlier_gradient_share"):
-        values = [float(v) for m in measured if isinstance(v := m.get(name), (int, float))]
-        means[name] = float(np.mean(values)) if values else None
-    seeds = tuple(int(r["seed"]) for _, r in sorted(mine, key=lambda pr: pr[1]["seed"]))
-    return ArmRuns(arm, seeds, torch.from_numpy(pooled), means)
+    mine.sort(key=lambda pair: pair[1]["seed"])
+    samples = [read_sample(sample_path(path), missing_ok=False) for path, _ in mine]
+    measured = mean_over_seeds({str(r["seed"]): run_summary(r["gradient_balance"]) for _, r in mine})
+    seeds = tuple(int(r["seed"]) for _, r in mine)
+    return ArmRuns(arm, seeds, torch.from_numpy(np.concatenate(samples)), measured["gradient_balance"] or {})
 
 
 def loss_grid(loss: str, values: dict[str, list[Any]]) -> list[tuple[str, BoxLossConfig]]:

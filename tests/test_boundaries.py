@@ -192,12 +192,12 @@ def test_any_avg_factor_is_ignored_with_reduction_none(avg_factor):
 
 
 def test_loss_weight_has_one_rule_for_the_module_and_the_detection_adapters():
-    losses = pytest.importorskip("balanced_l1.detection.losses")
+    box_loss = pytest.importorskip("balanced_l1.detection.box_loss")
     for bad, error in ((-1.0, ValueError), (math.nan, ValueError), ("2", TypeError), (True, TypeError)):
         with pytest.raises(error) as from_module:
             BalancedL1Loss(loss_weight=bad)
         with pytest.raises(error) as from_config:
-            losses.BoxLossConfig(loss_weight=bad)
+            box_loss.BoxLossConfig(loss_weight=bad)
         assert str(from_module.value) == str(from_config.value)
     assert BalancedL1Loss(loss_weight=np.float32(2.0)).loss_weight == 2.0
 

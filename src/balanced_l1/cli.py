@@ -97,9 +97,23 @@ def _grid(kind: type) -> object:
     return parse
 
 
+def _balance_flags() -> dict[str, tuple[type, str]]:
+    """Every parameter of every registered box loss, and ``loss_weight``: its type and its help, with the losses
+    that take it (one ``balance`` flag each, derived from the registry)."""
+    from balanced_l1.detection.box_loss import box_loss_names, get_box_loss
+
+    found: dict[str, tuple[type, str, list[str]]] = {}
+    for name in box_loss_names():
+        for parameter in get_box_loss(name).parameters:
+            kind = str if isinstance(parameter.default, str) else float
+            found.setdefault(parameter.name, (kind, parameter.help, []))[2].append(name)
+    flags = {key: (kind, f"{help_text} ({', '.join(losses)})") for key, (kind, help_text, losses) in found.items()}
+    flags["loss_weight"] = (float, "the loss weight (every loss)")
+    return flags
+
+
 def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
-    from balanced_l1.detection.box_loss import DELTA_LOSSES
-    from balanced_l1.detection.iou_losses import IOU_LOSSES
+    from balanced_l1.detection.box_loss import box_loss_names
 
     balance = subparsers.add_parser(
         "balance",
@@ -114,18 +128,35 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     balance.add_argument(
         "--arm", default="smooth_l1", help="the arm whose recorded errors are used (default smooth_l1)"
     )
-    balance.add_argument(
-        "--loss", choices=(*DELTA_LOSSES, *IOU_LOSSES), default="balanced_l1", help="the loss to predict for"
-    )
-    balance.add_argument("--alpha", type=_grid(float), default=None, help="Balanced L1 alpha, e.g. 0.2|0.3|0.5")
-    balance.add_argument("--gamma", type=_grid(float), default=None, help="Balanced L1 gamma, e.g. 1.0|1.5")
-    balance.add_argument("--beta", type=_grid(float), default=None, help="beta of Balanced L1 or smooth L1")
-    balance.add_argument("--formulation", type=_grid(str), default=None, help="Balanced L1: scaled or mmdet")
-    balance.add_argument("--loss-weight", type=_grid(float), default=None, help="the loss weight")
+    balance.add_argument("--loss", choices=box_loss_names(), default="balanced_l1", help="the loss to predict for")
+    for key, (kind, help_text) in _balance_flags().items():
+        balance.add_argument("--" + key.replace("_", "-"), type=_grid(kind), default=None, help=f"{help_text}, a|b|c")
     target = balance.add_mutually_exclusive_group()
     target.add_argument("--target-ratio", type=_number, default=None, help="solve for alpha reaching this ratio")
     target.add_argument("--target-arm", default=None, help="solve for alpha reaching this arm's measured ratio")
     balance.set_defaults(handler=_run_balance, command_parser=balance)
+
+
+def _solve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[float], list[float], str]:
+    """The gammas, betas and formulation ``balance`` solves alpha for: the flags, else Balanced L1's defaults."""
+    from balanced_l1.detection.box_loss import get_box_loss
+    from balanced_l1.experiments.report.predict import check_solve_grid
+
+    given = {key for key in _balance_flags() if getattr(args, key) and key not in ("gamma", "beta", "formulation")}
+    if args.loss != "balanced_l1" or given:
+        parser.error(
+            "--target-ratio/--target-arm solve for Balanced L1's alpha: give --gamma/--beta/--formulation only"
+        )
+    defaults = get_box_loss("balanced_l1").defaults()
+    formulations = args.formulation or [defaults["formulation"]]
+    if len(formulations) != 1:
+        parser.error("give one --formulation when solving for alpha")
+    gammas, betas = args.gamma or [defaults["gamma"]], args.beta or [defaults["beta"]]
+    try:
+        check_solve_grid(gammas, betas, formulations[0])
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    return gammas, betas, formulations[0]
 
 
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -141,22 +172,14 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     out = Path(args.out)
     if not out.is_dir():
         parser.error(f"OUT {str(out)!r} is not a folder")
-    values = {"alpha": args.alpha, "gamma": args.gamma, "beta": args.beta, "formulation": args.formulation,
-              "loss_weight": args.loss_weight}  # fmt: skip
     solving = args.target_ratio is not None or args.target_arm is not None
-    try:
-        if solving:
-            if args.loss != "balanced_l1" or args.alpha or args.loss_weight:
-                parser.error("--target-ratio/--target-arm solve for Balanced L1's alpha: give --gamma/--beta only")
-            formulations = args.formulation or ["scaled"]
-            if len(formulations) != 1:
-                parser.error("give one --formulation when solving for alpha")
-            loss_grid("balanced_l1", {"gamma": args.gamma or [1.5], "beta": args.beta or [1.0],
-                                      "formulation": formulations})  # fmt: skip
-        else:
-            grid = loss_grid(args.loss, values)
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
+    if solving:
+        gammas, betas, formulation = _solve_settings(args, parser)
+    else:
+        try:
+            grid = loss_grid(args.loss, {key: getattr(args, key) for key in _balance_flags()})
+        except (TypeError, ValueError) as err:
+            parser.error(str(err))
     try:
         runs = load_arm_runs(out, args.arm)
         if solving:
@@ -171,7 +194,7 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                     parser.error(f"--target-ratio must be finite and > 0, got {ratio}")
                 label = f"ratio {ratio:g}"
             print(f"Balanced L1 alpha reaching {label} on {args.arm}'s errors (seeds {list(runs.seeds)}):")
-            print(solve_alpha_table(runs, ratio, args.gamma or [1.5], args.beta or [1.0], formulations[0]))
+            print(solve_alpha_table(runs, ratio, gammas, betas, formulation))
         else:
             print(f"RoI gradient balance on {args.arm}'s recorded errors (seeds {list(runs.seeds)}, "
                   f"{runs.sample.shape[0]} positives):")  # fmt: skip

@@ -101,16 +101,16 @@ def test_the_baseline_arms_switch_the_roi_head_loss_they_name_and_leave_the_rpn_
     from balanced_l1.detection import build_small_faster_rcnn
     from balanced_l1.experiments.arms import get_arm
 
-    for arm, loss, beta in (
-        ("smooth_l1_beta1", "smooth_l1", 1.0),
-        ("l1", "l1", 1.0),
-        ("balanced_l1", "balanced_l1", 1.0),
+    for arm, loss, values in (
+        ("smooth_l1_beta1", "smooth_l1", {"beta": 1.0}),
+        ("l1", "l1", {}),
+        ("balanced_l1", "balanced_l1", {"alpha": 0.5, "gamma": 1.5, "beta": 1.0, "formulation": "scaled"}),
     ):
         torch.manual_seed(0)
         model = build_small_faster_rcnn(3)
         get_arm(arm).apply(model, {})
         config = model.roi_heads.balanced_l1_config
-        assert (config.loss, config.params.beta) == (loss, beta), arm
+        assert (config.loss, dict(config.values)) == (loss, values), arm
         assert type(model.rpn) is RegionProposalNetwork, arm
 
 

@@ -17,7 +17,7 @@ from balanced_l1.detection.instance_sampling import (
 )
 from balanced_l1.detection.iou_balanced_sampling import IoUBalancedNegativeSampler, use_iou_balanced_sampling
 from balanced_l1.detection.libra import libra_fasterrcnn_resnet50_fpn, libra_refine_level, use_libra, use_libra_mmdet
-from balanced_l1.detection.losses import use_balanced_l1, use_box_loss, use_box_loss_config
+from balanced_l1.detection.losses import use_balanced_l1, use_box_loss
 from balanced_l1.detection.models import build_small_faster_rcnn
 from balanced_l1.detection.rpn_sampling import NegativeCappedSampler, use_rpn_negative_cap
 
@@ -42,7 +42,6 @@ __all__ = [
     "use_balanced_feature_pyramid",
     "use_balanced_l1",
     "use_box_loss",
-    "use_box_loss_config",
     "use_instance_balanced_sampling",
     "use_iou_balanced_sampling",
     "use_libra",

@@ -10,6 +10,7 @@ Nothing in the output folder is executed: run records are JSON, samples are read
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,16 @@ import torch
 
 from balanced_l1.detection.balance_prediction import (
     PREDICTED_STATISTICS,
+    alpha_search_range,
     predict_box_gradient_balance,
     solve_alpha,
     split_roi_sample,
 )
-from balanced_l1.detection.box_loss import BoxLossConfig
+from balanced_l1.detection.box_loss import FLOAT64, BoxLossConfig, get_box_loss
 from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
 from balanced_l1.experiments.report.balance import mean_over_seeds, run_summary
 from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 from balanced_l1.experiments.run.runner import read_record, read_sample, sample_path
-from balanced_l1.params import BalancedL1Params
 
 
 class RunsNotFoundError(ValueError):
@@ -89,28 +90,69 @@ def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
     return ArmRuns(arm, seeds, torch.from_numpy(np.concatenate(samples)), measured["gradient_balance"] or {})
 
 
+#: The most losses one ``balance`` table predicts: each is a pass over every recorded positive (up to 4096 per seed).
+MAX_PREDICTIONS = 1000
+#: The most alphas one ``balance --target-ratio`` table solves for: each solve is about 100 predictions.
+MAX_SOLVES = 100
+
+
 def loss_grid(loss: str, values: dict[str, list[Any]]) -> list[tuple[str, BoxLossConfig]]:
     """Every combination of ``values`` (parameter -> list) as a labelled box loss, the first key varying slowest.
 
+    The parameters are the registered loss's own and ``loss_weight``; each combination is checked as the loss
+    will be computed, in float64 (:meth:`~balanced_l1.detection.box_loss.BoxLossConfig.check_fits`).
+
     Raises:
-        ValueError: for a parameter the loss does not take, or a value the loss refuses.
+        ValueError: for an unknown loss, a parameter the loss does not take, a grid of more than
+            :data:`MAX_PREDICTIONS` losses, or a value the loss refuses.
     """
-    takes = {
-        "balanced_l1": ("alpha", "gamma", "beta", "formulation", "loss_weight"),
-        "smooth_l1": ("beta", "loss_weight"),
-    }.get(loss, ("loss_weight",))
+    box_loss = get_box_loss(loss)
+    takes = [*(p.name for p in box_loss.parameters), "loss_weight"]
     extra = sorted(k for k, v in values.items() if v and k not in takes)
     if extra:
         raise ValueError(f"the {loss} loss takes {', '.join(takes)}; got {', '.join(extra)}")
     keys = [k for k in takes if values.get(k)]
+    size = math.prod(len(values[k]) for k in keys)
+    if size > MAX_PREDICTIONS:
+        raise ValueError(
+            f"the grid has {size} losses; at most {MAX_PREDICTIONS} (each is a pass over every recorded positive)"
+        )
     grid = []
     for combination in itertools.product(*(values[k] for k in keys)):
         chosen = dict(zip(keys, combination, strict=True))
-        weight = chosen.pop("loss_weight", 1.0)
-        params = BalancedL1Params(**chosen)
+        weight = chosen.pop("loss_weight", None)
+        config = BoxLossConfig(loss, chosen, weight)
+        config.check_fits(FLOAT64)
         label = f"{loss}({', '.join(f'{k}={v}' for k, v in zip(keys, combination, strict=True))})" if keys else loss
-        grid.append((label, BoxLossConfig(params, weight, loss)))
+        grid.append((label, config))
     return grid
+
+
+def check_solve_grid(gammas: list[float], betas: list[float], formulation: str) -> None:
+    """Check the gammas and betas ``balance`` solves alpha for, as the solver will use them.
+
+    Raises:
+        ValueError: for more than :data:`MAX_SOLVES` pairs, a gamma, beta or formulation Balanced L1 refuses, or a
+            pair whose loss cannot be computed in float64 at either end of the alphas searched
+            (:func:`~balanced_l1.detection.balance_prediction.alpha_search_range`).
+    """
+    if len(gammas) * len(betas) > MAX_SOLVES:
+        raise ValueError(
+            f"{len(gammas)} gammas x {len(betas)} betas are {len(gammas) * len(betas)} solves for alpha; at most "
+            f"{MAX_SOLVES} (each solve is about 100 predictions)"
+        )
+    for gamma, beta in itertools.product(gammas, betas):
+        fixed = {"gamma": gamma, "beta": beta, "formulation": formulation}
+        BoxLossConfig("balanced_l1", {**fixed, "alpha": gamma})  # each value on its own
+        for alpha in alpha_search_range(gamma):
+            try:
+                BoxLossConfig("balanced_l1", {**fixed, "alpha": alpha}).check_fits(FLOAT64)
+            except ValueError as err:
+                low, high = alpha_search_range(gamma)
+                raise ValueError(
+                    f"gamma={gamma!r}, beta={beta!r}: the search for alpha from {low:.6g} to {high:.6g} reaches "
+                    f"alpha={alpha:.6g}, where {err}"
+                ) from None
 
 
 def predict_table(runs: ArmRuns, grid: list[tuple[str, BoxLossConfig]]) -> str:
@@ -135,7 +177,9 @@ def solve_alpha_table(
         if alpha is None:
             rows.append([f"{gamma:g}", f"{beta:g}", "none reaches it", "", ""])
             continue
-        config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation))
+        config = BoxLossConfig(
+            "balanced_l1", {"alpha": alpha, "gamma": gamma, "beta": beta, "formulation": formulation}
+        )
         stats = predict_box_gradient_balance(pred, target, config)
         rows.append(
             [f"{gamma:g}", f"{beta:g}", f"{alpha:.4f}", statistic_cell(stats["inlier_outlier_gradient_ratio"]),

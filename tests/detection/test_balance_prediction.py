@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -131,3 +133,49 @@ def test_the_balanced_l1_arm_leaves_the_rpn_loss_bit_identical_to_the_baselines(
     for name in ("loss_objectness", "loss_rpn_box_reg"):
         assert torch.equal(base[0][name], ours[0][name]), name
     assert not torch.equal(base[0]["loss_box_reg"], ours[0]["loss_box_reg"])
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        (
+            "pred",
+            torch.zeros(2, 4, dtype=torch.complex128),
+            "pred must be a real floating tensor, got dtype torch.complex128",
+        ),
+        (
+            "target",
+            torch.zeros(2, 4, dtype=torch.complex64),
+            "target must be a real floating tensor, got dtype torch.complex64",
+        ),
+        ("pred", [[0.0] * 4] * 2, "pred must be a torch.Tensor, got list"),
+        (
+            "target",
+            torch.zeros(2, 4, dtype=torch.int64),
+            "target must be a real floating tensor, got dtype torch.int64",
+        ),
+        ("proposals", [[0.0, 0.0, 1.0, 1.0]] * 2, "proposals must be a torch.Tensor, got list"),
+        ("config", "giou", "config must be a BoxLossConfig, got str"),
+    ],
+)
+def test_a_prediction_refuses_what_is_not_a_real_tensor_naming_the_argument(
+    argument: str, value: object, message: str
+) -> None:
+    arguments: dict[str, object] = {"pred": torch.zeros(2, 4), "target": torch.zeros(2, 4), "config": BoxLossConfig()}
+    with pytest.raises(TypeError, match=re.escape(message)):
+        predict_box_gradient_balance(**{**arguments, argument: value})  # type: ignore[arg-type]
+
+
+def test_a_prediction_refuses_a_loss_float64_cannot_compute() -> None:
+    pred, target = _errors()
+    with pytest.raises(ValueError, match=r"alpha \* beta / b = 0 cannot be represented in float64"):
+        predict_box_gradient_balance(pred, target, BoxLossConfig("balanced_l1", {"beta": 5e-324}))
+
+
+def test_the_solver_searches_only_the_alphas_float64_can_compute() -> None:
+    """With beta 1e-295 every error is an outlier (ratio 1 at every alpha), and below alpha ~0.0245 the constant
+    alpha * beta / b underflows float64: those alphas are left out of the search instead of failing it."""
+    pred, target = _errors()
+    assert solve_alpha(pred, target, 0.9, beta=1e-295) is None
+    alpha = solve_alpha(pred, target, 1.0, beta=1e-295)  # the first alpha searched reaches it
+    assert alpha is not None and 1.5 / 80 < 0.0245 < alpha < 0.03

@@ -144,11 +144,11 @@ def check_solve_grid(gammas: list[float], betas: list[float], formulation: str) 
     for gamma, beta in itertools.product(gammas, betas):
         fixed = {"gamma": gamma, "beta": beta, "formulation": formulation}
         BoxLossConfig("balanced_l1", {**fixed, "alpha": gamma})  # each value on its own
-        for alpha in alpha_search_range(gamma):
+        low, high = alpha_search_range(gamma)
+        for alpha in (low, high):
             try:
                 BoxLossConfig("balanced_l1", {**fixed, "alpha": alpha}).check_fits(FLOAT64)
             except ValueError as err:
-                low, high = alpha_search_range(gamma)
                 raise ValueError(
                     f"gamma={gamma!r}, beta={beta!r}: the search for alpha from {low:.6g} to {high:.6g} reaches "
                     f"alpha={alpha:.6g}, where {err}"

@@ -144,9 +144,7 @@ def _solve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
     given = {key for key in _balance_flags() if getattr(args, key) and key not in ("gamma", "beta", "formulation")}
     if args.loss != "balanced_l1" or given:
-        parser.error(
-            "--target-ratio/--target-arm solve for Balanced L1's alpha: give --gamma/--beta only"
-        )
+        parser.error("--target-ratio/--target-arm solve for Balanced L1's alpha: give --gamma/--beta only")
     defaults = get_box_loss("balanced_l1").defaults()
     formulations = args.formulation or [defaults["formulation"]]
     if len(formulations) != 1:

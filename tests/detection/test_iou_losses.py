@@ -26,6 +26,8 @@ def test_the_registered_iou_losses_are_torchvisions_three_with_mmdetections_weig
     assert {name: get_box_loss(name).function for name in IOU_LOSSES} == FUNCTIONS
     assert {name: get_box_loss(name).loss_weight.default for name in IOU_LOSSES} == MMDETECTION_LOSS_WEIGHTS
     assert all(get_box_loss(name).placements == ("roi",) for name in IOU_LOSSES)
+
+
 PROPOSALS = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 25.0, 15.0], [2.0, 30.0, 12.0, 60.0]], dtype=torch.float64)
 GT = torch.tensor([[1.0, 1.0, 11.0, 12.0], [4.0, 6.0, 20.0, 16.0], [30.0, 30.0, 40.0, 40.0]], dtype=torch.float64)
 

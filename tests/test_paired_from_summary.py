@@ -56,7 +56,7 @@ def test_the_detectable_difference_is_found_significant_in_80_percent_of_simulat
 def test_fewer_than_two_seeds_or_a_zero_sd_is_refused() -> None:
     with pytest.raises(ValueError, match="seeds must be at least 2"):
         tool.paired_tests({"arm": (1.0, 1.0)}, seeds=1)
-    with pytest.raises(ValueError, match="arm: the standard deviation must be > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"arm: the standard deviation must be > 0, got 0\.0"):
         tool.paired_tests({"arm": (1.0, 0.0)}, seeds=3)
 
 

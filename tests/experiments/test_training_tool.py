@@ -358,7 +358,7 @@ def test_tensorboard_without_the_extra_exits_2_naming_what_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as without the package
     err = _exit_2(["compare", *TINY, "--tensorboard", "--out", str(tmp_path / "out")], capsys)
-    assert "--tensorboard needs the tensorboard package" in err and "pip install 'balanced-l1[tensorboard]'" in err
+    assert "--tensorboard needs the tensorboard package" in err and "pip install -e '.[tensorboard]'" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -242,7 +242,9 @@ class CompareConfig:
         50, "iterations between progress lines in OUT/log.txt (and on stderr when it is not a terminal)"
     )
     tensorboard: bool = _setting(
-        False, "write TensorBoard event files to OUT/tensorboard/ (needs: pip install 'balanced-l1[tensorboard]')"
+        False,
+        "write TensorBoard event files to OUT/tensorboard/ (needs the tensorboard extra: pip install -e "
+        "'.[tensorboard]' in the repository's clone)",
     )
 
     @property

@@ -114,7 +114,7 @@ def predict_from_baseline(
 
     Returns:
         ``{arm: prediction}`` (see :func:`~balanced_l1.detection.predict_box_gradient_balance`); empty when the
-        baseline kept no sample.
+            baseline kept no sample.
     """
     rows = [s for s in samples if s.size]
     if not rows:

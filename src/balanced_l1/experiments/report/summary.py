@@ -69,9 +69,9 @@ def summarize(
 
     Returns:
         ``{"arms": {arm: {"description", "per_seed", "mean", "std", "ap_per_iou_mean"}},
-        "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std", "t", "p"}}}``; ``t`` and ``p``
-        are the paired t statistic and its two-sided p-value per metric (``None`` with fewer than 2 seeds, or
-        when every seed's difference is the same).
+            "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std", "t", "p"}}}``; ``t`` and ``p``
+            are the paired t statistic and its two-sided p-value per metric (``None`` with fewer than 2 seeds, or
+            when every seed's difference is the same).
     """
     arms: dict[str, Any] = {}
     for arm, by_seed in runs.items():

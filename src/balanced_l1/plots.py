@@ -83,8 +83,8 @@ def figure_title(
 
     Returns:
         The paper's claim, that Balanced L1 raises the inliers' gradient above smooth L1's and caps the
-        outliers' at gamma, where the curves bear it out; otherwise what they show instead: an inlier
-        gradient above gamma, or one below 0.
+            outliers' at gamma, where the curves bear it out; otherwise what they show instead: an inlier
+            gradient above gamma, or one below 0.
     """
     inlier, beside_zero = t < 1.0, (t > 0) & (t < 1.0)
     lowest, highest = float(balanced_grad[inlier].min()), float(balanced_grad[inlier].max())

@@ -37,12 +37,19 @@ def test_a_flat_loss_under_a_decaying_schedule_claims_no_convergence_and_names_t
     flat = {"a": {0: _history([1.0] * 90 + [0.995] * 10)}, "b": {0: _history([1.0] * 100)}}
     lines = explain_plateau(flat, 100, "cosine")
     assert lines[-1] == (
-        "The loss fell by less than 2% in the last tenth for a, b, but under the cosine schedule the learning rate "
-        "decays towards 0, so the loss flattens as the steps shrink whether or not the detector has converged: the "
+        "The loss fell by less than 2% in the last tenth for a, b, but the cosine schedule lowers the learning rate "
+        "over the run, so the loss flattens as the steps shrink whether or not the detector has converged: the "
         "loss cannot tell whether AP had stopped rising. --eval-every N (e.g. --eval-every 10) measures AP on the "
         "held-out split during training, and this check then compares the last two validations."
     )
-    assert "step schedule" in explain_plateau(flat, 100, "step")[-1]
+    assert "the step schedule lowers the learning rate" in explain_plateau(flat, 100, "step", (50, 80))[-1]
+
+
+def test_a_flat_loss_at_a_constant_learning_rate_is_still_not_ap() -> None:
+    flat = {"a": {0: _history([1.0] * 100)}}
+    line = explain_plateau(flat, 100, "step", ())[-1]
+    assert "but a training loss is not the held-out AP: the loss cannot tell whether AP had stopped rising" in line
+    assert "--eval-every" in line and "had flattened" not in line
 
 
 def test_arms_that_differ_get_one_sentence_each_kind() -> None:
@@ -67,8 +74,8 @@ def test_flat_validation_ap_has_stopped_rising_by_the_end_of_this_schedule_only(
     assert lines[0] == "a: held-out AP 40.1 at iteration 50, 40.3 at iteration 100 (+0.2 AP, mean over 1 seed(s))"
     assert lines[1] == (
         "AP changed by less than 0.5 AP between the last two validations for a: it had stopped rising by the end "
-        "of this schedule. A longer schedule may still end higher, since the learning rate decays towards 0 over "
-        "whatever length is chosen."
+        "of this schedule. A longer schedule may still end higher: it spends more iterations at a high learning "
+        "rate."
     )
 
 

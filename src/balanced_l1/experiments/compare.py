@@ -235,7 +235,7 @@ def _compare(
         )
     for line in [
         *explain_balance(summary["arms"], baseline.name),
-        *explain_plateau(histories, tc.iters, tc.lr_schedule),
+        *explain_plateau(histories, tc.iters, tc.lr_schedule, tc.lr_steps),
     ]:
         log(line)
     log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")

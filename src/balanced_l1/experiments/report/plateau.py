@@ -2,16 +2,18 @@
 
 - With validation points (``--eval-every``) it compares each arm's last validation AP on the held-out split with
   the one before (mean over seeds). A rise of more than :data:`AP_CHANGE` means the detectors were still
-  improving; a smaller change means AP had stopped rising by the end of this schedule (a longer schedule, whose
-  learning rate decays more slowly, may still end higher).
+  improving; a smaller change means AP had stopped rising by the end of this schedule (a longer schedule, which
+  spends more iterations at a high learning rate, may still end higher).
 - Without them it reads the training loss: the mean of the last tenth of the iterations against the tenth before
   it. A drop of more than :data:`STILL_LEARNING_DROP` means the detectors were still learning. A flat loss is not
-  taken for convergence: the learning rate decays towards 0 in every schedule ``compare`` offers, so the loss
-  flattens as the steps shrink whether or not AP has stopped rising; it says so and names ``--eval-every``. A
-  loss that rose is said to have risen, never to have flattened.
+  taken for convergence: under a schedule that lowers the learning rate (cosine, or step with steps) the loss
+  flattens as the steps shrink whether or not AP has stopped rising, and under any schedule the loss is not AP;
+  it says so and names ``--eval-every``. A loss that rose is said to have risen, never to have flattened.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,8 +72,8 @@ def _from_validation(curves: dict[str, list[list[dict[str, float]]]], iters: int
     if flat:
         lines.append(
             f"AP changed by less than {limit} between the last two validations for {_names(flat)}: it had stopped "
-            "rising by the end of this schedule. A longer schedule may still end higher, since the learning rate "
-            "decays towards 0 over whatever length is chosen."
+            "rising by the end of this schedule. A longer schedule may still end higher: it spends more iterations "
+            "at a high learning rate."
         )
     if single:
         lines.append(
@@ -81,7 +83,7 @@ def _from_validation(curves: dict[str, list[list[dict[str, float]]]], iters: int
     return lines
 
 
-def _from_loss(histories: dict[str, dict[int, list[dict[str, float]]]], iters: int, lr_schedule: str) -> list[str]:
+def _from_loss(histories: dict[str, dict[int, list[dict[str, float]]]], iters: int, lr_decays: str | None) -> list[str]:
     lines: list[str] = []
     learning: list[str] = []
     rose: list[str] = []
@@ -115,17 +117,24 @@ def _from_loss(histories: dict[str, dict[int, list[dict[str, float]]]], iters: i
             f"what AP was doing. {tells}."
         )
     if flat:
+        why = (
+            f"the {lr_decays} schedule lowers the learning rate over the run, so the loss flattens as the steps "
+            "shrink whether or not the detector has converged"
+            if lr_decays is not None
+            else "a training loss is not the held-out AP"
+        )
         lines.append(
-            f"The loss fell by less than {STILL_LEARNING_DROP:.0%} in the last tenth for {_names(flat)}, but under "
-            f"the {lr_schedule} schedule the learning rate decays towards 0, so the loss flattens as the steps "
-            f"shrink whether or not the detector has converged: the loss cannot tell whether AP had stopped "
-            f"rising. {tells}."
+            f"The loss fell by less than {STILL_LEARNING_DROP:.0%} in the last tenth for {_names(flat)}, but {why}: "
+            f"the loss cannot tell whether AP had stopped rising. {tells}."
         )
     return lines
 
 
 def explain_plateau(
-    histories: dict[str, dict[int, list[dict[str, float]]]], iters: int, lr_schedule: str = "cosine"
+    histories: dict[str, dict[int, list[dict[str, float]]]],
+    iters: int,
+    lr_schedule: str = "cosine",
+    lr_steps: Sequence[int] = (),
 ) -> list[str]:
     """Whether each arm had stopped improving, from held-out AP if the runs validated, else what the loss can tell.
 
@@ -133,7 +142,8 @@ def explain_plateau(
         histories: ``{arm: {seed: loss history}}``; a history's validations are its ``val_*`` entries
             (:func:`~balanced_l1.experiments.run.train.validation_curve`).
         iters: the runs' length in iterations (for the suggested longer length and ``--eval-every``).
-        lr_schedule: the learning-rate schedule's name, for the sentence about a flat loss.
+        lr_schedule: the learning-rate schedule, ``"cosine"`` or ``"step"``.
+        lr_steps: the step schedule's steps (none: a constant learning rate after the warm-up).
 
     Returns:
         One line per arm, then one sentence per kind of finding; none for runs too short to tell.
@@ -141,4 +151,5 @@ def explain_plateau(
     curves = {arm: [validation_curve(h) for h in by_seed.values()] for arm, by_seed in histories.items()}
     if any(curve for by_seed in curves.values() for curve in by_seed):
         return _from_validation(curves, iters)
-    return _from_loss(histories, iters, lr_schedule)
+    decays = lr_schedule == "cosine" or (lr_schedule == "step" and len(lr_steps) > 0)
+    return _from_loss(histories, iters, lr_schedule if decays else None)

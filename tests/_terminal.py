@@ -16,8 +16,8 @@ def terminal_line(config: pytest.Config) -> Callable[[str], None]:
         config: the session's config (``request.config``).
 
     Returns:
-        ``write(line)``: through the terminal reporter with capturing suspended for the line; to stderr when
-        the session has no terminal reporter (``-p no:terminal``).
+        ``write(line)``: through the terminal reporter with capturing suspended for the line; to stderr
+            when the session has no terminal reporter (``-p no:terminal``).
     """
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")

@@ -158,8 +158,8 @@ def predict_from_baseline(
         box_losses: each arm's RoI-head box loss (``None``: the arm has no RoI head, nothing is predicted).
 
     Returns:
-        ``{arm: prediction}`` (see :func:`~balanced_l1.detection.predict_box_gradient_balance`); empty when the
-        baseline kept no sample.
+        ``{arm: prediction}`` (see :func:`~balanced_l1.detection.predict_box_gradient_balance`); empty when
+            the baseline kept no sample.
     """
     rows = [s for s in samples if s.size]
     if not rows:

@@ -70,8 +70,9 @@ def summarize(
 
     Returns:
         ``{"arms": {arm: {"description", "per_seed", "mean", "std", "ap_per_iou_mean"}},
-        "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std"}}}``. Whether a difference is
-        more than seed-to-seed noise is the verdict's question (:mod:`~balanced_l1.experiments.report.verdict`).
+            "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std"}}}``. Whether a difference
+            is more than seed-to-seed noise is the verdict's question
+            (:mod:`~balanced_l1.experiments.report.verdict`).
     """
     arms: dict[str, Any] = {}
     for arm, by_seed in runs.items():

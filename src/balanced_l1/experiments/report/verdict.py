@@ -235,8 +235,8 @@ def compare_to_baseline(
         power: the power of the detectable difference and of the seeds needed.
 
     Returns:
-        One verdict per arm other than ``baseline``, in the order of ``ap``. The correction counts the arms
-        with at least 2 paired seeds.
+        One verdict per arm other than ``baseline``, in the order of ``ap``. The correction counts the
+            arms with at least 2 paired seeds.
 
     Raises:
         ValueError: for a baseline not in ``ap``, an AP that is not finite, ``confidence`` outside (0, 1),

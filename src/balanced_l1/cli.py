@@ -143,7 +143,7 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
 
 
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.report.predict import (
+    from balanced_l1.experiments.report.predicted_balance import (
         RunsNotFoundError,
         load_arm_runs,
         loss_grid,

@@ -1,10 +1,11 @@
-"""The gradient balance of a comparison: per-run summaries, means over seeds, and ``gradient_balance.png``.
+"""The gradient balance of a comparison: per-run summaries, means over seeds, the sentences, and the figures.
 
 Each run's :class:`~balanced_l1.detection.GradientBalanceMonitor` series (one record per iteration) is
 summarised by each statistic's mean over the second half of training. In ``results.json`` a run's
 ``per_seed`` entry gets ``"gradient_balance"`` (the RoI head, or a one-stage model's head) and
 ``"rpn_gradient_balance"`` (the RPN; ``None`` for one-stage models); each arm gets
-``"gradient_balance_mean"``, the mean of those over seeds.
+``"gradient_balance_mean"``, the mean of those over seeds. :func:`explain_balance` says, for each arm, how
+its RoI-head balance compares with the baseline's.
 """
 
 from __future__ import annotations
@@ -79,6 +80,42 @@ def inlier_outlier_cell(arm_summary: dict[str, Any]) -> str:
     """The printed table's cell: the RoI head's mean inlier/outlier gradient ratio over seeds, or ``n/a``."""
     value = roi_statistic(arm_summary, "inlier_outlier_gradient_ratio")
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def explain_balance(arms: dict[str, Any], baseline: str) -> list[str]:
+    """One sentence per arm: its RoI-head inlier/outlier gradient ratio and box/cls ratio against the baseline's.
+
+    Args:
+        arms: the ``arms`` section of ``results.json``.
+        baseline: the arm the others are compared with.
+    """
+    base_ratio = roi_statistic(arms.get(baseline, {}), "inlier_outlier_gradient_ratio")
+    base_task = roi_statistic(arms.get(baseline, {}), "box_cls_gradient_ratio")
+    if base_ratio is None:
+        return []
+    lines = []
+    for arm, data in arms.items():
+        if arm == baseline:
+            continue
+        ratio = roi_statistic(data, "inlier_outlier_gradient_ratio")
+        if ratio is None:
+            continue
+        change = (ratio - base_ratio) / base_ratio
+        if abs(change) < 0.05:
+            direction = "about the same balance as"
+        elif change > 0:
+            direction = "more of the gradient to inliers than"
+        else:
+            direction = "less of the gradient to inliers than"
+        line = (
+            f"{arm}: an inlier gets {ratio:.2f} of an outlier's box gradient in the RoI head against "
+            f"{base_ratio:.2f} under {baseline} ({change:+.0%}): {direction} the baseline"
+        )
+        task = roi_statistic(data, "box_cls_gradient_ratio")
+        if task is not None and base_task is not None:
+            line += f"; box/cls gradient {task:.2f} against {base_task:.2f}"
+        lines.append(line + ".")
+    return lines
 
 
 def _running_mean(values: list[float | None], window: int) -> tuple[np.ndarray, np.ndarray]:

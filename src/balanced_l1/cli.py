@@ -13,11 +13,22 @@ from balanced_l1.params import FORMULATIONS, BalancedL1Params
 
 def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     defaults = BalancedL1Params()
-    plot = subparsers.add_parser("plot", help="draw loss and gradient of Balanced L1 beside smooth L1")
+    plot = subparsers.add_parser(
+        "plot",
+        help="draw loss and gradient of Balanced L1 beside smooth L1",
+        description="Draw Balanced L1's loss and gradient against |x| beside smooth L1's (with the same beta), "
+        "both in units of beta, and write them to a PNG file. Exit status: 0 on success, 2 for bad arguments, "
+        "1 if the file cannot be written.",
+    )
     plot.add_argument("--alpha", type=float, default=defaults.alpha, help=f"inlier gradient scale ({defaults.alpha})")
     plot.add_argument("--gamma", type=float, default=defaults.gamma, help=f"outlier gradient ({defaults.gamma})")
     plot.add_argument("--beta", type=float, default=defaults.beta, help=f"inflection point ({defaults.beta})")
-    plot.add_argument("--formulation", choices=FORMULATIONS, default=defaults.formulation)
+    plot.add_argument(
+        "--formulation",
+        choices=FORMULATIONS,
+        default=defaults.formulation,
+        help="how beta enters: scaled, beta * L(|x| / beta), or mmdet, mmdetection's expression (default %(default)s)",
+    )
     plot.add_argument("--out", default="balanced_l1.png", help="PNG file to write (default balanced_l1.png)")
     plot.set_defaults(handler=_run_plot, command_parser=plot)
 
@@ -126,9 +137,14 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     )
     balance.add_argument("out", metavar="OUT", help="the output folder of a balanced-l1 compare run")
     balance.add_argument(
-        "--arm", default="smooth_l1", help="the arm whose recorded errors are used (default smooth_l1)"
+        "--arm", default="smooth_l1", help="the arm whose recorded errors are used (default %(default)s)"
     )
-    balance.add_argument("--loss", choices=box_loss_names(), default="balanced_l1", help="the loss to predict for")
+    balance.add_argument(
+        "--loss",
+        choices=box_loss_names(),
+        default="balanced_l1",
+        help="the loss to predict for (default %(default)s); its parameters not given take the loss's defaults",
+    )
     for key, (kind, help_text) in _balance_flags().items():
         balance.add_argument("--" + key.replace("_", "-"), type=_grid(kind), default=None, help=f"{help_text}, a|b|c")
     target = balance.add_mutually_exclusive_group()
@@ -140,7 +156,7 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
 def _solve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[float], list[float], str]:
     """The gammas, betas and formulation ``balance`` solves alpha for: the flags, else Balanced L1's defaults."""
     from balanced_l1.detection.box_loss import get_box_loss
-    from balanced_l1.experiments.report.predict import check_solve_grid
+    from balanced_l1.experiments.report.predicted_balance import check_solve_grid
 
     given = {key for key in _balance_flags() if getattr(args, key) and key not in ("gamma", "beta", "formulation")}
     if args.loss != "balanced_l1" or given:
@@ -158,7 +174,7 @@ def _solve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.report.predict import (
+    from balanced_l1.experiments.report.predicted_balance import (
         RunsNotFoundError,
         load_arm_runs,
         loss_grid,
@@ -227,7 +243,10 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     kind = str(spec.type)
     default = getattr(DEFAULTS, name)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    help_text = f"{spec.metadata['help']} (default: {shown})".replace("%", "%%")
+    choices = spec.metadata.get("choices")
+    one_of = f"; one of {', '.join(choices)}" if choices else ""
+    help_text = f"{spec.metadata['help']}{one_of} (default: {spec.metadata.get('shown_default', shown)})"
+    help_text = help_text.replace("%", "%%")
     flag = "--" + name.replace("_", "-")
     if kind == "bool":
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -239,7 +258,6 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
         "int": _integer,
         "int | None": _integer,
     }.get(kind, str)
-    choices = spec.metadata.get("choices")
     parser.add_argument(
         flag, type=parse, choices=choices, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text
     )
@@ -367,6 +385,14 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
     )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     evaluate.add_argument("--threads", type=_integer, default=1, help="torch CPU threads (default 1)")
+    evaluate.add_argument(
+        "--arm-modules",
+        type=_name_list,
+        default=(),
+        metavar="MODULES",
+        help="comma-separated Python modules that register the runs' own arms; OUT/config.toml may name them, but "
+        "nothing an output folder names is imported: give each module you trust here",
+    )
     evaluate.set_defaults(handler=_run_evaluate, command_parser=evaluate)
 
 
@@ -390,7 +416,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from balanced_l1.experiments.run.trained import RunsNotFoundError, evaluate_out, saved_config
 
     try:
-        saved_config(out)
+        saved_config(out, args.arm_modules)
     except ConfigError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)
@@ -404,6 +430,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 dest=args.dest,
                 device=args.device,
                 progress=is_terminal(),
+                arm_modules=args.arm_modules,
             )
     except (ConfigError, RunsNotFoundError) as err:
         parser.error(str(err))

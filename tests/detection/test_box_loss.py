@@ -28,9 +28,9 @@ from balanced_l1.detection.box_loss import (
 )
 from balanced_l1.experiments import arms
 from balanced_l1.experiments.arm_specs import parse_arm
-from balanced_l1.experiments.report.predict import ArmRuns, loss_grid, predict_table
+from balanced_l1.experiments.report.predicted_balance import ArmRuns, loss_grid, predict_table
 
-predict = importlib.import_module("balanced_l1.experiments.report.predict")
+predict = importlib.import_module("balanced_l1.experiments.report.predicted_balance")
 
 
 def _balance_parser() -> argparse.ArgumentParser:

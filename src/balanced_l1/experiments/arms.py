@@ -125,7 +125,7 @@ def arm_names() -> tuple[str, ...]:
 
     Returns:
         The names, ``smooth_l1`` (the baseline) first; a box loss registered after this module was imported
-        is an arm too (see :func:`box_loss_arm`).
+            is an arm too (see :func:`box_loss_arm`).
     """
     _add_box_loss_arms()
     return tuple(_REGISTRY)

@@ -109,18 +109,18 @@ def _grid(kind: type) -> object:
 
 
 def _balance_flags() -> dict[str, tuple[type, str]]:
-    """Every parameter of every registered box loss, and ``loss_weight``: its type and its help, with the losses
-    that take it (one ``balance`` flag each, derived from the registry)."""
+    """Every parameter of every registered box loss, and ``loss_weight``: its type and its help, with each loss that
+    takes it and its default there (one ``balance`` flag each, derived from the registry)."""
     from balanced_l1.detection.box_loss import box_loss_names, get_box_loss
 
     found: dict[str, tuple[type, str, list[str]]] = {}
     for name in box_loss_names():
-        for parameter in get_box_loss(name).parameters:
+        loss = get_box_loss(name)
+        for parameter in (*loss.parameters, loss.loss_weight):
             kind = str if isinstance(parameter.default, str) else float
-            found.setdefault(parameter.name, (kind, parameter.help, []))[2].append(name)
-    flags = {key: (kind, f"{help_text} ({', '.join(losses)})") for key, (kind, help_text, losses) in found.items()}
-    flags["loss_weight"] = (float, "the loss weight (every loss)")
-    return flags
+            shown = parameter.default if isinstance(parameter.default, str) else f"{parameter.default:.4g}"
+            found.setdefault(parameter.name, (kind, parameter.help, []))[2].append(f"{name} {shown}")
+    return {key: (kind, f"{text} (default: {', '.join(losses)})") for key, (kind, text, losses) in found.items()}
 
 
 def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -146,7 +146,8 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
         help="the loss to predict for (default %(default)s); its parameters not given take the loss's defaults",
     )
     for key, (kind, help_text) in _balance_flags().items():
-        balance.add_argument("--" + key.replace("_", "-"), type=_grid(kind), default=None, help=f"{help_text}, a|b|c")
+        flag, shown = "--" + key.replace("_", "-"), help_text.replace("%", "%%")
+        balance.add_argument(flag, type=_grid(kind), default=None, help=f"{shown}, one value or a grid a|b|c")
     target = balance.add_mutually_exclusive_group()
     target.add_argument("--target-ratio", type=_number, default=None, help="solve for alpha reaching this ratio")
     target.add_argument("--target-arm", default=None, help="solve for alpha reaching this arm's measured ratio")

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from balanced_l1.cli import main
 from balanced_l1.experiments.arms import Arm, register_arm
-from balanced_l1.experiments.compare import train_config
 from balanced_l1.experiments.config import (
     DEFAULTS,
     FIELDS,
@@ -30,6 +29,7 @@ from balanced_l1.experiments.config import (
     resolve,
     to_toml,
 )
+from balanced_l1.experiments.run.runner import train_config
 
 TINY_DATA = ["--train-images", "2", "--val-images", "2"]
 FLOAT_FIELDS = [name for name, spec in FIELDS.items() if str(spec.type) == "float"]

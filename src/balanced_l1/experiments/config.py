@@ -140,6 +140,18 @@ class ConfigError(ValueError):
     """A comparison setting is out of range; the message names it, its value and what is allowed."""
 
 
+def tensorboard_problem() -> str | None:
+    """Why ``--tensorboard`` cannot be used here (the optional ``tensorboard`` package is missing), or ``None``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as err:
+        return (
+            f"--tensorboard needs the tensorboard package, which is not installed ({err}); "
+            "pip install 'balanced-l1[tensorboard]'"
+        )
+    return None
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """:func:`~balanced_l1.params.check_choice`, raising :class:`ConfigError`."""
     try:
@@ -311,8 +323,6 @@ class CompareConfig:
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if self.tensorboard:
-            from balanced_l1.experiments.run.runlog import tensorboard_problem
-
             problem = tensorboard_problem()
             if problem is not None:
                 raise ConfigError(problem)

@@ -15,7 +15,7 @@ row is read back from the device once per iteration, as before), so it adds no h
 - **TensorBoard** (``--tensorboard``): one ``torch.utils.tensorboard.SummaryWriter`` per run under
   ``OUT/tensorboard/<arm>_seed<s>``, with ``loss/<name>``, ``lr`` and ``gradient_balance/<stage>/<statistic>``
   per iteration and ``val/<metric>`` per validation. The ``tensorboard`` package is an optional extra
-  (``pip install 'balanced-l1[tensorboard]'``); :func:`tensorboard_problem` says whether it is missing.
+  (``pip install 'balanced-l1[tensorboard]'``); the settings refuse ``--tensorboard`` without it.
 """
 
 from __future__ import annotations
@@ -27,18 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-LOG_NAME = "log.txt"
-TENSORBOARD_FOLDER = "tensorboard"
-INSTALL_TENSORBOARD = "pip install 'balanced-l1[tensorboard]'"
-
-
-def tensorboard_problem() -> str | None:
-    """Why ``--tensorboard`` cannot be used here (the optional ``tensorboard`` package is missing), or ``None``."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError as err:
-        return f"--tensorboard needs the tensorboard package, which is not installed ({err}); {INSTALL_TENSORBOARD}"
-    return None
+from balanced_l1.experiments.metric_names import METRICS
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
@@ -130,8 +119,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         >>> format_metrics({"AP": 0.5, "AP50": 0.75, "AP75": 0.25, "APs": -1.0, "APm": 0.5, "APl": 0.5})
         'AP 50.0 AP50 75.0 AP75 25.0 APs n/a APm 50.0 APl 50.0'
     """
-    from balanced_l1.experiments.run.evaluate import METRICS
-
     return " ".join(f"{name} {100 * metrics[name]:.1f}" if metrics[name] >= 0 else f"{name} n/a" for name in METRICS)
 
 
@@ -191,8 +178,6 @@ class RunObserver:
 
     def validation(self, done: int, metrics: dict[str, Any]) -> None:
         """The held-out split was scored after iteration ``done``."""
-        from balanced_l1.experiments.run.evaluate import METRICS
-
         if self.writer is not None:
             for name in METRICS:
                 self.writer.add_scalar(f"val/{name}", metrics[name], done)

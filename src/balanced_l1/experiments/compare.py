@@ -68,8 +68,10 @@ from balanced_l1.experiments.run.train import TrainConfig, validation_curve
 from balanced_l1.experiments.run.trained_model import load_run_model
 
 
-def _check_resumable(config: CompareConfig, splits: dict[str, DetectionSplit], ctx: DistContext) -> None:
-    for arm in config.arm_specs():
+def _check_resumable(
+    config: CompareConfig, specs: list[ArmSpec], splits: dict[str, DetectionSplit], ctx: DistContext
+) -> None:
+    for arm in specs:
         for seed in config.seeds:
             files = RunFiles.of(config.out, arm, seed)
             fingerprint = run_fingerprint(config, splits, arm, seed)
@@ -83,7 +85,9 @@ def _check_resumable(config: CompareConfig, splits: dict[str, DetectionSplit], c
                 load_checkpoint(files.checkpoint, fingerprint, ctx.world_size)
 
 
-def _check_arms_fit_model(config: CompareConfig, num_classes: int) -> dict[str, BoxLossConfig | None]:
+def _check_arms_fit_model(
+    config: CompareConfig, specs: list[ArmSpec], num_classes: int
+) -> dict[str, BoxLossConfig | None]:
     """Configure every arm on the model once (random backbone, nothing downloaded) before any training.
 
     Returns:
@@ -92,8 +96,7 @@ def _check_arms_fit_model(config: CompareConfig, num_classes: int) -> dict[str, 
     state = torch.get_rng_state()
     try:
         return {
-            arm.name: roi_box_loss(build_arm_model(config, num_classes, arm, weights_backbone="none"))
-            for arm in config.arm_specs()
+            arm.name: roi_box_loss(build_arm_model(config, num_classes, arm, weights_backbone="none")) for arm in specs
         }
     finally:
         torch.set_rng_state(state)
@@ -124,9 +127,10 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
         config.validate(ctx.world_size)
         # Everything else that can refuse the settings, before --out is touched: reading the data (read-only), every
         # arm configured on the model once, the schedule's length in iterations. Every rank checks, as it validates.
+        specs = config.arm_specs()
         splits = load_data(config)
-        box_losses = _check_arms_fit_model(config, len(splits["train"].category_ids))
-        train_config(config, len(splits["train"]))
+        box_losses = _check_arms_fit_model(config, specs, len(splits["train"].category_ids))
+        tc = train_config(config, len(splits["train"]))
         with contextlib.ExitStack() as stack:
             error = None
             if ctx.is_main:
@@ -137,13 +141,15 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             errors = [e for e in gather_objects(ctx, error) if e is not None]
             if errors:
                 raise errors[0]
-            return _compare(config, ctx, log, started, splits, box_losses)
+            return _compare(config, specs, tc, ctx, log, started, splits, box_losses)
     finally:
         teardown_distributed(ctx)
 
 
 def _compare(
     config: CompareConfig,
+    specs: list[ArmSpec],
+    tc: TrainConfig,
     ctx: DistContext,
     log: Callable[[str], None],
     started: float,
@@ -152,10 +158,8 @@ def _compare(
 ) -> dict[str, Any] | None:
     if ctx.is_main:
         log(format_data_report(splits))
-    specs = config.arm_specs()
-    tc = train_config(config, len(splits["train"]))
     if config.resume:
-        _check_resumable(config, splits, ctx)
+        _check_resumable(config, specs, splits, ctx)
     if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
         remove_results(config.out)
         write_config(config)

@@ -22,7 +22,7 @@ from balanced_l1.experiments.data.coco_data import DataError
 from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.output_folder.errors import RunsNotFoundError, UnreadableRunFileError
 from balanced_l1.experiments.output_folder.files import finished_runs, read_weights, saved_config, write_results
-from balanced_l1.experiments.output_folder.layout import EVALUATE_FOLDER, RunFiles
+from balanced_l1.experiments.output_folder.layout import EVALUATE_FOLDER, SHOW_FOLDER, RunFiles
 from balanced_l1.experiments.report.balance import format_balance_table, run_summary
 from balanced_l1.experiments.report.summary import format_table, summarize
 from balanced_l1.experiments.run.evaluate import evaluate_detector
@@ -179,7 +179,7 @@ def evaluate_out(
     if show > 0:
         from balanced_l1.experiments.report.pictures import save_image_pictures
 
-        written += save_image_pictures(split, first_models, target / "show", torch_device, show)
+        written += save_image_pictures(split, first_models, target / SHOW_FOLDER, torch_device, show)
     log(f"evaluated {len(runs)} finished run(s) of {root} on {where}:")
     log(format_table(summary))
     log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))

@@ -46,6 +46,8 @@ RUNS_FOLDER = "runs"
 CHECKPOINTS_FOLDER = "checkpoints"
 TENSORBOARD_FOLDER = "tensorboard"
 EVALUATE_FOLDER = "evaluate"
+#: Inside ``balanced-l1 evaluate``'s folder: its pictures of ``--show`` images.
+SHOW_FOLDER = "show"
 
 #: The files ``compare`` writes directly in ``OUT``.
 OUTPUT_FILES = (

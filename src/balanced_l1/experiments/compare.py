@@ -23,7 +23,7 @@ import torch
 from balanced_l1.detection.balance_prediction import roi_box_loss
 from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict
+from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
 from balanced_l1.experiments.data.coco_data import format_data_report
 from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.output_folder.errors import RunMismatchError
@@ -162,7 +162,7 @@ def _compare(
         _check_resumable(config, specs, splits, ctx)
     if ctx.is_main:  # a results.json left by an earlier run must not pass for this run's before it ends
         remove_results(config.out)
-        write_config(config)
+        write_config(to_toml(config), config.out)
     runs, histories, balance = _gather_runs(config, ctx, splits, tc, specs)
     if not ctx.is_main:
         return None

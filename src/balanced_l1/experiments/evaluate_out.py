@@ -113,6 +113,25 @@ def _score(
     return per_arm, by_run, first_models
 
 
+def _write(
+    results: dict[str, Any],
+    target: Path,
+    split: DetectionSplit,
+    models: dict[str, nn.Module],
+    device: torch.device,
+    show: int,
+) -> list[Path]:
+    """Write ``target/results.json`` and, with ``show`` > 0, a picture of each of the first ``show`` images of
+    ``split`` with each model's detections (``target/show/``)."""
+    target.mkdir(parents=True, exist_ok=True)
+    written = [write_results(results, target)]
+    if show > 0:
+        from balanced_l1.experiments.report.pictures import save_image_pictures
+
+        written += save_image_pictures(split, models, target / SHOW_FOLDER, device, show)
+    return written
+
+
 def evaluate_out(
     out: str | os.PathLike[str],
     *,
@@ -166,20 +185,9 @@ def evaluate_out(
         config, runs, split, torch_device, progress=progress, own=val_ann is None, keep_models=show > 0
     )
     summary = summarize(per_arm, next(iter(per_arm)), {run.spec.name: run.spec.description for run in runs})
-    results = {
-        "out": str(root),
-        "split": where,
-        "data": split.report,
-        "config": as_dict(config),
-        **summary,
-        "runs": by_run,
-    }
-    target.mkdir(parents=True, exist_ok=True)
-    written = [write_results(results, target)]
-    if show > 0:
-        from balanced_l1.experiments.report.pictures import save_image_pictures
-
-        written += save_image_pictures(split, first_models, target / SHOW_FOLDER, torch_device, show)
+    results = {"out": str(root), "split": where, "data": split.report, "config": as_dict(config), **summary}
+    results["runs"] = by_run
+    written = _write(results, target, split, first_models if show > 0 else {}, torch_device, show)
     log(f"evaluated {len(runs)} finished run(s) of {root} on {where}:")
     log(format_table(summary))
     log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))

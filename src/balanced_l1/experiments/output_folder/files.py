@@ -34,7 +34,6 @@ from balanced_l1.experiments.config import (
     import_arm_modules,
     load_config_file,
     resolve,
-    to_toml,
 )
 from balanced_l1.experiments.output_folder.errors import CheckpointMismatchError, UnreadableRunFileError
 from balanced_l1.experiments.output_folder.layout import CONFIG_NAME, RESULTS_NAME, RUNS_FOLDER
@@ -254,9 +253,10 @@ def _write_text(text: str, path: str) -> None:
     Path(path).write_text(text, encoding="utf-8")
 
 
-def write_config(config: CompareConfig) -> Path:
-    """Write the resolved settings to ``OUT/config.toml`` (``--print-config``'s format) atomically."""
-    return write_atomically(Path(config.out) / CONFIG_NAME, partial(_write_text, to_toml(config)))
+def write_config(toml: str, out: str | os.PathLike[str]) -> Path:
+    """Write the resolved settings, ``toml`` (:func:`~balanced_l1.experiments.config.to_toml`'s text, the format of
+    ``--print-config``), to ``OUT/config.toml`` atomically."""
+    return write_atomically(Path(out) / CONFIG_NAME, partial(_write_text, toml))
 
 
 def write_results(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:

@@ -36,7 +36,7 @@ from balanced_l1.experiments.run.distributed import (
 )
 from balanced_l1.experiments.run.evaluate import evaluate_detector
 from balanced_l1.experiments.run.runlog import LogFile, RunObserver, is_terminal
-from balanced_l1.experiments.run.train import TrainConfig, train, validation_curve
+from balanced_l1.experiments.run.train import TrainConfig, TrainResult, train, validation_curve
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
@@ -184,22 +184,34 @@ def run_one(
     )
     record: dict[str, Any] | None = None
     if ctx.is_main:
-        record = {
-            "arm": arm.name,
-            "seed": seed,
-            "fingerprint": fingerprint,
-            "metrics": metrics,
-            "history": result.history,
-            "gradient_balance": result.gradient_balance,
-            "validation": validation_curve(result.history),
-            "num_classes": len(splits["train"].category_ids),
-            "category_ids": splits["train"].category_ids,
-        }
+        record = _finished_record(arm, seed, fingerprint, metrics, result, splits["train"])
         _write_finished_run(files, model, result.roi_sample.numpy(), record)
     if observer is not None:
         observer.end(metrics)
     barrier(ctx)
     return record
+
+
+def _finished_record(
+    arm: ArmSpec,
+    seed: int,
+    fingerprint: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    result: TrainResult,
+    train_split: DetectionSplit,
+) -> dict[str, Any]:
+    """A finished run's record (:mod:`~balanced_l1.experiments.output_folder.schema` says what it holds)."""
+    return {
+        "arm": arm.name,
+        "seed": seed,
+        "fingerprint": fingerprint,
+        "metrics": metrics,
+        "history": result.history,
+        "gradient_balance": result.gradient_balance,
+        "validation": validation_curve(result.history),
+        "num_classes": len(train_split.category_ids),
+        "category_ids": train_split.category_ids,
+    }
 
 
 def _write_finished_run(files: RunFiles, model: torch.nn.Module, sample: Any, record: dict[str, Any]) -> None:

@@ -115,3 +115,14 @@ def _names_written_outside_the_owner() -> list[str]:
 
 def test_only_the_output_folder_package_names_the_files_of_out() -> None:
     assert not _names_written_outside_the_owner()
+
+
+def test_a_runs_files_share_one_stem_and_are_found_again_from_its_record(tmp_path: Path) -> None:
+    from balanced_l1.experiments.arm_specs import parse_arm
+    from balanced_l1.experiments.output_folder.layout import RunFiles
+
+    spec = parse_arm("balanced_l1(alpha=0.3)")[0]
+    files = RunFiles.of(tmp_path, spec, 3)
+    assert RunFiles.of_record(files.record) == files
+    assert {path.parent for path in (files.record, files.model, files.roi_sample)} == {tmp_path / "runs"}
+    assert files.record.stem == files.checkpoint.stem == files.tensorboard.name == f"{spec.file_stem}_seed3"

@@ -160,8 +160,8 @@ def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, to
     """
     if not path.exists():
         raise UnreadableRunFileError(
-            f"{path}: no such file; the run's weights are written when it finishes (a run finished by an older "
-            "version has none: train it again)"
+            f"{path}: no such file; the run's weights are written when it finishes, before its record: delete the "
+            "record to train the run again"
         )
     try:
         with open_regular_file(path, MAX_CHECKPOINT_BYTES, "model file", why="see MAX_CHECKPOINT_BYTES") as handle:
@@ -241,8 +241,8 @@ def saved_config(out: str | os.PathLike[str]) -> CompareConfig:
     path = Path(out) / CONFIG_NAME
     if not path.exists():
         raise ConfigError(
-            f"{path}: no such file; balanced-l1 compare writes it before training (runs of an older version "
-            "have none: train them again)"
+            f"{path}: no such file; balanced-l1 compare writes it before training: name the output folder of a "
+            "compare run"
         )
     config = resolve([load_config_file(path)])
     import_arm_modules(config.arm_modules)

@@ -48,10 +48,7 @@ def arm_spec(name: str) -> ArmSpec:
 def _num_classes(record: dict[str, Any], path: Path) -> int:
     value = record.get("num_classes")
     if type(value) is not int or value < 1:
-        raise UnreadableRunFileError(
-            f"{path}: the record names no number of classes (written by a version that saved no model); "
-            "train the run again"
-        )
+        raise UnreadableRunFileError(f"{path}: the record names no number of classes; delete it to train the run again")
     return value
 
 

@@ -219,7 +219,8 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
-    from balanced_l1.experiments.config import FIELDS, recipe_names
+    from balanced_l1.experiments.config import FIELDS
+    from balanced_l1.experiments.config.toml_files import recipe_names
 
     compare = subparsers.add_parser(
         "compare",
@@ -262,14 +263,9 @@ def _check_device(device: str, parser: argparse.ArgumentParser, *, here: bool = 
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from balanced_l1.detection.models import BackboneWeightsError
     from balanced_l1.experiments.compare import run_compare
-    from balanced_l1.experiments.config import (
-        FIELDS,
-        ConfigError,
-        load_config_file,
-        load_recipe,
-        resolve,
-        to_toml,
-    )
+    from balanced_l1.experiments.config import FIELDS, resolve
+    from balanced_l1.experiments.config.checks import ConfigError
+    from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe, to_toml
     from balanced_l1.experiments.data.coco_data import DataError, ImageReadError
     from balanced_l1.experiments.output_folder.errors import OutputFolderError
     from balanced_l1.experiments.run.train import TrainingDivergedError
@@ -344,7 +340,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.config import ConfigError
+    from balanced_l1.experiments.config.checks import ConfigError
     from balanced_l1.experiments.data.coco_data import DataError
     from balanced_l1.experiments.output_folder.errors import OutputFolderError, RunsNotFoundError
 

@@ -9,7 +9,8 @@ import pytest
 from balanced_l1.cli import main
 from balanced_l1.experiments.arm_specs import ArmSpecError, expand_arms, parse_arm, split_arm_list
 from balanced_l1.experiments.arms import Arm, get_arm, register_arm
-from balanced_l1.experiments.config import CompareConfig, ConfigError
+from balanced_l1.experiments.config import CompareConfig
+from balanced_l1.experiments.config.checks import ConfigError
 
 
 def test_a_list_splits_at_the_commas_outside_parentheses() -> None:

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from balanced_l1.cli import main
-from balanced_l1.experiments.config import as_dict, load_config_file, resolve
+from balanced_l1.experiments.config import as_dict, resolve
+from balanced_l1.experiments.config.toml_files import load_config_file
 from balanced_l1.experiments.metric_names import METRICS
 from balanced_l1.experiments.output_folder.errors import RunsNotFoundError
 from balanced_l1.experiments.output_folder.files import saved_config
@@ -126,7 +127,7 @@ def test_the_rebuilt_model_gives_the_detections_of_the_model_that_was_evaluated(
 
 def test_load_trained_model_refuses_a_missing_run_and_a_grid(finished: Finished) -> None:
     from balanced_l1.experiments import load_trained_model
-    from balanced_l1.experiments.config import ConfigError
+    from balanced_l1.experiments.config.checks import ConfigError
 
     with pytest.raises(RunsNotFoundError, match="no finished run of arm 'balanced_l1' and seed 7"):
         load_trained_model(finished.out, "balanced_l1", 7)

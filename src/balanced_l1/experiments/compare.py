@@ -23,7 +23,9 @@ import torch
 from balanced_l1.detection.balance_prediction import roi_box_loss
 from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
+from balanced_l1.experiments.config import CompareConfig, as_dict
+from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.config.toml_files import to_toml
 from balanced_l1.experiments.data.coco_data import format_data_report
 from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.output_folder.errors import RunMismatchError

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict
+from balanced_l1.experiments.config import CompareConfig, as_dict
+from balanced_l1.experiments.config.checks import ConfigError
 from balanced_l1.experiments.data.coco_data import DataError
 from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.output_folder.errors import RunsNotFoundError, UnreadableRunFileError

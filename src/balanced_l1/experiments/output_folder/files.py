@@ -28,13 +28,9 @@ from balanced_l1._files import (
     write_atomically,
     write_json_atomically,
 )
-from balanced_l1.experiments.config import (
-    CompareConfig,
-    ConfigError,
-    import_arm_modules,
-    load_config_file,
-    resolve,
-)
+from balanced_l1.experiments.config import CompareConfig, import_arm_modules, resolve
+from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.config.toml_files import load_config_file
 from balanced_l1.experiments.output_folder.errors import CheckpointMismatchError, UnreadableRunFileError
 from balanced_l1.experiments.output_folder.layout import CONFIG_NAME, RESULTS_NAME, RUNS_FOLDER
 from balanced_l1.experiments.output_folder.schema import run_record_problem
@@ -254,8 +250,9 @@ def _write_text(text: str, path: str) -> None:
 
 
 def write_config(toml: str, out: str | os.PathLike[str]) -> Path:
-    """Write the resolved settings, ``toml`` (:func:`~balanced_l1.experiments.config.to_toml`'s text, the format of
-    ``--print-config``), to ``OUT/config.toml`` atomically."""
+    """Write the resolved settings, ``toml`` (the text of
+    :func:`~balanced_l1.experiments.config.toml_files.to_toml`, ``--print-config``'s format), to ``OUT/config.toml``
+    atomically."""
     return write_atomically(Path(out) / CONFIG_NAME, partial(_write_text, toml))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from balanced_l1._files import (
     remove_stale_temp_files,
 )
-from balanced_l1.experiments.config import ConfigError
+from balanced_l1.experiments.config.checks import ConfigError
 from balanced_l1.experiments.output_folder.layout import LOCK_NAME, OUTPUT_FILES, OUTPUT_FOLDERS
 
 

@@ -24,7 +24,8 @@ import torch
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.detection.models import build_detector
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.config import MAX_ITERS, CompareConfig, ConfigError, as_dict
+from balanced_l1.experiments.config import CompareConfig, as_dict
+from balanced_l1.experiments.config.checks import MAX_ITERS, ConfigError
 from balanced_l1.experiments.data.coco_data import load_coco_dataset, load_coco_folder
 from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
@@ -71,7 +72,8 @@ def train_config(config: CompareConfig, num_train_images: int) -> TrainConfig:
     An epoch is ``ceil(num_train_images / batch_size)`` iterations.
 
     Raises:
-        ConfigError: if ``epochs`` come to more than :data:`~balanced_l1.experiments.config.MAX_ITERS` iterations.
+        ConfigError: if ``epochs`` come to more than
+            :data:`~balanced_l1.experiments.config.checks.MAX_ITERS` iterations.
     """
     per_epoch = math.ceil(num_train_images / config.batch_size)
     iters = config.epochs * per_epoch if config.epochs is not None else int(config.iters)  # type: ignore[arg-type]

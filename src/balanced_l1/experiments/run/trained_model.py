@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
-from balanced_l1.experiments.config import CompareConfig, ConfigError
+from balanced_l1.experiments.config import CompareConfig
+from balanced_l1.experiments.config.checks import ConfigError
 from balanced_l1.experiments.output_folder.errors import RunMismatchError, RunsNotFoundError, UnreadableRunFileError
 from balanced_l1.experiments.output_folder.files import read_record, read_weights, saved_config
 from balanced_l1.experiments.output_folder.layout import CONFIG_NAME, RunFiles

@@ -64,44 +64,41 @@ class RunFiles:
 
     Attributes:
         out: the output folder.
-        stem: ``<arm>_seed<s>``.
+        record: ``runs/<stem>.json``, the finished run's record; its presence marks the run finished.
+        model: ``runs/<stem>_model.pt``, the finished run's final weights.
+        roi_sample: ``runs/<stem>_roi_sample.npy``, a sample of the RoI head's positives (float64, ``(K, 12)``).
+        checkpoint: ``checkpoints/<stem>.pt``, the run's latest checkpoint.
+        tensorboard: ``tensorboard/<stem>/``, the run's TensorBoard event files.
     """
 
     out: Path
-    stem: str
+    record: Path
+    model: Path
+    roi_sample: Path
+    checkpoint: Path
+    tensorboard: Path
+
+    @classmethod
+    def named(cls, out: str | os.PathLike[str], stem: str) -> RunFiles:
+        """The files of the run whose stem is ``stem`` in ``out``."""
+        root = Path(out)
+        runs = root / RUNS_FOLDER
+        return cls(
+            out=root,
+            record=runs / f"{stem}.json",
+            model=runs / f"{stem}_model.pt",
+            roi_sample=runs / f"{stem}_roi_sample.npy",
+            checkpoint=root / CHECKPOINTS_FOLDER / f"{stem}.pt",
+            tensorboard=root / TENSORBOARD_FOLDER / stem,
+        )
 
     @classmethod
     def of(cls, out: str | os.PathLike[str], arm: ArmSpec, seed: int) -> RunFiles:
         """The files of ``arm``'s run of ``seed`` in ``out``."""
-        return cls(Path(out), f"{arm.file_stem}_seed{seed}")
+        return cls.named(out, f"{arm.file_stem}_seed{seed}")
 
     @classmethod
     def of_record(cls, record: str | os.PathLike[str]) -> RunFiles:
         """The files of the run whose record is ``record`` (``OUT/runs/<stem>.json``)."""
         path = Path(record)
-        return cls(path.parent.parent, path.stem)
-
-    @property
-    def record(self) -> Path:
-        """``runs/<stem>.json``: the finished run's record; its presence marks the run finished."""
-        return self.out / RUNS_FOLDER / f"{self.stem}.json"
-
-    @property
-    def model(self) -> Path:
-        """``runs/<stem>_model.pt``: the finished run's final weights."""
-        return self.out / RUNS_FOLDER / f"{self.stem}_model.pt"
-
-    @property
-    def roi_sample(self) -> Path:
-        """``runs/<stem>_roi_sample.npy``: a sample of the RoI head's positives (float64, ``(K, 12)``)."""
-        return self.out / RUNS_FOLDER / f"{self.stem}_roi_sample.npy"
-
-    @property
-    def checkpoint(self) -> Path:
-        """``checkpoints/<stem>.pt``: the run's latest checkpoint."""
-        return self.out / CHECKPOINTS_FOLDER / f"{self.stem}.pt"
-
-    @property
-    def tensorboard(self) -> Path:
-        """``tensorboard/<stem>/``: the run's TensorBoard event files."""
-        return self.out / TENSORBOARD_FOLDER / self.stem
+        return cls.named(path.parent.parent, path.stem)

@@ -143,6 +143,7 @@ def evaluate_out(
     device: str | torch.device = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    arm_modules: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """``balanced-l1 evaluate``: score every finished run of ``out`` again from its saved weights.
 
@@ -161,12 +162,14 @@ def evaluate_out(
         device: where the models run.
         progress: show a progress bar while predicting.
         log: where the tables go.
+        arm_modules: the modules that register the runs' own arms (see
+            :func:`~balanced_l1.experiments.output_folder.files.saved_config`).
 
     Returns:
         The content of ``dest/results.json``.
 
     Raises:
-        ConfigError: for a missing or bad ``config.toml``.
+        ConfigError: for a missing or bad ``config.toml``, or one naming arm modules not in ``arm_modules``.
         RunsNotFoundError: when ``OUT`` holds no finished run.
         RunMismatchError: for a run of other settings or data.
         UnreadableRunFileError: for a run whose record or weights cannot be read.
@@ -174,7 +177,7 @@ def evaluate_out(
     """
     root = Path(out)
     target = Path(dest) if dest is not None else root / EVALUATE_FOLDER
-    config = saved_config(root)
+    config = saved_config(root, arm_modules)
     records = finished_runs(root)
     if not records:
         raise RunsNotFoundError(f"{root}: no finished run (no runs/*.json); train with balanced-l1 compare first")

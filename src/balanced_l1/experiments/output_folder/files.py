@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import zipfile
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ from balanced_l1._files import (
 from balanced_l1.experiments.config import CompareConfig, import_arm_modules, resolve
 from balanced_l1.experiments.config.checks import ConfigError
 from balanced_l1.experiments.config.toml_files import load_config_file
-from balanced_l1.experiments.output_folder.errors import CheckpointMismatchError, UnreadableRunFileError
+from balanced_l1.experiments.output_folder.errors import (
+    ArmModulesNotGivenError,
+    CheckpointMismatchError,
+    UnreadableRunFileError,
+)
 from balanced_l1.experiments.output_folder.layout import CONFIG_NAME, RESULTS_NAME, RUNS_FOLDER
 from balanced_l1.experiments.output_folder.schema import run_record_problem
 
@@ -228,11 +233,22 @@ def write_checkpoint_file(content: dict[str, Any], path: Path) -> Path:
 # --- the settings and the results ----------------------------------------------------------------------------------
 
 
-def saved_config(out: str | os.PathLike[str]) -> CompareConfig:
+def saved_config(out: str | os.PathLike[str], arm_modules: tuple[str, ...] = ()) -> CompareConfig:
     """The settings ``balanced-l1 compare`` wrote to ``OUT/config.toml`` (read as TOML, never executed).
 
+    Nothing that the file names is imported: the modules that register the runs' own arms are the caller's
+    ``arm_modules``, which must include every module the file names; they are imported here.
+
+    Args:
+        out: the output folder.
+        arm_modules: the modules the caller trusts to register arms (``--arm-modules``).
+
+    Returns:
+        The settings, with ``arm_modules`` set to the caller's.
+
     Raises:
-        ConfigError: if the file is missing or is not a settings file.
+        ConfigError: if the file is missing or is not a settings file, or a given module fails to import.
+        ArmModulesNotGivenError: if the file names arm modules that ``arm_modules`` does not include.
     """
     path = Path(out) / CONFIG_NAME
     if not path.exists():
@@ -241,8 +257,15 @@ def saved_config(out: str | os.PathLike[str]) -> CompareConfig:
             "compare run"
         )
     config = resolve([load_config_file(path)])
-    import_arm_modules(config.arm_modules)
-    return config
+    missing = [name for name in config.arm_modules if name not in arm_modules]
+    if missing:
+        names = ",".join(missing)
+        raise ArmModulesNotGivenError(
+            f"{path} names arm modules that were not given: {', '.join(map(repr, missing))}; nothing an output "
+            f"folder names is imported. If you trust them, give them: --arm-modules {names}"
+        )
+    import_arm_modules(arm_modules)
+    return replace(config, arm_modules=tuple(arm_modules))
 
 
 def _write_text(text: str, path: str) -> None:

@@ -117,20 +117,27 @@ def load_run_model(
 
 
 def load_trained_model(
-    out: str | os.PathLike[str], arm: str, seed: int, *, device: str | torch.device = "cpu"
+    out: str | os.PathLike[str],
+    arm: str,
+    seed: int,
+    *,
+    device: str | torch.device = "cpu",
+    arm_modules: tuple[str, ...] = (),
 ) -> nn.Module:
     """Rebuild a finished run's detector with its arm and load its final weights, ready for inference.
 
     The settings are read from ``OUT/config.toml`` and checked against the run record's fingerprint (the data are
     not hashed again here; ``balanced-l1 evaluate`` does that). Only TOML and JSON are parsed and the weights are
-    read with ``torch.load(weights_only=True)``: nothing in ``OUT`` is executed (modules named in the settings'
-    ``arm_modules`` are imported, as ``compare`` imports them).
+    read with ``torch.load(weights_only=True)``: nothing in ``OUT`` is executed, and nothing it names is imported
+    (the modules that register arms of your own are given by you, as ``arm_modules``).
 
     Args:
         out: the output folder of ``balanced-l1 compare``.
         arm: the arm's name, e.g. ``"balanced_l1"`` or ``"balanced_l1(alpha=0.3)"``.
         seed: the run's seed.
         device: where the model is put.
+        arm_modules: the modules that register the run's own arms, if ``OUT/config.toml`` names any; each must
+            be given here, since nothing an output folder names is imported.
 
     Returns:
         The torchvision detector in eval mode; its labels are 1-based indices into the run's category ids
@@ -138,12 +145,13 @@ def load_trained_model(
 
     Raises:
         ConfigError: for a folder without ``config.toml``, or an arm that is not one.
+        ArmModulesNotGivenError: if ``config.toml`` names arm modules not in ``arm_modules``.
         RunsNotFoundError: if the run has no record (it did not finish).
         RunMismatchError: if the run belongs to other settings.
         UnreadableRunFileError: if its record or weights cannot be read.
     """
     root = Path(out)
-    config = saved_config(root)
+    config = saved_config(root, arm_modules)
     spec = arm_spec(arm)
     path = RunFiles.of(root, spec, seed).record
     if not path.exists():

@@ -40,18 +40,16 @@ from balanced_l1.experiments.output_folder.layout import AP_CURVE_FIGURE, DETECT
 from balanced_l1.experiments.output_folder.lock import exclusive_out
 from balanced_l1.experiments.report.balance import (
     Series,
+    explain_balance,
     format_balance_table,
     run_summary,
     save_balance_figure,
     save_balance_vs_ap_figure,
 )
-from balanced_l1.experiments.report.explain import (
-    explain_balance,
-    explain_plateau,
-    format_prediction_table,
-    predict_from_baseline,
-)
-from balanced_l1.experiments.report.summary import format_table, save_figures, summarize
+from balanced_l1.experiments.report.plateau import explain_plateau
+from balanced_l1.experiments.report.predicted_balance import format_prediction_table, predict_from_baseline
+from balanced_l1.experiments.report.summary import ap_points, format_table, save_figures, summarize
+from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
 from balanced_l1.experiments.run.checkpoint import load_checkpoint
 from balanced_l1.experiments.run.distributed import (
     DistContext,
@@ -170,6 +168,7 @@ def _compare(
         return None
     baseline = specs[0]
     summary = summarize(runs, baseline.name, {spec.name: spec.description for spec in specs})
+    verdicts = compare_to_baseline(ap_points(summary["arms"]), baseline.name)
     samples = [read_sample(RunFiles.of(config.out, baseline, seed).roi_sample) for seed in config.seeds]
     predicted = predict_from_baseline(samples, box_losses)
     settings = {**as_dict(config), "iters_resolved": tc.iters, "world_size": ctx.world_size}
@@ -177,6 +176,7 @@ def _compare(
         "config": settings,
         "data": {n: s.report for n, s in splits.items()},
         **summary,
+        "verdict": [v.as_dict() for v in verdicts],
         "predicted_from_baseline": predicted,
     }
     figures = [
@@ -186,14 +186,17 @@ def _compare(
         *_save_pictures(config, splits, specs, histories, ctx.device),
     ]
     path = write_results(results, config.out)
-    log(format_table(summary))
+    log("\n".join([format_table(summary), *verdict_lines(verdicts)]))
     log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))
     if predicted:
         log(
             f"RoI-head gradient balance predicted from {baseline.name}'s regression errors (second half of its "
             "training), beside what each arm measured:\n" + format_prediction_table(predicted, summary["arms"])
         )
-    for line in [*explain_balance(summary["arms"], baseline.name), *explain_plateau(histories, tc.iters)]:
+    for line in [
+        *explain_balance(summary["arms"], baseline.name),
+        *explain_plateau(histories, tc.iters, tc.lr_schedule, tc.lr_steps),
+    ]:
         log(line)
     log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")
     return results

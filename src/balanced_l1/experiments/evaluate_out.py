@@ -25,7 +25,8 @@ from balanced_l1.experiments.output_folder.errors import RunsNotFoundError, Unre
 from balanced_l1.experiments.output_folder.files import finished_runs, read_weights, saved_config, write_results
 from balanced_l1.experiments.output_folder.layout import EVALUATE_FOLDER, SHOW_FOLDER, RunFiles
 from balanced_l1.experiments.report.balance import format_balance_table, run_summary
-from balanced_l1.experiments.report.summary import format_table, summarize
+from balanced_l1.experiments.report.summary import ap_points, format_table, summarize
+from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
 from balanced_l1.experiments.run.evaluate import evaluate_detector
 from balanced_l1.experiments.run.runner import load_data, run_fingerprint
 from balanced_l1.experiments.run.trained_model import arm_spec, check_fingerprint, load_run_model
@@ -188,12 +189,15 @@ def evaluate_out(
     per_arm, by_run, first_models = _score(
         config, runs, split, torch_device, progress=progress, own=val_ann is None, keep_models=show > 0
     )
-    summary = summarize(per_arm, next(iter(per_arm)), {run.spec.name: run.spec.description for run in runs})
+    baseline = next(iter(per_arm))
+    summary = summarize(per_arm, baseline, {run.spec.name: run.spec.description for run in runs})
+    verdicts = compare_to_baseline(ap_points(summary["arms"]), baseline)
     results = {"out": str(root), "split": where, "data": split.report, "config": as_dict(config), **summary}
+    results["verdict"] = [v.as_dict() for v in verdicts]
     results["runs"] = by_run
     written = _write(results, target, split, first_models if show > 0 else {}, torch_device, show)
     log(f"evaluated {len(runs)} finished run(s) of {root} on {where}:")
-    log(format_table(summary))
+    log("\n".join([format_table(summary), *verdict_lines(verdicts)]))
     log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))
     shown = ", ".join(str(p) for p in written[:3]) + (f" and {len(written) - 3} more" if len(written) > 3 else "")
     log(f"wrote {shown}")

@@ -15,15 +15,19 @@ class ConfigError(ValueError):
     """A comparison setting is out of range; the message names it, its value and what is allowed."""
 
 
+#: How to install the optional ``tensorboard`` extra: version 0.1.0 is installed from a clone, not a package index.
+INSTALL_TENSORBOARD = (
+    "install the tensorboard extra in a clone of the balanced-l1 repository with: pip install -e '.[tensorboard]' "
+    "(version 0.1.0 is not on a package index)"
+)
+
+
 def tensorboard_problem() -> str | None:
     """Why ``--tensorboard`` cannot be used here (the optional ``tensorboard`` package is missing), or ``None``."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as err:
-        return (
-            f"--tensorboard needs the tensorboard package, which is not installed ({err}); "
-            "pip install 'balanced-l1[tensorboard]'"
-        )
+        return f"--tensorboard needs the tensorboard package, which is not installed ({err}); {INSTALL_TENSORBOARD}"
     return None
 
 

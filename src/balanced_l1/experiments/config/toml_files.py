@@ -160,5 +160,10 @@ def to_toml(config: CompareConfig) -> str:
             line = f"# {name} =  (not set)" if value is None else f"{name} = {_toml_value(value)}"
         except ValueError as err:
             raise ConfigError(f"{name} {value!r}: {err}") from None
-        lines.append(f"{line:<48} # {spec.metadata['help']}")
+        unset = (
+            f" (default: {spec.metadata['shown_default']})"
+            if value is None and "shown_default" in spec.metadata
+            else ""
+        )
+        lines.append(f"{line:<48} # {spec.metadata['help']}{unset}")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@
 
     config.toml         the resolved settings (``--print-config``'s format, read back by ``--config``), written first
     log.txt             progress lines of every run (appended)
-    results.json        settings, per-arm metrics per seed, mean and std, paired differences
+    results.json        settings, per-arm metrics per seed, mean and std, paired differences, the verdict
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
     gradient_balance.png  the gradient-balance statistics over training per arm (the paper's 0.3 marked)

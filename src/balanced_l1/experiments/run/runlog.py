@@ -15,7 +15,8 @@ row is read back from the device once per iteration, as before), so it adds no h
 - **TensorBoard** (``--tensorboard``): one ``torch.utils.tensorboard.SummaryWriter`` per run under
   ``OUT/tensorboard/<arm>_seed<s>``, with ``loss/<name>``, ``lr`` and ``gradient_balance/<stage>/<statistic>``
   per iteration and ``val/<metric>`` per validation. The ``tensorboard`` package is an optional extra
-  (``pip install 'balanced-l1[tensorboard]'``); the settings refuse ``--tensorboard`` without it.
+  (:data:`~balanced_l1.experiments.config.checks.INSTALL_TENSORBOARD`); the settings refuse ``--tensorboard``
+  without it.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def load_trained_model(
 
     Returns:
         The torchvision detector in eval mode; its labels are 1-based indices into the run's category ids
-        (``runs/<arm>_seed<s>.json``, ``"category_ids"``).
+            (``runs/<arm>_seed<s>.json``, ``"category_ids"``).
 
     Raises:
         ConfigError: for a folder without ``config.toml``, or an arm that is not one.

@@ -304,7 +304,12 @@ def test_the_number_rules_have_one_checker_used_by_params_samplers_pyramid_and_c
     from pathlib import Path
 
     src = Path(__file__).resolve().parents[1] / "src" / "balanced_l1"
-    users = ["params.py", "detection/_draw.py", "detection/iou_balanced_sampling.py", "detection/rpn_sampling.py"]
+    users = [
+        "params.py",
+        "detection/_random_draws.py",
+        "detection/iou_balanced_sampling.py",
+        "detection/rpn_sampling.py",
+    ]
     users += ["detection/bfp.py", "detection/libra.py", "detection/models.py", "experiments/data/coco_annotations.py"]
     users += ["experiments/data/synthetic.py"]
     for name in users:

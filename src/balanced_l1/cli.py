@@ -175,14 +175,13 @@ def _solve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from balanced_l1.experiments.output_folder.errors import OutputFolderError, RunsNotFoundError
     from balanced_l1.experiments.report.predicted_balance import (
-        RunsNotFoundError,
         load_arm_runs,
         loss_grid,
         predict_table,
         solve_alpha_table,
     )
-    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 
     out = Path(args.out)
     if not out.is_dir():
@@ -216,7 +215,7 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             print(predict_table(runs, grid))
     except RunsNotFoundError as err:
         parser.error(str(err))
-    except CheckpointMismatchError as err:
+    except OutputFolderError as err:
         print(f"balanced-l1 balance: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -265,7 +264,8 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
-    from balanced_l1.experiments.config import FIELDS, recipe_names
+    from balanced_l1.experiments.config import FIELDS
+    from balanced_l1.experiments.config.toml_files import recipe_names
 
     compare = subparsers.add_parser(
         "compare",
@@ -308,16 +308,11 @@ def _check_device(device: str, parser: argparse.ArgumentParser, *, here: bool = 
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from balanced_l1.detection.models import BackboneWeightsError
     from balanced_l1.experiments.compare import run_compare
-    from balanced_l1.experiments.config import (
-        FIELDS,
-        ConfigError,
-        load_config_file,
-        load_recipe,
-        resolve,
-        to_toml,
-    )
+    from balanced_l1.experiments.config import FIELDS, resolve
+    from balanced_l1.experiments.config.checks import ConfigError
+    from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe, to_toml
     from balanced_l1.experiments.data.coco_data import DataError, ImageReadError
-    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.output_folder.errors import OutputFolderError
     from balanced_l1.experiments.run.train import TrainingDivergedError
 
     flags = {name: value for name, value in vars(args).items() if name in FIELDS}
@@ -346,7 +341,7 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         print("the last checkpoint is kept: fix the file and run the same command with --resume", file=sys.stderr)
         return 1
-    except (DataError, CheckpointMismatchError, TrainingDivergedError, BackboneWeightsError) as err:
+    except (DataError, OutputFolderError, TrainingDivergedError, BackboneWeightsError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -398,9 +393,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.config import ConfigError
+    from balanced_l1.experiments.config.checks import ConfigError
     from balanced_l1.experiments.data.coco_data import DataError
-    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.output_folder.errors import OutputFolderError, RunsNotFoundError
 
     out = Path(args.out)
     if not out.is_dir():
@@ -412,9 +407,10 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_device(args.device, parser)
     import torch
 
-    from balanced_l1.experiments.output_folder import exclusive_out
+    from balanced_l1.experiments.evaluate_out import evaluate_out
+    from balanced_l1.experiments.output_folder.files import saved_config
+    from balanced_l1.experiments.output_folder.lock import exclusive_out
     from balanced_l1.experiments.run.runlog import is_terminal
-    from balanced_l1.experiments.run.trained import RunsNotFoundError, evaluate_out, saved_config
 
     try:
         saved_config(out, args.arm_modules)
@@ -435,7 +431,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             )
     except (ConfigError, RunsNotFoundError) as err:
         parser.error(str(err))
-    except (DataError, CheckpointMismatchError) as err:
+    except (DataError, OutputFolderError) as err:
         print(f"balanced-l1 evaluate: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:

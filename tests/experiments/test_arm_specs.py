@@ -11,7 +11,8 @@ from balanced_l1.detection.box_loss import LossParameter
 from balanced_l1.experiments import arms
 from balanced_l1.experiments.arm_specs import ArmSpecError, expand_arms, parse_arm, split_arm_list
 from balanced_l1.experiments.arms import Arm, get_arm, register_arm
-from balanced_l1.experiments.config import CompareConfig, ConfigError
+from balanced_l1.experiments.config import CompareConfig
+from balanced_l1.experiments.config.checks import ConfigError
 
 
 def test_a_list_splits_at_the_commas_outside_parentheses() -> None:

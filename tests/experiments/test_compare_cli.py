@@ -16,8 +16,8 @@ from balanced_l1.cli import main
 from balanced_l1.detection.gradient_balance import STATISTICS
 from balanced_l1.experiments.data.coco_data import save_coco_folder
 from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.metric_names import METRICS
 from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
-from balanced_l1.experiments.run.evaluate import METRICS
 
 TINY = ["--iters", "2", "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
 

@@ -18,19 +18,10 @@ from hypothesis import strategies as st
 
 from balanced_l1.cli import main
 from balanced_l1.experiments.arms import Arm, register_arm
-from balanced_l1.experiments.compare import train_config
-from balanced_l1.experiments.config import (
-    DEFAULTS,
-    FIELDS,
-    INT_BOUNDS,
-    MAX_ITERS,
-    MAX_WEIGHTS_FILE_BYTES,
-    CompareConfig,
-    ConfigError,
-    load_config_file,
-    resolve,
-    to_toml,
-)
+from balanced_l1.experiments.config import DEFAULTS, FIELDS, CompareConfig, resolve
+from balanced_l1.experiments.config.checks import INT_BOUNDS, MAX_ITERS, MAX_WEIGHTS_FILE_BYTES, ConfigError
+from balanced_l1.experiments.config.toml_files import load_config_file, to_toml
+from balanced_l1.experiments.run.runner import train_config
 
 TINY_DATA = ["--train-images", "2", "--val-images", "2"]
 FLOAT_FIELDS = [name for name, spec in FIELDS.items() if str(spec.type) == "float"]

@@ -30,14 +30,11 @@ from balanced_l1.detection.balance_prediction import (
     split_roi_sample,
 )
 from balanced_l1.detection.box_loss import FLOAT64, BoxLossConfig, get_box_loss
+from balanced_l1.experiments.output_folder.errors import RunsNotFoundError
+from balanced_l1.experiments.output_folder.files import finished_runs, read_sample
+from balanced_l1.experiments.output_folder.layout import RunFiles
 from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
 from balanced_l1.experiments.report.balance import mean_over_seeds, roi_statistic, run_summary
-from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
-from balanced_l1.experiments.run.runner import read_record, read_sample, sample_path
-
-
-class RunsNotFoundError(ValueError):
-    """The output folder has no finished run of the arm asked for; the message lists the arms it has."""
 
 
 @dataclass(frozen=True)
@@ -57,38 +54,23 @@ class ArmRuns:
     measured: dict[str, float | None]
 
 
-def _records(out: Path) -> list[tuple[Path, dict[str, Any]]]:
-    runs = out / "runs"
-    if not runs.is_dir() or runs.is_symlink():
-        raise RunsNotFoundError(f"{out}: no runs/ folder of balanced-l1 compare here")
-    found = []
-    for path in sorted(runs.glob("*.json")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        try:
-            found.append((path, read_record(path)))
-        except CheckpointMismatchError:
-            continue  # not a run record of balanced-l1 compare: no run of any arm
-    return found
-
-
 def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
     """The finished runs of ``arm`` (its canonical name) in the output folder ``out``.
 
     Raises:
         RunsNotFoundError: when ``out`` has no finished run of ``arm`` (the arms it has are listed).
-        CheckpointMismatchError: when a run's sample is missing, cannot be read or is not a finite ``(K, 12)``
-            float64 array (see :func:`~balanced_l1.experiments.run.runner.read_sample`).
+        UnreadableRunFileError: when a run's sample is missing, cannot be read or is not a finite ``(K, 12)``
+            float64 array (see :func:`~balanced_l1.experiments.output_folder.files.read_sample`).
     """
     folder = Path(out)
-    records = _records(folder)
+    records = finished_runs(folder, skip_unreadable=True)  # what is no run record is no run of any arm
     mine = [(p, r) for p, r in records if r["arm"] == arm]
     if not mine:
         arms = sorted({r["arm"] for _, r in records})
         have = f"it has runs of: {', '.join(arms)}" if arms else "it has no finished run"
         raise RunsNotFoundError(f"{folder}: no finished run of arm {arm!r}; {have}")
     mine.sort(key=lambda pair: pair[1]["seed"])
-    samples = [read_sample(sample_path(path), missing_ok=False) for path, _ in mine]
+    samples = [read_sample(RunFiles.of_record(path).roi_sample) for path, _ in mine]
     measured = mean_over_seeds({str(r["seed"]): run_summary(r["gradient_balance"]) for _, r in mine})
     seeds = tuple(int(r["seed"]) for _, r in mine)
     return ArmRuns(arm, seeds, torch.from_numpy(np.concatenate(samples)), measured["gradient_balance"] or {})

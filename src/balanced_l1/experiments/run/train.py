@@ -27,6 +27,7 @@ from tqdm import tqdm
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.experiments.data.loader import DataOrder, training_loader, unpack
 from balanced_l1.experiments.data.split import DetectionSplit
+from balanced_l1.experiments.metric_names import METRICS
 from balanced_l1.experiments.run.checkpoint import load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
 from balanced_l1.experiments.run.distributed import DistContext, barrier, gather_objects, mean_over_ranks
 from balanced_l1.experiments.run.schedule import lr_factor
@@ -354,8 +355,6 @@ def _validate(
     validate: Callable[[], dict[str, Any] | None], record: dict[str, float], done: int, observer: RunObserver | None
 ) -> None:
     """Score the model now; rank 0 keeps the metrics in this iteration's history row as ``val_<metric>``."""
-    from balanced_l1.experiments.run.evaluate import METRICS
-
     metrics = validate()
     if metrics is None:  # not rank 0
         return

@@ -22,19 +22,21 @@ from pathlib import Path
 import torch
 
 from balanced_l1.detection import GradientBalanceMonitor
+from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.config import DEFAULTS
 from balanced_l1.experiments.run.distributed import DistContext
 from balanced_l1.experiments.run.evaluate import evaluate_detector
 from balanced_l1.experiments.run.runlog import LogFile, RunObserver
 from balanced_l1.experiments.run.runner import build_arm_model, load_data, train_config
-from balanced_l1.experiments.run.train import train
+from balanced_l1.experiments.run.train import LoopParts, Observers, TrainingRun, train
 
 
-def _seconds_per_iteration(splits: dict, iters: int, folder: Path, observed: bool, tensorboard: bool) -> float:
+def _seconds_per_iteration(
+    splits: dict, spec: ArmSpec, iters: int, folder: Path, observed: bool, tensorboard: bool
+) -> float:
     config = DEFAULTS
     tc = train_config(config, len(splits["train"]))
     tc = type(tc)(**{**tc.__dict__, "iters": iters, "checkpoint_every": 10**8})
-    spec = config.arm_specs()[1]
     torch.manual_seed(0)
     model = build_arm_model(config, len(splits["train"].category_ids), spec)
     monitor = GradientBalanceMonitor(model, task_balance_every=config.balance_every)
@@ -43,20 +45,11 @@ def _seconds_per_iteration(splits: dict, iters: int, folder: Path, observed: boo
         board = folder / "tensorboard" / f"run{time.perf_counter_ns()}" if tensorboard else None
         log = LogFile(folder / "log.txt", echo=False)
         observer = RunObserver("bench", log, config.log_every, tensorboard=board, bars=True)  # as on a terminal
+    run = TrainingRun("bench", 0, {}, folder / "ckpt.pt", resume=False)
+    device = torch.device("cpu")
+    parts = LoopParts.sgd(model, tc, device)
     started = time.perf_counter()
-    train(
-        model,
-        splits["train"],
-        tc,
-        seed=0,
-        ctx=DistContext(0, 1, torch.device("cpu")),
-        checkpoint_path=folder / "ckpt.pt",
-        fingerprint={},
-        resume=False,
-        desc="bench",
-        monitor=monitor,
-        observer=observer,
-    )
+    train(parts, splits["train"], tc, run, DistContext(0, 1, device), Observers(monitor=monitor, observer=observer))
     elapsed = time.perf_counter() - started
     if observer is not None:
         observer.end()
@@ -73,13 +66,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_data(DEFAULTS)
+    specs = DEFAULTS.arm_specs()
     plain: list[float] = []
     observed: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            plain.append(_seconds_per_iteration(splits, args.iters, Path(tmp), False, False))
-            observed.append(_seconds_per_iteration(splits, args.iters, Path(tmp), True, args.tensorboard))
-        model = build_arm_model(DEFAULTS, len(splits["train"].category_ids), DEFAULTS.arm_specs()[0])
+            plain.append(_seconds_per_iteration(splits, specs[1], args.iters, Path(tmp), False, False))
+            observed.append(_seconds_per_iteration(splits, specs[1], args.iters, Path(tmp), True, args.tensorboard))
+        model = build_arm_model(DEFAULTS, len(splits["train"].category_ids), specs[0])
         started = time.perf_counter()
         evaluate_detector(model, splits["val"], show_progress=False)
         validation = time.perf_counter() - started

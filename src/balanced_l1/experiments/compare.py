@@ -124,10 +124,9 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     started = time.perf_counter()
     ctx = setup_distributed(config.device)
     try:
-        config.validate(ctx.world_size)
+        specs = config.validate(ctx.world_size)
         # Everything else that can refuse the settings, before --out is touched: reading the data (read-only), every
         # arm configured on the model once, the schedule's length in iterations. Every rank checks, as it validates.
-        specs = config.arm_specs()
         splits = load_data(config)
         box_losses = _check_arms_fit_model(config, specs, len(splits["train"].category_ids))
         tc = train_config(config, len(splits["train"]))

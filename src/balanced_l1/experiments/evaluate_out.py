@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.config import CompareConfig, as_dict
+from balanced_l1.experiments.config import CompareConfig, arm_spec, as_dict
 from balanced_l1.experiments.config.checks import ConfigError
 from balanced_l1.experiments.data.coco_data import DataError
 from balanced_l1.experiments.data.split import DetectionSplit
@@ -29,7 +29,7 @@ from balanced_l1.experiments.report.summary import ap_points, format_table, summ
 from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
 from balanced_l1.experiments.run.evaluate import evaluate_detector
 from balanced_l1.experiments.run.runner import load_data, run_fingerprint
-from balanced_l1.experiments.run.trained_model import arm_spec, check_fingerprint, load_run_model
+from balanced_l1.experiments.run.trained_model import check_fingerprint, load_run_model
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,14 @@ def _run_key(record: dict[str, Any], path: Path) -> tuple[str, int]:
 def _checked_runs(
     config: CompareConfig, records: list[tuple[Path, dict[str, Any]]], splits: dict[str, DetectionSplit]
 ) -> list[_Run]:
-    """The finished runs, each checked against the settings and data, in the settings' arm order."""
+    """The finished runs, each checked against the settings and data, in the settings' arm order (a run of an arm
+    the settings do not name last)."""
+    known = {spec.name: spec for spec in config.arm_specs()}
     runs = []
     for path, record in records:
         name, seed = _run_key(record, path)
         try:
-            spec = arm_spec(name)
+            spec = known[name] if name in known else arm_spec(name)
         except ConfigError as err:
             raise UnreadableRunFileError(f"{path}: {err}") from None
         check_fingerprint(record, run_fingerprint(config, splits, spec, seed), path)
@@ -63,7 +65,7 @@ def _checked_runs(
         if not model.exists():
             read_weights(model)  # names the missing file
         runs.append(_Run(spec, seed, path, record))
-    order = [spec.name for spec in config.arm_specs()]
+    order = list(known)
     runs.sort(key=lambda r: (order.index(r.spec.name) if r.spec.name in order else len(order), r.spec.name, r.seed))
     return runs
 

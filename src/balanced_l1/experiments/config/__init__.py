@@ -69,6 +69,22 @@ def import_arm_modules(modules: tuple[str, ...]) -> None:
             raise ConfigError(f"arm_modules: cannot import {name!r} ({type(err).__name__}: {err})") from None
 
 
+def arm_spec(name: str) -> ArmSpec:
+    """The one arm ``name`` stands for (``balanced_l1``, ``balanced_l1(alpha=0.3)``; no grid): a run's arm, as its
+    record and a worker process's task name it (its modules already imported: :func:`import_arm_modules`).
+
+    Raises:
+        ConfigError: for an unknown arm, a bad spec or a grid.
+    """
+    try:
+        specs = expand_arms((name,))
+    except ArmSpecError as err:
+        raise ConfigError(f"arm {name!r}: {err}") from None
+    if len(specs) != 1:
+        raise ConfigError(f"arm {name!r} is a grid of {len(specs)} arms; name one of them")
+    return specs[0]
+
+
 def _setting(default: Any, help: str, **extra: Any) -> Any:
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata={"help": help, **extra})
@@ -188,11 +204,14 @@ class CompareConfig:
         except ArmSpecError as err:
             raise ConfigError(f"arms: {err}") from None
 
-    def validate(self, world_size: int = 1) -> None:
+    def validate(self, world_size: int = 1) -> list[ArmSpec]:
         """Check every setting that does not need the data.
 
         Args:
             world_size: number of processes the global batch is split over.
+
+        Returns:
+            The arms to train (:meth:`arm_specs`), parsed here once for the caller to pass on.
 
         Raises:
             ConfigError: naming the setting, its value and what is allowed.
@@ -218,6 +237,7 @@ class CompareConfig:
         self._validate_reporting()
         for name in FIELDS:  # every setting can be written to OUT/config.toml (and --print-config) and read back
             check_writable_in_toml(name, getattr(self, name))
+        return specs
 
     def _validate_reporting(self) -> None:
         """eval_every >= 0, log_every >= 1, and --tensorboard only with the tensorboard package installed."""

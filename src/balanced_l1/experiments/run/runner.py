@@ -1,6 +1,6 @@
 """One run of a comparison: an (arm, seed) trained, evaluated and recorded, and the facts that make it that run.
 
-- :func:`load_data`: the splits the settings name; :func:`train_config`: the optimisation settings of a run;
+- :func:`load_data`: the splits the settings name; :func:`train_config`: the training settings of a run;
 - :func:`run_fingerprint`: what makes a run the run it is (``--resume`` reuses only an equal one);
 - :func:`build_arm_model`: the detector built under the run's seed and configured by the arm;
 - :func:`run_one`: train, evaluate, write the sample, the weights and the record (in this process, or as one
@@ -24,7 +24,7 @@ import torch
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.detection.models import build_detector
 from balanced_l1.experiments.arm_specs import ArmSpec
-from balanced_l1.experiments.config import CompareConfig, as_dict
+from balanced_l1.experiments.config import CompareConfig, arm_spec, as_dict, import_arm_modules
 from balanced_l1.experiments.config.checks import MAX_ITERS, ConfigError
 from balanced_l1.experiments.data.coco_data import load_coco_dataset, load_coco_folder
 from balanced_l1.experiments.data.split import DetectionSplit
@@ -36,8 +36,17 @@ from balanced_l1.experiments.run.distributed import (
     barrier,
 )
 from balanced_l1.experiments.run.evaluate import evaluate_detector
+from balanced_l1.experiments.run.loop_state import TrainResult
 from balanced_l1.experiments.run.runlog import LogFile, RunObserver, is_terminal
-from balanced_l1.experiments.run.train import TrainConfig, TrainResult, train, validation_curve
+from balanced_l1.experiments.run.train import (
+    LoopParts,
+    Observers,
+    TrainConfig,
+    TrainingRun,
+    ValidationHook,
+    train,
+    validation_curve,
+)
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
@@ -67,7 +76,7 @@ def load_data(config: CompareConfig) -> dict[str, DetectionSplit]:
 
 
 def train_config(config: CompareConfig, num_train_images: int) -> TrainConfig:
-    """The optimisation settings of each run: ``epochs`` and ``lr_steps`` (always in epochs) become iterations.
+    """The training settings of each run: ``epochs`` and ``lr_steps`` (always in epochs) become iterations.
 
     An epoch is ``ceil(num_train_images / batch_size)`` iterations.
 
@@ -127,16 +136,17 @@ def build_arm_model(
 def run_single(config: CompareConfig, arm: str, seed: int, *, position: int = 0) -> None:
     """Train and evaluate one (arm, seed) run in this process alone and write its run record.
 
-    ``arm`` is the arm's canonical name, one of ``config.arm_specs()``; the modules of ``config.arm_modules``
-    are imported first, so a worker process knows the user's own arms.
+    ``arm`` is the arm's canonical name, one of ``config.arm_specs()`` (a name crosses the process boundary; the
+    arm is parsed from it here, once); the modules of ``config.arm_modules`` are imported first, so a worker process
+    knows the user's own arms.
 
     This is what each process of ``--jobs N`` does; the results are those of the same run inside a whole
     comparison, since a run depends only on the settings, the data, the arm and the seed.
     """
     splits = load_data(config)
     ctx = DistContext(0, 1, torch.device(config.device))
-    spec = next(s for s in config.arm_specs() if s.name == arm)
-    run_one(config, ctx, splits, train_config(config, len(splits["train"])), spec, seed, position=position)
+    import_arm_modules(config.arm_modules)
+    run_one(config, ctx, splits, train_config(config, len(splits["train"])), arm_spec(arm), seed, position=position)
 
 
 def run_one(
@@ -148,9 +158,27 @@ def run_one(
     seed: int,
     *,
     position: int = 0,
+    validation_split: DetectionSplit | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> dict[str, Any] | None:
-    """Train and evaluate one run, write its files on rank 0 and return its record there (``None`` elsewhere);
-    with ``--resume``, a finished run's record is read instead."""
+    """Train and evaluate one (arm, seed) run on every rank of ``ctx``; rank 0 writes its files.
+
+    Args:
+        config: the settings (``config.resume``: return a finished run's record, continue from its checkpoint).
+        ctx: this process's place in the job.
+        splits: the training and held-out splits.
+        tc: the training settings.
+        arm: the arm and its parameters.
+        seed: the run's seed.
+        position: line of the progress bar.
+        validation_split: what the validations during training score (default: the whole held-out split); the
+            final AP is always the whole held-out split's.
+        on_validation: told each validation's AP during training; may stop the run (see
+            :data:`~balanced_l1.experiments.run.train.ValidationHook`).
+
+    Returns:
+        The run record on rank 0, ``None`` on other ranks.
+    """
     files = RunFiles.of(config.out, arm, seed)
     if config.resume and files.record.exists():
         return read_record(files.record)
@@ -159,27 +187,15 @@ def run_one(
     model = build_arm_model(config, len(splits["train"].category_ids), arm)
     model.to(ctx.device)
     monitor = GradientBalanceMonitor(model, task_balance_every=config.balance_every)
-    observer = _observer(config, files, f"{arm.name} seed {seed}") if ctx.is_main else None
+    run = TrainingRun(f"{arm.name} seed {seed}", seed, fingerprint, files.checkpoint, config.resume)
+    observer = _observer(config, files, run.label) if ctx.is_main else None
+    held_out = splits["val"] if validation_split is None else validation_split
 
     def validate() -> dict[str, Any] | None:
-        return evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers, show_progress=False)
+        return evaluate_detector(model, held_out, ctx=ctx, workers=config.workers, show_progress=False)
 
-    result = train(
-        model,
-        splits["train"],
-        tc,
-        seed=seed,
-        ctx=ctx,
-        checkpoint_path=files.checkpoint,
-        fingerprint=fingerprint,
-        resume=config.resume,
-        desc=f"{arm.name} seed {seed}",
-        workers=config.workers,
-        position=position,
-        monitor=monitor,
-        observer=observer,
-        validate=validate if tc.eval_every else None,
-    )
+    observers = Observers(position, monitor, observer, validate if tc.eval_every else None, on_validation)
+    result = train(LoopParts.sgd(model, tc, ctx.device), splits["train"], tc, run, ctx, observers)
     monitor.remove()
     metrics = evaluate_detector(
         model, splits["val"], ctx=ctx, workers=config.workers, show_progress=observer is None or observer.bars

@@ -22,28 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
-from balanced_l1.experiments.config import CompareConfig
-from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.arm_specs import ArmSpec
+from balanced_l1.experiments.config import CompareConfig, arm_spec
 from balanced_l1.experiments.output_folder.errors import RunMismatchError, RunsNotFoundError, UnreadableRunFileError
 from balanced_l1.experiments.output_folder.files import read_record, read_weights, saved_config
 from balanced_l1.experiments.output_folder.layout import CONFIG_NAME, RunFiles
 from balanced_l1.experiments.run.runner import build_arm_model, run_fingerprint
-
-
-def arm_spec(name: str) -> ArmSpec:
-    """The one arm ``name`` stands for (``balanced_l1``, ``balanced_l1(alpha=0.3)``; no grid).
-
-    Raises:
-        ConfigError: for an unknown arm, a bad spec or a grid.
-    """
-    try:
-        specs = expand_arms((name,))
-    except ArmSpecError as err:
-        raise ConfigError(f"arm {name!r}: {err}") from None
-    if len(specs) != 1:
-        raise ConfigError(f"arm {name!r} is a grid of {len(specs)} arms; name one of them")
-    return specs[0]
 
 
 def _num_classes(record: dict[str, Any], path: Path) -> int:

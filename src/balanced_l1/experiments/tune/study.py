@@ -91,7 +91,7 @@ def check_storage_url(url: str) -> None:
         parsed.get_dialect().import_dbapi()
     except (ImportError, NoSuchModuleError) as err:
         raise ConfigError(
-            f"storage {shown}: its driver is not installed ({err}); for PostgreSQL: pip install 'balanced-l1[postgres]'"
+            f"storage {shown}: its driver is not installed ({err}); for PostgreSQL, pip install 'balanced-l1[postgres]' and write postgresql+psycopg2://..."
         ) from None
 
 
@@ -109,13 +109,15 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
 
     callback = _retry_callback()
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True},
-            heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=callback,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=callback,
+            )
     except (SQLAlchemyError, OSError, RuntimeError, ValueError) as err:
         reason = _scrub(str(getattr(err, "orig", None) or err).strip().splitlines()[0], url)
         raise StorageError(f"cannot use the study database {masked_url(url)}: {reason}") from None

@@ -40,6 +40,7 @@ BASELINE, SEARCH, GRID, CONFIRM = "baseline", "search", "grid", "confirm"
 _FINGERPRINT_ATTR = "settings_fingerprint"
 _READY_ATTR = "plan_enqueued"
 _MAX_RETRY = 3
+_CREATE_ATTEMPTS = 5
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -107,20 +108,31 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    callback = _retry_callback()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=callback,
-            )
-    except (SQLAlchemyError, OSError, RuntimeError, ValueError) as err:
-        reason = _scrub(str(getattr(err, "orig", None) or err).strip().splitlines()[0], url)
-        raise StorageError(f"cannot use the study database {masked_url(url)}: {reason}") from None
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat,
+                    heartbeat_stale_trial_callback=_retry_callback(),
+                )
+        except (IntegrityError, ProgrammingError) as err:  # two workers creating Optuna's tables at once
+            attempt += 1
+            if attempt == _CREATE_ATTEMPTS:
+                raise StorageError(f"cannot use the study database {masked_url(url)}: {_reason(err, url)}") from None
+            time.sleep(0.5 * attempt)
+        except (SQLAlchemyError, OSError, RuntimeError, ValueError) as err:
+            raise StorageError(f"cannot use the study database {masked_url(url)}: {_reason(err, url)}") from None
+
+
+def _reason(err: BaseException, url: str) -> str:
+    return _scrub(str(getattr(err, "orig", None) or err).strip().splitlines()[0], url)
 
 
 def _retry_callback() -> Any:

@@ -329,27 +329,59 @@ def _add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     )
     tune.add_argument("--recipe", choices=recipe_names(), default=None, help="a settings file shipped with the package")
     tune.add_argument("--config", default=None, metavar="FILE", help="your own TOML settings file")
-    tune.add_argument("--space", default=None, help="arms and ranges, e.g. 'balanced_l1(alpha=0.05..2.0:log,"
-                      "gamma=0.5..3.0),giou(loss_weight=2..20)' (default: every box-loss arm, declared ranges)")
-    tune.add_argument("--sampler", choices=SAMPLERS, default=defaults.sampler,
-                      help="tpe, or grid: --arms (a|b makes a grid) crossed with --seeds (default tpe)")
+    tune.add_argument(
+        "--space",
+        default=None,
+        help="arms and ranges, e.g. 'balanced_l1(alpha=0.05..2.0:log,"
+        "gamma=0.5..3.0),giou(loss_weight=2..20)' (default: every box-loss arm, declared ranges)",
+    )
+    tune.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=defaults.sampler,
+        help="tpe, or grid: --arms (a|b makes a grid) crossed with --seeds (default tpe)",
+    )
     tune.add_argument("--sampler-seed", type=_integer, default=defaults.sampler_seed, help="the TPE sampler's seed")
-    tune.add_argument("--pruner", choices=PRUNERS, default=defaults.pruner,
-                      help="on the AP at each --eval-every point (default successive-halving)")
+    tune.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default=defaults.pruner,
+        help="on the AP at each --eval-every point (default successive-halving)",
+    )
     tune.add_argument("--trials", type=_integer, default=None, help="search trials (besides baseline, confirmation)")
     tune.add_argument("--timeout", type=_number, default=None, help="seconds after which no search trial starts")
-    tune.add_argument("--storage", default=None, metavar="URL", help="database URL shared by workers "
-                      "(postgresql://user:password@host/db); default: SQLite in OUT/study.db")
+    tune.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="database URL shared by workers (postgresql://user:password@host/db); default: SQLite in OUT/study.db",
+    )
     tune.add_argument("--study", default=defaults.study, help=f"the study's name (default {defaults.study})")
     tune.add_argument("--baseline", default=defaults.baseline, help="the baseline arm (default smooth_l1)")
-    tune.add_argument("--confirm", type=_integer, default=defaults.confirm,
-                      help="rerun this many best settings and the baseline on --confirm-seeds; 0 skips (default 2)")
-    tune.add_argument("--confirm-seeds", type=_int_list, default=defaults.confirm_seeds,
-                      help="seeds of the confirmation (default 1,2)")
-    tune.add_argument("--heartbeat", type=_integer, default=defaults.heartbeat,
-                      help="seconds between a trial's heartbeats; a trial silent twice as long is retried (default 60)")
-    tune.add_argument("--validation-images", type=_integer, default=defaults.validation_images,
-                      help="held-out images scored at each --eval-every point (the final AP uses all; default 50)")
+    tune.add_argument(
+        "--confirm",
+        type=_integer,
+        default=defaults.confirm,
+        help="rerun this many best settings and the baseline on --confirm-seeds; 0 skips (default 2)",
+    )
+    tune.add_argument(
+        "--confirm-seeds",
+        type=_int_list,
+        default=defaults.confirm_seeds,
+        help="seeds of the confirmation (default 1,2)",
+    )
+    tune.add_argument(
+        "--heartbeat",
+        type=_integer,
+        default=defaults.heartbeat,
+        help="seconds between a trial's heartbeats; a trial silent twice as long is retried (default 60)",
+    )
+    tune.add_argument(
+        "--validation-images",
+        type=_integer,
+        default=defaults.validation_images,
+        help="held-out images scored at each --eval-every point (the final AP uses all; default 50)",
+    )
     for name in FIELDS:
         _add_setting(tune, name)
     tune.set_defaults(handler=_run_tune, command_parser=tune)  # fmt: skip

@@ -80,7 +80,10 @@ def test_a_worker_with_other_settings_is_refused_naming_what_differs(
 
 
 def test_a_grid_trial_gives_the_ap_of_the_same_arm_and_seed_run_by_compare(tmp_path: Path) -> None:
-    assert _tune(tmp_path / "t", "--sampler", "grid", "--arms", "smooth_l1,giou", "--pruner", "none", "--confirm", "0") == 0
+    assert (
+        _tune(tmp_path / "t", "--sampler", "grid", "--arms", "smooth_l1,giou", "--pruner", "none", "--confirm", "0")
+        == 0
+    )
     assert main(["compare", *TINY, "--arms", "smooth_l1,giou", "--jobs", "1", "--out", str(tmp_path / "c")]) == 0
     compared = json.loads((tmp_path / "c" / "results.json").read_text())["arms"]
     tuned = {t["arm"]: t["AP"] for t in _trials(tmp_path / "t")}
@@ -90,7 +93,10 @@ def test_a_grid_trial_gives_the_ap_of_the_same_arm_and_seed_run_by_compare(tmp_p
 BAD = [
     (["--trials", "2", "--space", "weighted_smooth_l1(loss_weight=0.5..1"], "a '(' without its ')'"),
     (["--trials", "2", "--space", "nosuch(alpha=0.1..1)"], "unknown arm 'nosuch'"),
-    (["--trials", "2", "--space", "weighted_smooth_l1(loss_weight=0..2)"], "arm 'weighted_smooth_l1', loss_weight=0.0 is not accepted"),
+    (
+        ["--trials", "2", "--space", "weighted_smooth_l1(loss_weight=0..2)"],
+        "arm 'weighted_smooth_l1', loss_weight=0.0 is not accepted",
+    ),
     (["--trials", "2", "--space", "weighted_smooth_l1(loss_weight=2..1)"], "the low end must be below the high end"),
     (["--trials", "2", "--space", "weighted_smooth_l1(loss_weight=1..2:cube)"], "after ':' only 'log' is allowed"),
     (["--trials", "2", "--space", "weighted_smooth_l1(nokey=1..2)"], "unknown key 'nokey'"),
@@ -120,7 +126,9 @@ def test_a_bad_input_exits_2_with_its_message_and_writes_nothing(
     assert not out.exists()
 
 
-def test_an_unreachable_database_exits_1_with_the_url_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_database_exits_1_with_the_url_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = "postgresql+psycopg2://tuner:secret@127.0.0.1:9/nodb"
     assert _tune(tmp_path / "out", *SPACE, "--trials", "1", "--storage", url) == 1
     err = capsys.readouterr().err

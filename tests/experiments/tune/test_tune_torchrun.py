@@ -1,4 +1,5 @@
-"""``balanced-l1 tune`` under ``torchrun --nproc_per_node 2`` (gloo): every rank trains, rank 0 alone talks to the study."""
+"""``balanced-l1 tune`` under ``torchrun --nproc_per_node 2`` (gloo): every rank trains, rank 0 alone talks to the
+study."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_a_study_under_two_ranks_trains_each_trial_with_both_and_records_it_once
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "balanced_l1.cli", "tune", "--iters", "4", "--batch-size", "4", "--train-images", "8",
         "--val-images", "3", "--image-size", "64", "--eval-every", "2",
-        "--arm-modules", "tests.experiments.tune.tune_arms", "--space", "weighted_smooth_l1(loss_weight=0.5..2:log),blind",
+        "--arm-modules", "tests.experiments.tune.tune_arms",
+        "--space", "weighted_smooth_l1(loss_weight=0.5..2:log),blind",
         "--trials", "2", "--confirm", "0", "--sampler-seed", "1", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}

@@ -39,7 +39,7 @@ class TrainingDivergedError(RuntimeError):
     """The training loss stopped being finite."""
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStoppedError(RuntimeError):
     """A validation hook asked the run to stop (a pruner judged it behind); ``iteration`` is where it stopped."""
 
     def __init__(self, iteration: int) -> None:
@@ -48,7 +48,8 @@ class TrainingStopped(RuntimeError):
 
 
 #: Called on every rank after each validation during training with the iteration and rank 0's AP (``None`` on the
-#: other ranks); it must return the same answer on every rank: ``True`` stops the run with :class:`TrainingStopped`.
+#: other ranks); it must return the same answer on every rank: ``True`` stops the run with
+#: :class:`TrainingStoppedError`.
 ValidationHook = Callable[[int, float | None], bool]
 
 
@@ -306,7 +307,7 @@ def train(
 
     Raises:
         TrainingDivergedError: if the loss becomes NaN or infinite.
-        TrainingStopped: if ``on_validation`` returned ``True``.
+        TrainingStoppedError: if ``on_validation`` returned ``True``.
         CheckpointMismatchError: if the checkpoint to resume belongs to another run or cannot be read.
         ImageReadError: if a training image cannot be read (the last checkpoint is kept).
     """
@@ -356,7 +357,7 @@ def train(
             if validate is not None and config.eval_every and done % config.eval_every == 0:
                 ap = _validate(validate, record, done, observer if ctx.is_main else None)
                 if on_validation is not None and on_validation(done, ap):
-                    raise TrainingStopped(done)
+                    raise TrainingStoppedError(done)
             if done % config.checkpoint_every == 0 or done == config.iters:
                 state.save(checkpoint_path, done, fingerprint, ctx)
     except BaseException:

@@ -1,9 +1,9 @@
 """What a finished study leaves in ``--out``: ``tune.json``, the verdict, ``tune_history.png``, ``tune_importance.png``.
 
-    tune.json            every trial: number, role, arm and parameters, seed, state, AP, intermediate APs,
-                         gradient balance, the reason of a failure; the verdict
-    tune_history.png     AP by trial (pruned trials marked at their last AP), the baseline's AP as a line
-    tune_importance.png  the parameters' importances and slices (Optuna's matplotlib visualisation)
+tune.json            every trial: number, role, arm and parameters, seed, state, AP, intermediate APs,
+                     gradient balance, the reason of a failure; the verdict
+tune_history.png     AP by trial (pruned trials marked at their last AP), the baseline's AP as a line
+tune_importance.png  the parameters' importances and slices (Optuna's matplotlib visualisation)
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def _history_figure(trials: list[FrozenTrial], baseline: str, path: Path) -> Pat
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for state, marker, label in ((TrialState.COMPLETE, "o", "complete"), (TrialState.PRUNED, "x", "pruned (last AP)")):
         chosen = [t for t in trials if t.state == state and _finite(t.value) is not None]
-        ax.scatter([t.number for t in chosen], [t.value for t in chosen], marker=marker, label=label)
-    base = [t.value for t in trials if t.user_attrs.get("role") == BASELINE and t.state == TrialState.COMPLETE]
-    if base and _finite(base[0]) is not None:
+        ax.scatter([t.number for t in chosen], [float(t.value or 0.0) for t in chosen], marker=marker, label=label)
+    base = [_finite(t.value) for t in trials if t.user_attrs.get("role") == BASELINE and t.state == TrialState.COMPLETE]
+    if base and base[0] is not None:
         ax.axhline(base[0], color="grey", linestyle="--", label=f"baseline {baseline}")
     ax.set_xlabel("trial")
     ax.set_ylabel("AP (held-out)")
@@ -139,10 +139,10 @@ def _importance_figure(trials: list[FrozenTrial], path: Path) -> Path | str:
     fig, axes = plt.subplots(2, 1, figsize=(10, 9))
     for ax, source in zip(axes, (importance, slice_figure), strict=True):
         source.canvas.draw()
-        ax.imshow(source.canvas.buffer_rgba())  # type: ignore[attr-defined]
+        ax.imshow(source.canvas.buffer_rgba())  # type: ignore[union-attr]
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     for figure in (fig, importance, slice_figure):
-        plt.close(figure)
+        plt.close(figure)  # type: ignore[arg-type]
     return path

@@ -137,9 +137,7 @@ class TuneSettings:
             return
         seeds = self.confirm_seeds
         if not seeds or len(set(seeds)) != len(seeds) or any(not 0 <= s <= MAX_SEED for s in seeds):
-            raise ConfigError(
-                f"confirm_seeds must be distinct seeds between 0 and {MAX_SEED}, got {list(seeds)}"
-            )
+            raise ConfigError(f"confirm_seeds must be distinct seeds between 0 and {MAX_SEED}, got {list(seeds)}")
         searched = config.seeds if self.sampler == "grid" else config.seeds[:1]
         overlap = sorted(set(seeds) & set(searched))
         if overlap:

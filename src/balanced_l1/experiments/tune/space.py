@@ -164,7 +164,9 @@ def _parse_arm(item: str) -> ArmSpace:
     if paren and not rest.rstrip().endswith(")"):
         raise ArmSpecError(f"space {item!r}: expected NAME(key=low..high, ...), with nothing after ')'")
     if not ARM_NAME_PATTERN.fullmatch(name):
-        raise ArmSpecError(f"space {item!r}: expected NAME or NAME(key=low..high, ...), such as balanced_l1(alpha=0.1..1)")
+        raise ArmSpecError(
+            f"space {item!r}: expected NAME or NAME(key=low..high, ...), such as balanced_l1(alpha=0.1..1)"
+        )
     try:
         arm = get_arm(name)
     except ValueError as err:
@@ -233,8 +235,13 @@ def _accepts(item: str, arm: Arm, key: str, value: float | str, declared: Any) -
             arm.check(**{**arm.defaults(), key: value})
     except (TypeError, ValueError) as err:
         search = declared.search
-        allowed = "" if search is None else f"; its search range is {ParameterSpace(key, search.low, search.high, search.log, tuple(search.choices)).describe()}"  # noqa: E501
-        raise ArmSpecError(f"space {item!r}: arm {arm.name!r}, {key}={_text(value)} is not accepted ({err}){allowed}") from None
+        allowed = ""
+        if search is not None:
+            declared_range = ParameterSpace(key, search.low, search.high, search.log, tuple(search.choices))
+            allowed = f"; its declared search range is {declared_range.describe()}"
+        raise ArmSpecError(
+            f"space {item!r}: arm {arm.name!r}, {key}={_text(value)} is not accepted ({err}){allowed}"
+        ) from None
 
 
 def _text(value: float | str) -> str:

@@ -92,7 +92,8 @@ def check_storage_url(url: str) -> None:
         parsed.get_dialect().import_dbapi()
     except (ImportError, NoSuchModuleError) as err:
         raise ConfigError(
-            f"storage {shown}: its driver is not installed ({err}); for PostgreSQL, pip install 'balanced-l1[postgres]' and write postgresql+psycopg2://..."
+            f"storage {shown}: its driver is not installed ({err}); for PostgreSQL, pip install "
+            "'balanced-l1[postgres]' and write postgresql+psycopg2://..."
         ) from None
 
 
@@ -106,9 +107,7 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     Raises:
         StorageError: if the database cannot be reached or used, with the URL (password masked) and the reason.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
     attempt = 0
     while True:

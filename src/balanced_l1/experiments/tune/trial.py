@@ -25,7 +25,7 @@ from balanced_l1.experiments.report.balance import run_summary
 from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 from balanced_l1.experiments.run.distributed import DistContext
 from balanced_l1.experiments.run.runner import read_record, run_fingerprint, run_one, run_paths
-from balanced_l1.experiments.run.train import TrainConfig, TrainingDivergedError, TrainingStopped
+from balanced_l1.experiments.run.train import TrainConfig, TrainingDivergedError, TrainingStoppedError
 from balanced_l1.experiments.tune.space import SearchSpace
 from balanced_l1.experiments.tune.study import BASELINE, CONFIRM
 
@@ -157,7 +157,7 @@ def run_trial(
         record = run_one(
             run_config, ctx, splits, tc, arm, job.seed, validation_split=subset, on_validation=on_validation
         )
-    except TrainingStopped as stopped:
+    except TrainingStoppedError as stopped:
         return TrialOutcome(TrialState.PRUNED, last[-1] if last else None, arm.name, f"pruned at {stopped.iteration}")
     except TrainingDivergedError as err:
         return TrialOutcome(TrialState.FAIL, None, arm.name, str(err))

@@ -252,7 +252,9 @@ class _Worker:
     def _job(self, trial: FrozenTrial) -> TrialJob:
         role = trial.user_attrs["role"]
         rank = trial.user_attrs.get("rank")
-        return TrialJob(trial._trial_id, trial.number, role, int(trial.user_attrs["seed"]), role == BASELINE or rank == 0)
+        return TrialJob(
+            trial._trial_id, trial.number, role, int(trial.user_attrs["seed"]), role == BASELINE or rank == 0
+        )
 
     def _confirm_job(self, trial: FrozenTrial) -> TrialJob | str:
         assert self.study is not None
@@ -287,7 +289,9 @@ class _Worker:
         left = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
         mean = sum(self.durations) / len(self.durations)
         ap = "n/a" if outcome.value is None else f"{outcome.value:.4f}"
-        best_text = "none yet" if best is None else f"{best.value:.4f} (trial {best.number}, {best.user_attrs.get('arm')})"
+        best_text = (
+            "none yet" if best is None else f"{best.value:.4f} (trial {best.number}, {best.user_attrs.get('arm')})"
+        )
         why = f" ({outcome.reason})" if outcome.reason and outcome.state != TrialState.PRUNED else ""
         line = (
             f"trial {job.number} [{job.role}] {outcome.arm or '?'} seed {job.seed}: AP {ap}, "
@@ -320,4 +324,3 @@ def ranked_settings(study: optuna.Study) -> list[tuple[str, dict[str, Any]]]:
         params.setdefault(arm, dict(trial.params))
     order = sorted(values, key=lambda arm: -sum(values[arm]) / len(values[arm]))
     return [(arm, params[arm]) for arm in order]
-

@@ -79,6 +79,27 @@ def test_a_worker_with_other_settings_is_refused_naming_what_differs(
     assert "created with other settings or data" in err and "settings.lr (study: 0.04, here: 0.02)" in err
 
 
+def test_the_best_settings_and_the_baseline_are_confirmed_on_new_seeds_and_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("balanced_l1.experiments.report.verdict")  # lands with branch verdict (issue 28)
+    out = tmp_path / "out"
+    space = ["--space", "weighted_smooth_l1(loss_weight=0.5..2:log)"]
+    assert _tune(out, *space, "--trials", "2", "--confirm", "1", "--confirm-seeds", "1,2", "--pruner", "none") == 0
+    trials = _trials(out)
+    search = [t for t in trials if t["role"] == "search"]
+    best = max(search, key=lambda t: t["AP"])
+    confirm = [(t["arm"], t["seed"]) for t in trials if t["role"] == "confirm"]
+    assert sorted(confirm) == sorted([("smooth_l1", 1), ("smooth_l1", 2), (best["arm"], 1), (best["arm"], 2)])
+    assert all(t["state"] == "complete" for t in trials)
+    verdict = json.loads((out / "tune.json").read_text())["verdict"]
+    assert [(v["arm"], v["baseline"], tuple(v["seeds"])) for v in verdict] == [(best["arm"], "smooth_l1", (0, 1, 2))]
+    ap = {(t["arm"], t["seed"]): 100 * t["AP"] for t in trials if t["state"] == "complete"}
+    differences = [ap[(best["arm"], s)] - ap[("smooth_l1", s)] for s in (0, 1, 2)]
+    assert verdict[0]["mean_difference"] == pytest.approx(sum(differences) / 3)
+    assert verdict[0]["word"] in capsys.readouterr().out
+
+
 def test_a_grid_trial_gives_the_ap_of_the_same_arm_and_seed_run_by_compare(tmp_path: Path) -> None:
     assert (
         _tune(tmp_path / "t", "--sampler", "grid", "--arms", "smooth_l1,giou", "--pruner", "none", "--confirm", "0")

@@ -48,14 +48,15 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def verdict_inputs(study: optuna.Study) -> dict[str, dict[int, float]]:
-    """``ap[arm][seed]`` of the baseline and every confirmed setting, from the complete trials."""
+    """``ap[arm][seed]`` of the baseline and every confirmed setting, from the complete trials, in AP points (percent,
+    as the verdict reads them)."""
     trials = [t for t in trials_of(study) if t.state == TrialState.COMPLETE and t.value is not None]
     confirmed = {t.user_attrs.get("arm") for t in trials if t.user_attrs.get("role") in (BASELINE, CONFIRM)}
     ap: dict[str, dict[int, float]] = {}
     for trial in trials:
         arm = trial.user_attrs.get("arm")
         if arm in confirmed and trial.user_attrs.get("role") in (BASELINE, CONFIRM, SEARCH, GRID):
-            ap.setdefault(arm, {})[int(trial.user_attrs["seed"])] = float(trial.value)  # type: ignore[arg-type]
+            ap.setdefault(arm, {})[int(trial.user_attrs["seed"])] = 100.0 * float(trial.value)  # type: ignore[arg-type]
     return ap
 
 

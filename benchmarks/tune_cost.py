@@ -62,7 +62,14 @@ def _validation(args: argparse.Namespace) -> float:
 def _overhead(trial_seconds: float, trials: int) -> None:
     import optuna
 
-    from balanced_l1.experiments.tune.study import StudyPlan, claim_trial, heartbeat, open_storage, open_study
+    from balanced_l1.experiments.tune.study import (
+        StudyPlan,
+        claim_trial,
+        fail_stale_trials,
+        heartbeat,
+        open_storage,
+        open_study,
+    )
 
     with tempfile.TemporaryDirectory() as folder:
         storage = open_storage(f"sqlite:///{folder}/study.db", 60)
@@ -71,6 +78,7 @@ def _overhead(trial_seconds: float, trials: int) -> None:
                            pruner=optuna.pruners.SuccessiveHalvingPruner())  # fmt: skip
         begun = time.perf_counter()
         for _ in range(trials + 1):
+            fail_stale_trials(study)
             frozen = claim_trial(study, ("baseline", "search"))
             assert frozen is not None
             trial = optuna.Trial(study, frozen._trial_id)

@@ -100,6 +100,16 @@ def test_the_best_settings_and_the_baseline_are_confirmed_on_new_seeds_and_judge
     assert verdict[0]["word"] in capsys.readouterr().out
 
 
+def test_a_diverging_trial_is_recorded_as_failed_with_the_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    space = ["--space", "nan_boxes,weighted_smooth_l1(loss_weight=0.5..2:log)"]
+    assert _tune(out, *space, "--trials", "4", "--confirm", "0", "--pruner", "none", "--sampler-seed", "3") == 0
+    trials = _trials(out)
+    failed = [t for t in trials if t["arm"] == "nan_boxes"]
+    assert failed and all(t["state"] == "fail" and "loss became nan" in t["reason"] for t in failed)
+    assert len(trials) == 5 and [t["state"] for t in trials].count("complete") == 5 - len(failed)
+
+
 def test_a_grid_trial_gives_the_ap_of_the_same_arm_and_seed_run_by_compare(tmp_path: Path) -> None:
     assert (
         _tune(tmp_path / "t", "--sampler", "grid", "--arms", "smooth_l1,giou", "--pruner", "none", "--confirm", "0")

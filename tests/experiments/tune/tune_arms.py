@@ -1,6 +1,7 @@
 """Arms for the tune tests, registered with ``--arm-modules tests.experiments.tune.tune_arms``.
 
 - ``weighted_smooth_l1(loss_weight=...)``: smooth L1 in the RoI head with a searchable weight (0.5 to 2);
+- ``nan_boxes``: a box regressor of NaN weights, whose loss is NaN from the first iteration (a diverging run);
 - ``blind``: a detector whose classifier rejects every box, so its AP is 0 at every validation: a pruner that
   compares it with a baseline above 0 must prune it.
 """
@@ -56,6 +57,11 @@ def _blind(model: nn.Module) -> None:
     predictor.cls_score.bias.requires_grad_(False)
 
 
+def _nan_boxes(model: nn.Module) -> None:
+    with torch.no_grad():
+        model.roi_heads.box_predictor.bbox_pred.weight.fill_(float("nan"))  # type: ignore[union-attr]
+
+
 if "blind" not in arm_names():
     register_arm(
         Arm(
@@ -67,3 +73,4 @@ if "blind" not in arm_names():
         )
     )
     register_arm(Arm("blind", "a classifier that rejects every box", _blind))
+    register_arm(Arm("nan_boxes", "a box regressor of NaN weights", _nan_boxes))

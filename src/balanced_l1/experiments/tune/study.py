@@ -29,6 +29,7 @@ __all__ = [
     "StorageError",
     "StudyPlan",
     "claim_trial",
+    "fail_stale_trials",
     "masked_url",
     "open_storage",
     "open_study",
@@ -238,17 +239,19 @@ def trials_of(study: optuna.Study, *roles: str) -> list[FrozenTrial]:
     return [t for t in trials if not roles or t.user_attrs.get("role") in roles]
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the running trials whose heartbeat is older than the grace period, which queues their retries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def claim_trial(study: optuna.Study, roles: tuple[str, ...]) -> FrozenTrial | None:
     """Claim the first waiting trial of ``roles``: switch it to running for this worker alone.
-
-    Stale trials (a heartbeat older than the grace period) are failed first, which queues their retries.
 
     Returns:
         The claimed trial, or ``None`` if none of ``roles`` is waiting.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
     storage = study._storage
     for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         if trial.user_attrs.get("role") not in roles:

@@ -226,6 +226,7 @@ class _Worker:
     def _next_job(self) -> TrialJob | str | None:
         study = self.study
         assert study is not None
+        studies.fail_stale_trials(study)  # a dead worker's trial goes back to the queue, whatever this one does next
         if not self._time_up():
             claimed = studies.claim_trial(study, _SEARCH_ROLES)
             if claimed is None and self.settings.trials is None and self.settings.sampler == "tpe":

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.arms import get_arm
-from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
+from balanced_l1.experiments.config import CompareConfig, ConfigError, to_toml
 from balanced_l1.experiments.output_folder import exclusive_out
 from balanced_l1.experiments.run.distributed import (
     DistContext,
@@ -28,7 +28,7 @@ from balanced_l1.experiments.run.distributed import (
     teardown_distributed,
 )
 from balanced_l1.experiments.run.runlog import LOG_NAME, LogFile
-from balanced_l1.experiments.run.runner import build_arm_model, load_data, train_config
+from balanced_l1.experiments.run.runner import build_arm_model, load_data, run_fingerprint, train_config
 from balanced_l1.experiments.run.trained import CONFIG_NAME
 from balanced_l1.experiments.tune import study as studies
 from balanced_l1.experiments.tune.settings import TuneSettings
@@ -53,23 +53,19 @@ def _plan(config: CompareConfig, settings: TuneSettings, baseline: ArmSpec, grid
     )
 
 
-def _fingerprint(config: CompareConfig, settings: TuneSettings, splits: dict[str, Any], space: str) -> dict[str, Any]:
-    """What every worker of a study must share: the settings that change a run, the data, and the study's design."""
-    from balanced_l1.experiments.run.runner import _DATA_KEYS, _NOT_IN_FINGERPRINT
-
-    run_settings = {k: v for k, v in as_dict(config).items() if k not in _NOT_IN_FINGERPRINT and k not in _DATA_KEYS}
-    run_settings["eval_every"] = config.eval_every  # the pruner's rungs
+def _fingerprint(
+    config: CompareConfig, settings: TuneSettings, splits: dict[str, Any], baseline: ArmSpec, space: str
+) -> dict[str, Any]:
+    """What every worker of a study must share: the settings that change a run and the data (as a run's fingerprint
+    has them), ``eval_every`` (the pruner's rungs) and the study's design."""
+    run = run_fingerprint(config, splits, baseline, config.seeds[0])
     design = {
         "space": space, "sampler": settings.sampler, "sampler_seed": settings.sampler_seed,
         "pruner": settings.pruner, "trials": settings.trials, "baseline": settings.baseline,
         "seeds": list(config.seeds), "confirm": settings.confirm, "confirm_seeds": list(settings.confirm_seeds),
-        "validation_images": settings.validation_images,
+        "validation_images": settings.validation_images, "eval_every": config.eval_every,
     }  # fmt: skip
-    return {
-        "settings": run_settings,
-        "data": {n: s.fingerprint for n, s in sorted(splits.items())},
-        "design": design,
-    }
+    return {"settings": run["settings"], "data": run["data"], "design": design}
 
 
 def _sampler(settings: TuneSettings) -> optuna.samplers.BaseSampler:
@@ -123,7 +119,7 @@ def run_tune(
         tc = train_config(config, len(splits["train"]))
         grid = [s.name for s in grid_specs]
         plan = _plan(config, settings, baseline, grid)
-        fingerprint = _fingerprint(config, settings, splits, space.describe() if space else ",".join(grid))
+        fingerprint = _fingerprint(config, settings, splits, baseline, space.describe() if space else ",".join(grid))
         with contextlib.ExitStack() as stack:
             study, error = None, None
             if ctx.is_main:
@@ -206,7 +202,11 @@ class _Worker:
                 continue
             trial = optuna.Trial(self.study, job.trial_id) if self.study is not None else None
             begun = time.monotonic()
-            with studies.heartbeat(self.study, job.trial_id, self.settings.heartbeat) if self.study else _nothing():
+            with (
+                studies.heartbeat(self.study, job.trial_id, self.settings.heartbeat)
+                if self.study
+                else contextlib.nullcontext()
+            ):
                 try:
                     outcome = run_trial(
                         trial, job, config=self.config, ctx=self.ctx, splits=splits, tc=tc, baseline=baseline,
@@ -302,11 +302,6 @@ class _Worker:
         with LogFile(Path(self.config.out) / LOG_NAME) as logfile:
             logfile.line(line)
         return line
-
-
-@contextlib.contextmanager
-def _nothing() -> Any:
-    yield
 
 
 def ranked_settings(study: optuna.Study) -> list[tuple[str, dict[str, Any]]]:

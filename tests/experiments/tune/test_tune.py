@@ -82,7 +82,6 @@ def test_a_worker_with_other_settings_is_refused_naming_what_differs(
 def test_the_best_settings_and_the_baseline_are_confirmed_on_new_seeds_and_judged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("balanced_l1.experiments.report.verdict")  # lands with branch verdict (issue 28)
     out = tmp_path / "out"
     space = ["--space", "weighted_smooth_l1(loss_weight=0.5..2:log)"]
     assert _tune(out, *space, "--trials", "2", "--confirm", "1", "--confirm-seeds", "1,2", "--pruner", "none") == 0

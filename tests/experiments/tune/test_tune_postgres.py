@@ -49,13 +49,18 @@ def _finished_here(out: Path) -> list[int]:
     return [int(n) for n in re.findall(r" trial (\d+) \[", (out / "log.txt").read_text())]
 
 
-def test_two_workers_run_every_grid_point_exactly_once(tmp_path: Path, database: str) -> None:
+def test_two_workers_run_every_grid_point_exactly_once_and_write_no_password(tmp_path: Path, database: str) -> None:
+    url = database.replace("postgres:@", "postgres:s3cret-pw@", 1)  # the server trusts local users: any password works
     flags = ("--study", "grid", "--sampler", "grid", "--arms", "smooth_l1,giou,l1", "--seeds", "0,1", "--iters", "2",
              "--pruner", "none")  # fmt: skip
-    workers = [subprocess.Popen(_command(tmp_path / f"w{i}", database, *flags), env=ENV, stderr=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, text=True) for i in range(2)]  # fmt: skip
-    for worker in workers:
-        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-3000:] if worker.stderr else ""
+    workers = [subprocess.Popen(_command(tmp_path / f"w{i}", url, *flags), env=ENV, stderr=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
+    printed = [worker.communicate(timeout=300) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], printed[0][1][-3000:] + printed[1][1][-3000:]
+    assert not any("s3cret-pw" in text for pair in printed for text in pair)
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and not any(b"s3cret-pw" in data for data in written)
+    assert "postgres:***@" in (tmp_path / "w0" / "tune.json").read_text()
     numbers = _finished_here(tmp_path / "w0") + _finished_here(tmp_path / "w1")
     assert sorted(numbers) == list(range(6))
     trials = json.loads((tmp_path / "w0" / "tune.json").read_text())["trials"]

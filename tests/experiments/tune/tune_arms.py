@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from balanced_l1.experiments.arms import Arm, arm_names, register_arm
+from balanced_l1.experiments.arms import Arm, arm_names, get_arm, register_arm
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,7 @@ class _Parameter:
 
 
 def _weighted(model: nn.Module, *, loss_weight: float) -> None:
-    from balanced_l1.detection.losses import use_box_loss
-
-    use_box_loss(model, "smooth_l1", rpn=False, roi_heads=True, beta=1.0, loss_weight=loss_weight)
+    get_arm("smooth_l1_beta1").apply(model, {"loss_weight": loss_weight})
 
 
 def _blind(model: nn.Module) -> None:

@@ -4,6 +4,8 @@ the tune's own, parsed into :class:`~balanced_l1.experiments.tune.settings.TuneS
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 
 from balanced_l1.cli import _add_setting, _check_device, _int_list, _integer, _number
@@ -110,6 +112,10 @@ def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ConfigError as err:
         parser.error(str(err))
     _check_device(config.device, parser)
+    needed = ("optuna", "sqlalchemy", *(("optuna_integration",) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ()))
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        parser.error(f"tune needs {' and '.join(missing)}: pip install 'balanced-l1[tune]'")
     import torch
 
     from balanced_l1.experiments.tune.study import StorageError

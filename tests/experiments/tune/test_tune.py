@@ -156,6 +156,19 @@ def test_a_bad_input_exits_2_with_its_message_and_writes_nothing(
     assert not out.exists()
 
 
+def test_tune_without_optuna_installed_exits_2_naming_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        _tune(tmp_path / "out", *SPACE, "--trials", "1")
+    assert exit_info.value.code == 2 and "tune needs optuna: pip install 'balanced-l1[tune]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unreachable_database_exits_1_with_the_url_masked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

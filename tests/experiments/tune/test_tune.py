@@ -99,6 +99,17 @@ def test_the_best_settings_and_the_baseline_are_confirmed_on_new_seeds_and_judge
     assert verdict[0]["word"] in capsys.readouterr().out
 
 
+def test_a_confirmation_without_a_setting_to_confirm_is_failed_with_the_reason(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _tune(out, "--space", "blind", "--trials", "1", "--confirm", "1", "--confirm-seeds", "1") == 0
+    trials = _trials(out)
+    assert [(t["role"], t["state"]) for t in trials] == [
+        ("baseline", "complete"), ("search", "pruned"), ("confirm", "complete"), ("confirm", "fail")
+    ]  # fmt: skip
+    assert "only 0 setting(s) finished the search" in trials[3]["reason"]
+    assert json.loads((out / "tune.json").read_text())["verdict"] == []
+
+
 def test_a_diverging_trial_is_recorded_as_failed_with_the_reason_and_the_study_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "out"
     space = ["--space", "nan_boxes,weighted_smooth_l1(loss_weight=0.5..2:log)"]

@@ -29,6 +29,7 @@ __all__ = [
     "StorageError",
     "StudyPlan",
     "claim_trial",
+    "fail_claimed",
     "fail_stale_trials",
     "masked_url",
     "open_storage",
@@ -262,6 +263,12 @@ def claim_trial(study: optuna.Study, roles: tuple[str, ...]) -> FrozenTrial | No
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def fail_claimed(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Record a claimed trial that cannot run as failed, with ``reason`` (user attribute ``reason``)."""
+    study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+    study.tell(trial.number, state=TrialState.FAIL)
 
 
 def fix_params(study: optuna.Study, trial: FrozenTrial, params: Mapping[str, Any]) -> None:

@@ -264,8 +264,7 @@ class _Worker:
             ranked = ranked_settings(self.study)
             if rank > len(ranked):
                 reason = f"only {len(ranked)} setting(s) finished the search; nothing to confirm as number {rank}"
-                self.study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-                self.study.tell(trial.number, state=TrialState.FAIL)
+                studies.fail_claimed(self.study, trial, reason)
                 return "wait"
             studies.fix_params(self.study, trial, ranked[rank - 1][1])
         return self._job(trial)

@@ -139,7 +139,8 @@ def _reason(err: BaseException, url: str) -> str:
 def _retry_callback() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY)
+        # a retry on the same machine resumes from the checkpoint, after the validations already reported
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY, inherit_intermediate_values=True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from balanced_l1.cli import _add_setting, _check_device, _int_list, _integer, _n
 
 def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add the ``tune`` subcommand to ``subparsers``."""
-    from balanced_l1.experiments.config import FIELDS, recipe_names
+    from balanced_l1.experiments.config import FIELDS
+    from balanced_l1.experiments.config.toml_files import recipe_names
     from balanced_l1.experiments.tune.settings import PRUNERS, SAMPLERS, TuneSettings
 
     defaults = TuneSettings()
@@ -90,9 +91,11 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
 def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``balanced-l1 tune``; return the exit status (2: bad arguments, 1: a runtime failure)."""
     from balanced_l1.detection.models import BackboneWeightsError
-    from balanced_l1.experiments.config import FIELDS, ConfigError, load_config_file, load_recipe, resolve
+    from balanced_l1.experiments.config import FIELDS, resolve
+    from balanced_l1.experiments.config.checks import ConfigError
+    from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe
     from balanced_l1.experiments.data.coco_data import DataError
-    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.output_folder.errors import OutputFolderError
     from balanced_l1.experiments.tune.settings import TuneSettings
 
     flags = {name: value for name, value in vars(args).items() if name in FIELDS}
@@ -127,7 +130,7 @@ def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ConfigError as err:
         print(f"balanced-l1 tune: error: {err}", file=sys.stderr)
         return 2
-    except (StorageError, DataError, CheckpointMismatchError, BackboneWeightsError, OSError) as err:
+    except (StorageError, DataError, OutputFolderError, BackboneWeightsError, OSError) as err:
         print(f"balanced-l1 tune: error: {err}", file=sys.stderr)
         return 1
     return 0

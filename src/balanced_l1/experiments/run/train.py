@@ -27,6 +27,7 @@ from tqdm import tqdm
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.experiments.data.loader import DataOrder, training_loader, unpack
 from balanced_l1.experiments.data.split import DetectionSplit
+from balanced_l1.experiments.metric_names import METRICS
 from balanced_l1.experiments.run.checkpoint import load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
 from balanced_l1.experiments.run.distributed import DistContext, barrier, gather_objects, mean_over_ranks
 from balanced_l1.experiments.run.schedule import lr_factor
@@ -377,8 +378,6 @@ def _validate(
     Returns:
         The AP on rank 0, ``None`` on the other ranks.
     """
-    from balanced_l1.experiments.run.evaluate import METRICS
-
     metrics = validate()
     if metrics is None:  # not rank 0
         return None

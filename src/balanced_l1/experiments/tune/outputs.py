@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from balanced_l1._files import write_json_atomically
 from balanced_l1.experiments.config import CompareConfig
+from balanced_l1.experiments.output_folder.layout import TUNE_HISTORY_FIGURE, TUNE_IMPORTANCE_FIGURE, TUNE_NAME
 from balanced_l1.experiments.tune.settings import TuneSettings
 from balanced_l1.experiments.tune.study import BASELINE, CONFIRM, GRID, SEARCH, masked_url, trials_of
 
@@ -82,9 +83,9 @@ def write_outputs(
         "trials": [trial_record(t) for t in trials],
         "verdict": [v.as_dict() for v in verdicts],
     }
-    path = write_json_atomically(results, out / "tune.json")
-    figures = [_history_figure(trials, baseline, out / "tune_history.png")]
-    importance = _importance_figure(trials, out / "tune_importance.png")
+    path = write_json_atomically(results, out / TUNE_NAME)
+    figures = [_history_figure(trials, baseline, out / TUNE_HISTORY_FIGURE)]
+    importance = _importance_figure(trials, out / TUNE_IMPORTANCE_FIGURE)
     if isinstance(importance, str):
         log(f"tune_importance.png not drawn: {importance}")
     else:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, parse_arm
 from balanced_l1.experiments.arms import BASELINE_ARM
-from balanced_l1.experiments.config import MAX_SEED, CompareConfig, ConfigError
+from balanced_l1.experiments.config import MAX_SEED, CompareConfig
+from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.output_folder.layout import STUDY_DATABASE
 from balanced_l1.experiments.tune.space import SearchSpace, default_space, parse_space
 
 __all__ = ["PRUNERS", "SAMPLERS", "TuneSettings"]
@@ -22,7 +24,6 @@ MAX_HEARTBEAT = 3600
 MAX_STUDY_NAME = 128
 MAX_VALIDATION_IMAGES = 1_000_000
 DEFAULT_STUDY = "balanced-l1-tune"
-STUDY_FILE = "study.db"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class TuneSettings:
         """The database URL: ``--storage``, or SQLite in ``OUT/study.db``."""
         if self.storage is not None:
             return self.storage
-        return f"sqlite:///{Path(config.out).resolve() / STUDY_FILE}"
+        return f"sqlite:///{Path(config.out).resolve() / STUDY_DATABASE}"
 
     def search_space(self) -> SearchSpace:
         """The space ``--space`` names, or the default one."""

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from balanced_l1.experiments.config import ConfigError
+from balanced_l1.experiments.config.checks import ConfigError
 
 __all__ = [
     "StorageError",

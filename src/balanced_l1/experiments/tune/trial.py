@@ -21,10 +21,12 @@ from optuna.trial import TrialState
 from balanced_l1.experiments.arm_specs import ArmSpec, parse_arm
 from balanced_l1.experiments.config import CompareConfig
 from balanced_l1.experiments.data.split import DetectionSplit
+from balanced_l1.experiments.output_folder.errors import RunMismatchError
+from balanced_l1.experiments.output_folder.files import read_record
+from balanced_l1.experiments.output_folder.layout import RunFiles
 from balanced_l1.experiments.report.balance import run_summary
-from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 from balanced_l1.experiments.run.distributed import DistContext
-from balanced_l1.experiments.run.runner import read_record, run_fingerprint, run_one, run_paths
+from balanced_l1.experiments.run.runner import run_fingerprint, run_one
 from balanced_l1.experiments.run.train import TrainConfig, TrainingDivergedError, TrainingStoppedError
 from balanced_l1.experiments.tune.space import SearchSpace
 from balanced_l1.experiments.tune.study import BASELINE, CONFIRM
@@ -99,11 +101,11 @@ def _spec(trial: Any, job: TrialJob, baseline: ArmSpec, space: SearchSpace | Non
 
 
 def _check_finished_run(config: CompareConfig, splits: dict[str, DetectionSplit], arm: ArmSpec, seed: int) -> None:
-    record_path = run_paths(config, arm, seed)[0]
+    record_path = RunFiles.of(config.out, arm, seed).record
     if record_path.exists():
         fingerprint = run_fingerprint(config, splits, arm, seed)
         if read_record(record_path)["fingerprint"] != fingerprint:
-            raise CheckpointMismatchError(
+            raise RunMismatchError(
                 f"{record_path}: finished by a run with other settings or data; choose another --out"
             )
 
@@ -131,7 +133,7 @@ def run_trial(
         How the trial ended (meaningful on rank 0).
 
     Raises:
-        CheckpointMismatchError, ImageReadError: as ``compare`` raises them (the trial is failed first).
+        RunMismatchError, ImageReadError: as ``compare`` raises them (the trial is failed first).
     """
     shared: Any = trial
     if ctx.distributed:

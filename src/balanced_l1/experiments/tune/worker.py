@@ -19,17 +19,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.arms import get_arm
-from balanced_l1.experiments.config import CompareConfig, ConfigError, to_toml
-from balanced_l1.experiments.output_folder import exclusive_out
+from balanced_l1.experiments.config import CompareConfig
+from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.config.toml_files import to_toml
+from balanced_l1.experiments.output_folder.files import write_config
+from balanced_l1.experiments.output_folder.layout import LOG_NAME
+from balanced_l1.experiments.output_folder.lock import exclusive_out
 from balanced_l1.experiments.run.distributed import (
     DistContext,
     gather_objects,
     setup_distributed,
     teardown_distributed,
 )
-from balanced_l1.experiments.run.runlog import LOG_NAME, LogFile
+from balanced_l1.experiments.run.runlog import LogFile
 from balanced_l1.experiments.run.runner import build_arm_model, load_data, run_fingerprint, train_config
-from balanced_l1.experiments.run.trained import CONFIG_NAME
 from balanced_l1.experiments.tune import study as studies
 from balanced_l1.experiments.tune.settings import TuneSettings
 from balanced_l1.experiments.tune.study import BASELINE, CONFIRM, GRID, SEARCH, StudyPlan
@@ -163,7 +166,7 @@ def _open(
         sampler=_sampler(settings),
         pruner=_pruner(settings, first, tc.iters),
     )
-    (Path(config.out) / CONFIG_NAME).write_text(to_toml(config), encoding="utf-8")
+    write_config(to_toml(config), config.out)
     return study
 
 

@@ -94,8 +94,8 @@ def check_storage_url(url: str) -> None:
         parsed.get_dialect().import_dbapi()
     except (ImportError, NoSuchModuleError) as err:
         raise ConfigError(
-            f"storage {shown}: its driver is not installed ({err}); for PostgreSQL, pip install "
-            "'balanced-l1[postgres]' and write postgresql+psycopg2://..."
+            f"storage {shown}: its driver is not installed ({err}); for PostgreSQL, pip install -e "
+            "'.[postgres]' in a clone of the balanced-l1 repository and write postgresql+psycopg2://..."
         ) from None
 
 

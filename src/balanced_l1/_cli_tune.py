@@ -118,7 +118,9 @@ def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     needed = ("optuna", "sqlalchemy", *(("optuna_integration",) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ()))
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
-        parser.error(f"tune needs {' and '.join(missing)}: pip install -e '.[tune]' in a clone of the balanced-l1 repository")
+        parser.error(
+            f"tune needs {' and '.join(missing)}: pip install -e '.[tune]' in a clone of the balanced-l1 repository"
+        )
     import torch
 
     from balanced_l1.experiments.tune.study import StorageError

@@ -176,7 +176,10 @@ def test_tune_without_optuna_installed_exits_2_naming_the_extra(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else find_spec(name, *a))
     with pytest.raises(SystemExit) as exit_info:
         _tune(tmp_path / "out", *SPACE, "--trials", "1")
-    assert exit_info.value.code == 2 and "tune needs optuna: pip install -e '.[tune]' in a clone" in capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2
+        and "tune needs optuna: pip install -e '.[tune]' in a clone" in capsys.readouterr().err
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -161,10 +161,11 @@ def run_one(
     validation_split: DetectionSplit | None = None,
     on_validation: ValidationHook | None = None,
 ) -> dict[str, Any] | None:
-    """Train and evaluate one (arm, seed) run on every rank of ``ctx``; rank 0 writes its files.
+    """Train and evaluate one run, write its files on rank 0 and return its record there (``None`` elsewhere);
+    with ``--resume``, a finished run's record is read instead.
 
     Args:
-        config: the settings (``config.resume``: return a finished run's record, continue from its checkpoint).
+        config: the settings.
         ctx: this process's place in the job.
         splits: the training and held-out splits.
         tc: the training settings.

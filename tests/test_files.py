@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,36 @@ def test_a_regular_file_is_read_whole(tmp_path: Path) -> None:
     assert read_regular_file(tmp_path / "f", 3, "config file", why="w") == b"abc"
     with open_regular_file(tmp_path / "f", 3, "config file", why="w") as handle:
         assert handle.read() == b"abc"
+
+
+_READ_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+from balanced_l1._files import read_regular_file
+with open("/proc/self/status") as status:
+    used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+limit = used + (256 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+print(read_regular_file(sys.argv[1], 4 << 30, "annotation file", why="w").decode())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads its address space from /proc")
+def test_a_small_file_is_read_under_a_memory_limit_far_below_the_bound(tmp_path: Path) -> None:
+    # A bound of 4 GiB must not mean a 4 GiB buffer: the read asks for what the file holds, in bounded chunks.
+    (tmp_path / "small.json").write_text("{}" * 512)
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_UNDER_A_MEMORY_LIMIT, str(tmp_path / "small.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (0, "", "{}" * 512 + "\n")
+
+
+def test_no_single_read_asks_for_more_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "f").write_bytes(b"ab" * (_files.READ_CHUNK_BYTES + 7))
+    monkeypatch.setattr(_files, "READ_CHUNK_BYTES", 1000)
+    assert read_regular_file(tmp_path / "f", 4 << 30, "f", why="w") == b"ab" * (1 << 20) + b"ab" * 7
 
 
 @pytest.mark.usefixtures("alarm")

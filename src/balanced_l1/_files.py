@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 _NAME_MAX = 255  # longest file name on common file systems (ext4, xfs, btrfs, apfs, ntfs)
+READ_CHUNK_BYTES = 1 << 20
+"""The most :func:`read_regular_file` asks for in one read: memory follows the file's size, not its bound."""
 _TEMP_EXTRA = len("..") + 8 + len(".tmp")  # the dots around the name, mkstemp's 8 random characters, the suffix
 
 
@@ -252,22 +254,31 @@ def read_regular_file(
 ) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``, refused by kind or size before it is opened.
 
-    See :func:`open_regular_file` for the checks and the arguments. A file that grows past ``max_bytes`` while it
-    is read is refused too (at most ``max_bytes + 1`` bytes are read).
+    See :func:`open_regular_file` for the checks and the arguments. The file is read in chunks of at most
+    :data:`READ_CHUNK_BYTES`, so memory grows with what the file holds, never with ``max_bytes`` (a 1 KiB file read
+    under a 4 GiB bound asks for 1 KiB, not 4 GiB). A file that grows past ``max_bytes`` while it is read is
+    refused too (at most ``max_bytes + 1`` bytes are read).
 
     Raises:
         UnreadableFileError: naming the file and the reason.
     """
+    chunks: list[bytes] = []
+    size = 0
     with open_regular_file(path, max_bytes, what, why=why, follow_symlinks=follow_symlinks) as handle:
         try:
-            data = handle.read(max_bytes + 1)
+            while size <= max_bytes:
+                chunk = handle.read(min(READ_CHUNK_BYTES, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
         except OSError as err:
             raise UnreadableFileError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
-    if len(data) > max_bytes:
+    if size > max_bytes:
         raise UnreadableFileError(
             f"{path}: the {what} grew past the limit of {format_size(max_bytes)} for a {what} while it was read ({why})"
         )
-    return data
+    return b"".join(chunks)
 
 
 def link_leaving(folder: str | os.PathLike[str], entry: str | os.PathLike[str]) -> Path | None:

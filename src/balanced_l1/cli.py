@@ -304,7 +304,8 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         return 2
     except ImageReadError as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
-        print("the last checkpoint is kept: fix the file and run the same command with --resume", file=sys.stderr)
+        if any((Path(config.out) / "checkpoints").glob("*.pt")):  # an image failed after a checkpoint was written
+            print("the last checkpoint is kept: fix the file and run the same command with --resume", file=sys.stderr)
         return 1
     except (DataError, CheckpointMismatchError, TrainingDivergedError, BackboneWeightsError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)

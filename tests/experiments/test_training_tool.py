@@ -203,6 +203,23 @@ def test_evaluate_refuses_a_run_without_saved_weights(finished: Finished, tmp_pa
     assert "balanced_l1_seed0_model.pt: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64])
+def test_evaluate_refuses_weights_of_another_dtype_naming_the_tensor(
+    finished: Finished, tmp_path: Path, capsys: pytest.CaptureFixture[str], dtype: torch.dtype
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    weights = out / "runs" / "balanced_l1_seed0_model.pt"
+    state = torch.load(weights, weights_only=True)
+    name = next(k for k, v in state.items() if v.dtype == torch.float32)
+    state[name] = state[name].to(dtype)
+    torch.save(state, weights)
+    assert main(["evaluate", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{weights}: does not fit the run's model: the weights {name!r} is a {dtype} tensor" in err
+    assert "Traceback" not in err and not (out / "evaluate" / "results.json").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

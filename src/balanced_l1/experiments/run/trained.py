@@ -32,7 +32,7 @@ from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
 from balanced_l1.experiments.config import CompareConfig, ConfigError, import_arm_modules, load_config_file, resolve
 from balanced_l1.experiments.data.coco_data import DataError
 from balanced_l1.experiments.data.split import DetectionSplit
-from balanced_l1.experiments.run.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointMismatchError
+from balanced_l1.experiments.run.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointMismatchError, state_dict_problem
 from balanced_l1.experiments.run.runner import (
     build_arm_model,
     load_data,
@@ -168,8 +168,12 @@ def _load(
     finally:
         torch.set_rng_state(state)
     weights = model_path(record_path)
+    saved = read_weights(weights, "cpu")
+    problem = state_dict_problem(saved, model, "the weights")
+    if problem is not None:
+        raise CheckpointMismatchError(f"{weights}: does not fit the run's model: {problem}")
     try:
-        model.load_state_dict(read_weights(weights, "cpu"))
+        model.load_state_dict(saved)
     except RuntimeError as err:
         first = " ".join(str(err).split())[:300]
         raise CheckpointMismatchError(f"{weights}: does not fit the run's model ({first})") from None

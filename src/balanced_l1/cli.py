@@ -278,6 +278,7 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     )
     from balanced_l1.experiments.data.coco_data import DataError, ImageReadError
     from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.run.parallel import RunFailedError
     from balanced_l1.experiments.run.train import TrainingDivergedError
 
     flags = {name: value for name, value in vars(args).items() if name in FIELDS}
@@ -307,7 +308,7 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         if any((Path(config.out) / "checkpoints").glob("*.pt")):  # an image failed after a checkpoint was written
             print("the last checkpoint is kept: fix the file and run the same command with --resume", file=sys.stderr)
         return 1
-    except (DataError, CheckpointMismatchError, TrainingDivergedError, BackboneWeightsError) as err:
+    except (DataError, CheckpointMismatchError, TrainingDivergedError, BackboneWeightsError, RunFailedError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -17,6 +17,7 @@ from balanced_l1 import _files
 from balanced_l1._files import (
     UnreadableFileError,
     link_leaving,
+    load_error_reason,
     open_regular_file,
     read_regular_file,
     remove_stale_temp_files,
@@ -250,3 +251,18 @@ def test_links_leaving_a_folder_are_told_apart_from_links_inside_it(tmp_path: Pa
     assert link_leaving(root, root / "inside" / "back_out") == (outside / "f.json").resolve()
     (tmp_path / "root_link").symlink_to(root)  # the folder itself may be a link
     assert link_leaving(tmp_path / "root_link", tmp_path / "root_link" / "inside") is None
+
+
+def test_torchs_advice_to_load_without_weights_only_is_never_repeated() -> None:
+    import pickle
+
+    refusal = pickle.UnpicklingError(
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, "
+        "but it can result in arbitrary code execution.\n\n\nTrying to load unsupported GLOBAL posix.system whose "
+        "module posix is blocked.\n\nCheck the documentation of torch.load to learn more about types accepted"
+    )
+    assert load_error_reason(refusal) == (
+        "UnpicklingError: Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+    )
+    assert load_error_reason(IndexError("list index out of range")) == "IndexError: list index out of range"
+    assert load_error_reason(RuntimeError("use weights_only=False")) == "RuntimeError: not plain data"

@@ -281,6 +281,26 @@ def read_regular_file(
     return b"".join(chunks)
 
 
+def load_error_reason(err: BaseException) -> str:
+    """``torch.load``'s error as one informative line, without torch's advice to load with ``weights_only=False``.
+
+    Torch wraps a refusal of ``weights_only=True`` in lines that suggest loading the file with ``weights_only=False``
+    ("will likely succeed"), which would run whatever code the file holds. For a file that was not made by this
+    program that advice must never be repeated, so every line that names ``weights_only`` or points to torch's
+    documentation is dropped; the line naming what was refused (``GLOBAL posix.system``) is kept.
+
+    Args:
+        err: what ``torch.load`` raised.
+
+    Returns:
+        ``"<type>: <reason>"``, e.g. ``"UnpicklingError: Trying to load unsupported GLOBAL posix.system ..."``.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    kept = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    refused = [line for line in kept if "GLOBAL" in line or line.startswith("Unsupported")]
+    return f"{type(err).__name__}: {(refused or kept or ['not plain data'])[0]}"
+
+
 def link_leaving(folder: str | os.PathLike[str], entry: str | os.PathLike[str]) -> Path | None:
     """Where ``entry`` leads if a symbolic link on its way from ``folder`` leads out of ``folder``, else ``None``.
 

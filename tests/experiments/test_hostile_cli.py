@@ -8,7 +8,9 @@ No case trains: each is refused before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -208,6 +210,40 @@ def test_an_arm_that_does_not_fit_the_model_exits_2_before_out_is_touched(
     assert code == 2 and "Traceback" not in err
     assert "arm 'unfit_arm_for_test' cannot be used with model 'small': this model has no head" in err
     assert not out.exists()
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch pwned_by_backbone_weights",))
+
+
+@pytest.mark.parametrize("kind", ["pickle payload", "text file", "other state_dict", "DEFAULT offline"])
+def test_backbone_weights_that_cannot_be_had_exit_1_before_out_is_touched_without_torchs_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    import torch
+    import torchvision.models._api
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "backbone.pth"
+    if kind == "pickle payload":
+        torch.save({"conv.weight": _Payload()}, weights)
+    elif kind == "text file":
+        weights.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif kind == "other state_dict":
+        torch.save({"fc.weight": torch.zeros(2, 2), "x": torch.zeros(1)}, weights)
+    source = "DEFAULT" if kind == "DEFAULT offline" else str(weights)
+    out = tmp_path / "out"
+    argv = ["compare", *TINY_DATA, "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights-backbone", source]
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("backbone" in err or str(weights) in err), err
+    assert "weights_only=False" not in err and "weights_only` set to `False`" not in err and "likely succeed" not in err
+    assert not out.exists() and not (tmp_path / "pwned_by_backbone_weights").exists()
 
 
 def test_bad_data_exits_1_before_out_is_touched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -44,6 +44,7 @@ from balanced_l1._files import (
 )
 from balanced_l1.detection.balance_prediction import roi_box_loss
 from balanced_l1.detection.box_loss import BoxLossConfig
+from balanced_l1.detection.models import build_detector
 from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.config import CompareConfig, ConfigError, as_dict, to_toml
 from balanced_l1.experiments.data.coco_data import (
@@ -121,6 +122,22 @@ def _check_arms_fit_model(config: CompareConfig, num_classes: int) -> dict[str, 
         torch.set_rng_state(state)
 
 
+def _check_backbone_weights(config: CompareConfig, num_classes: int) -> None:
+    """Build the detector once with the backbone weights the runs will start from, so that a file that is not a
+    plain-data state_dict of the backbone, or DEFAULT weights that cannot be downloaded, are refused
+    (:class:`~balanced_l1.detection.models.BackboneWeightsError`) before ``config.out`` is touched."""
+    if config.weights_backbone == "none":
+        return
+    min_size, max_size = config.resize()
+    state = torch.get_rng_state()
+    try:
+        build_detector(
+            config.model, num_classes, weights_backbone=config.weights_backbone, min_size=min_size, max_size=max_size
+        )
+    finally:
+        torch.set_rng_state(state)
+
+
 def _write_text(text: str, path: str) -> None:
     Path(path).write_text(text, encoding="utf-8")
 
@@ -141,7 +158,8 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             ``ValueError``).
         balanced_l1.experiments.run.checkpoint.CheckpointMismatchError: when ``--resume`` finds another run's checkpoint
             or run record, or one that cannot be read.
-        balanced_l1.detection.models.BackboneWeightsError: when backbone weights cannot be had.
+        balanced_l1.detection.models.BackboneWeightsError: when backbone weights cannot be had (before ``config.out``
+            is touched).
         balanced_l1.experiments.run.train.TrainingDivergedError: when a run's loss stops being finite.
     """
     started = time.perf_counter()
@@ -152,6 +170,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
         # arm configured on the model once, the schedule's length in iterations. Every rank checks, as it validates.
         splits = load_data(config)
         box_losses = _check_arms_fit_model(config, len(splits["train"].category_ids))
+        _check_backbone_weights(config, len(splits["train"].category_ids))
         train_config(config, len(splits["train"]))
         with contextlib.ExitStack() as stack:
             error = None

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from balanced_l1._files import UnreadableFileError, open_regular_file, write_atomically
+from balanced_l1._files import UnreadableFileError, load_error_reason, open_regular_file, write_atomically
 
 CHECKPOINT_VERSION = 3
 
@@ -88,15 +88,6 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically (owner-only permissions: checkpoints may hold private weights)."""
     write_atomically(path, partial(torch.save, {"version": CHECKPOINT_VERSION, **state}), owner_only=True)
-
-
-def _unpickling_reason(message: str) -> str:
-    """The one informative line of torch's weights-only refusal (it wraps it in several lines of advice)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in lines:
-        if "GLOBAL" in line or line.startswith("Unsupported"):
-            return line
-    return lines[-1] if lines else "unreadable pickle"
 
 
 # --- what a well-formed checkpoint and run record hold -------------------------------------------------------------
@@ -370,7 +361,7 @@ def load_checkpoint(
         with handle:
             ckpt = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = _unpickling_reason(str(err))
+        reason = load_error_reason(err)
         if "GLOBAL" in reason or "global" in reason:
             raise CheckpointMismatchError(
                 f"{path}: refused: it is not a plain-data checkpoint ({reason}); nothing in it was run. {_NEXT_STEP}"
@@ -380,7 +371,7 @@ def load_checkpoint(
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointMismatchError(
-            f"{path}: cannot read the checkpoint ({type(err).__name__}: {err}); it is truncated or not a checkpoint. "
+            f"{path}: cannot read the checkpoint ({load_error_reason(err)}); it is truncated or not a checkpoint. "
             f"{_NEXT_STEP}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:

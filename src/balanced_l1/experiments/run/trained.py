@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from balanced_l1._files import UnreadableFileError, open_regular_file, write_json_atomically
+from balanced_l1._files import UnreadableFileError, load_error_reason, open_regular_file, write_json_atomically
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
 from balanced_l1.experiments.config import CompareConfig, ConfigError, import_arm_modules, load_config_file, resolve
 from balanced_l1.experiments.data.coco_data import DataError
@@ -139,7 +139,7 @@ def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, to
     except UnreadableFileError as err:
         raise CheckpointMismatchError(str(err)) from None
     except Exception as err:  # torch raises many types for a damaged or crafted file; each becomes one error
-        raise CheckpointMismatchError(f"{path}: not a readable state_dict ({type(err).__name__}: {err})") from None
+        raise CheckpointMismatchError(f"{path}: not a readable state_dict ({load_error_reason(err)})") from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -85,6 +85,11 @@ def _file_cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
     ]
 
 
+_GRID_OF_1000 = "balanced_l1(alpha=" + "|".join(f"{0.1 + 0.0001 * i:.4f}" for i in range(1000)) + ")"
+_GRID_OF_600 = "balanced_l1(alpha=" + "|".join(f"{0.1 + 0.0001 * i:.4f}" for i in range(600)) + ")"
+_GAMMA_GRID_OF_600 = "balanced_l1(gamma=" + "|".join(f"{1 + 0.001 * i:.3f}" for i in range(600)) + ")"
+_SEEDS_1000 = ",".join(map(str, range(1000)))
+
 EXAMPLES: list[tuple[list[str], list[str]]] = [
     # the probe's examples
     (["--batch-size", "99999999999999999999999"], ["batch_size must be <= 4096, got 99999999999999999999999"]),
@@ -101,6 +106,17 @@ EXAMPLES: list[tuple[list[str], list[str]]] = [
     (["--train-images", "1000000"], ["train_images 1000000", "over the limit of 4 GiB"]),
     (["--weights-backbone", "DEFAULT"], ["weights_backbone 'DEFAULT': the small model", "fasterrcnn_resnet50_fpn"]),
     (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", "no/such.pth"], ["'no/such.pth': no such file"]),
+    # one bound on the number of runs, arms (grids expanded, over all specs) x seeds
+    (
+        ["--arms", ",".join([_GRID_OF_1000] * 20), "--seeds", _SEEDS_1000],
+        ["more than 1000 runs, the limit", "for the whole comparison"],
+    ),
+    (
+        ["--arms", _GRID_OF_1000, "--seeds", "0,1,2,3,4,5,6,7,8,9,10"],
+        ["more than 90 arms (grids expanded) x 11 seed(s)", "more than 1000 runs"],
+    ),
+    (["--print-config", "--arms", _GRID_OF_1000, "--seeds", "0,1,2,3,4,5,6,7,8,9,10"], ["more than 1000 runs"]),
+    (["--arms", f"{_GRID_OF_600},{_GAMMA_GRID_OF_600}", "--seeds", "0"], ["more than 1000 arms", "1000 runs"]),
     # --print-config validates as a run does
     (["--print-config", "--lr", "nan", "--iters", "-5", "--arms", "foo,foo"], ["iters must be >= 1, got -5"]),
     (["--print-config", "--lr", "nan"], ["lr must be finite and > 0, got nan"]),

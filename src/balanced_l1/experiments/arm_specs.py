@@ -27,7 +27,7 @@ from torch import nn
 from balanced_l1.experiments.arms import Arm, get_arm
 from balanced_l1.params import check_choice
 
-__all__ = ["ArmSpec", "ArmSpecError", "expand_arms", "parse_arm", "split_arm_list"]
+__all__ = ["ArmSpec", "ArmSpecError", "TooManyArmsError", "expand_arms", "parse_arm", "split_arm_list"]
 
 _SPEC = re.compile(r"\s*([^\s(),=|]+)\s*(?:\((.*)\))?\s*", re.DOTALL)
 _MAX_GRID = 1000
@@ -35,6 +35,10 @@ _MAX_GRID = 1000
 
 class ArmSpecError(ValueError):
     """An arm spec cannot be read; the message names the spec, the arm and the key."""
+
+
+class TooManyArmsError(ArmSpecError):
+    """Arm specs that name more arms in all than a bound allows."""
 
 
 def split_arm_list(text: str) -> tuple[str, ...]:
@@ -183,16 +187,24 @@ def parse_arm(spec: str) -> list[ArmSpec]:
     return specs
 
 
-def expand_arms(specs: Iterable[str]) -> list[ArmSpec]:
+def expand_arms(specs: Iterable[str], *, max_arms: int | None = None) -> list[ArmSpec]:
     """Every arm a list of specs names, grids expanded, in order.
+
+    Args:
+        specs: the specs.
+        max_arms: the most arms accepted in all; the expansion stops as soon as it is passed.
 
     Raises:
         ArmSpecError: for a bad spec (see :func:`parse_arm`), or an arm named twice (by canonical name).
+        TooManyArmsError: (an ``ArmSpecError``) when the specs name more than ``max_arms`` arms.
     """
     arms: list[ArmSpec] = []
     seen: dict[str, str] = {}
     for spec in specs:
-        for arm in parse_arm(spec):
+        expanded = parse_arm(spec)
+        if max_arms is not None and len(arms) + len(expanded) > max_arms:
+            raise TooManyArmsError(f"the arms come to more than {max_arms} once grids are expanded")
+        for arm in expanded:
             if arm.name in seen:
                 raise ArmSpecError(
                     f"arm {spec!r} names {arm.name!r}, which {seen[arm.name]!r} already names; each arm once"

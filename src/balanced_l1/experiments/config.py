@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from balanced_l1.detection.models import DETECTORS
-from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
+from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, TooManyArmsError, expand_arms
 from balanced_l1.params import check_choice
 
 if sys.version_info >= (3, 11):
@@ -47,6 +47,11 @@ _MAX_IMAGE_SIDE = 4096
 # processes or threads, or failing deep inside a library with a traceback. The reason is part of the message.
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1000
+MAX_RUNS = 1000
+_RUNS_WHY = (
+    "every run trains a detector from scratch and keeps its own checkpoint, record and weights; the limit is that of "
+    "one grid and of the seeds, for the whole comparison"
+)
 MAX_ITERS = 10**8
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 4096
@@ -266,11 +271,18 @@ class CompareConfig:
         """The arms to train, grids expanded, after importing :attr:`arm_modules`.
 
         Raises:
-            ConfigError: for a module that cannot be imported, a bad arm spec or an arm named twice.
+            ConfigError: for a module that cannot be imported, a bad arm spec, an arm named twice, or more arms than
+                make :data:`MAX_RUNS` runs with the seeds.
         """
         import_arm_modules(self.arm_modules)
+        seeds = max(len(self.seeds), 1)
         try:
-            return expand_arms(self.arms)
+            return expand_arms(self.arms, max_arms=MAX_RUNS // seeds)
+        except TooManyArmsError:
+            raise ConfigError(
+                f"arms x seeds: more than {MAX_RUNS // seeds} arms (grids expanded) x {len(self.seeds)} seed(s) "
+                f"come to more than {MAX_RUNS} runs, the limit ({_RUNS_WHY})"
+            ) from None
         except ArmSpecError as err:
             raise ConfigError(f"arms: {err}") from None
 

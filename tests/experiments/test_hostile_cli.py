@@ -74,10 +74,16 @@ def _file_cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
     big = tmp / "big.pth"
     with big.open("wb") as handle:  # sparse: takes no disk space
         handle.truncate(MAX_WEIGHTS_FILE_BYTES + 1)
+    huge = tmp / "huge.toml"
+    huge.write_text("iters = " + "9" * 5000 + "\n")
+    huge_seeds = tmp / "huge_seeds.toml"
+    huge_seeds.write_text("seeds = [0, " + "1_" * 4400 + "1]\n")
     long_name = str(tmp / ("x" * 300))
     long_path = str(tmp / "/".join(["d" * 200] * 25))
     return [
         (["--config", str(nul)], ["out 'a\\x00b'", "cannot hold a NUL character"]),  # its own --out
+        (["--config", str(huge)], [f"{huge}: iters holds an integer of 5000 digits, more than Python converts (4300)"]),
+        (["--config", str(huge_seeds)], [f"{huge_seeds}: seeds holds an integer of 4401 digits"]),
         (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", str(tmp)], ["weights_backbone", "is a folder"]),
         (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", str(big)], ["2147483649 bytes), over the limit"]),
         (["--out", long_name], ["out", "is 300 bytes, longer than this file system allows (255 bytes"]),

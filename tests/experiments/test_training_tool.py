@@ -246,6 +246,8 @@ def test_evaluate_needs_a_compare_folder_with_config_and_runs(
     assert "no finished run (no runs/*.json)" in _exit_2(["evaluate", str(tmp_path)], capsys)
     (tmp_path / "config.toml").write_text("iters = 'two'\n")
     assert "iters must be" in _exit_2(["evaluate", str(tmp_path)], capsys)
+    (tmp_path / "config.toml").write_text("iters = " + "9" * 5000 + "\n")
+    assert "config.toml: iters holds an integer of 5000 digits" in _exit_2(["evaluate", str(tmp_path)], capsys)
 
 
 # --- validation during training ------------------------------------------------------------------------------------

@@ -348,6 +348,14 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
     )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     evaluate.add_argument("--threads", type=_integer, default=1, help="torch CPU threads (default 1)")
+    evaluate.add_argument(
+        "--arm-modules",
+        type=_name_list,
+        default=(),
+        metavar="MODULES",
+        help="comma-separated Python modules that register the runs' own arms; OUT/config.toml may name them, but "
+        "nothing an output folder names is imported: give each module you trust here",
+    )
     evaluate.set_defaults(handler=_run_evaluate, command_parser=evaluate)
 
 
@@ -371,7 +379,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from balanced_l1.experiments.run.trained import RunsNotFoundError, evaluate_out, saved_config
 
     try:
-        saved_config(out)
+        saved_config(out, args.arm_modules)
     except ConfigError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)
@@ -385,6 +393,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 dest=args.dest,
                 device=args.device,
                 progress=is_terminal(),
+                arm_modules=args.arm_modules,
             )
     except (ConfigError, RunsNotFoundError) as err:
         parser.error(str(err))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,30 @@ class RunsNotFoundError(ValueError):
     """``OUT`` has no finished run to load or evaluate (a bad argument: exit status 2)."""
 
 
-def saved_config(out: str | os.PathLike[str]) -> CompareConfig:
+class ArmModulesNotGivenError(ConfigError):
+    """``OUT/config.toml`` names arm modules that the caller did not give (a bad argument: exit status 2).
+
+    An output folder is data: it is shared, downloaded and unpacked from archives, so nothing it names is ever
+    imported. The modules that register a run's own arms come from the caller (``--arm-modules``).
+    """
+
+
+def saved_config(out: str | os.PathLike[str], arm_modules: tuple[str, ...] = ()) -> CompareConfig:
     """The settings ``balanced-l1 compare`` wrote to ``OUT/config.toml`` (read as TOML, never executed).
 
+    Nothing that the file names is imported: the modules that register the runs' own arms are the caller's
+    ``arm_modules``, which must include every module the file names; they are imported here.
+
+    Args:
+        out: the output folder.
+        arm_modules: the modules the caller trusts to register arms (``--arm-modules``).
+
+    Returns:
+        The settings, with ``arm_modules`` set to the caller's.
+
     Raises:
-        ConfigError: if the file is missing or is not a settings file.
+        ConfigError: if the file is missing or is not a settings file, or a given module fails to import.
+        ArmModulesNotGivenError: if the file names arm modules that ``arm_modules`` does not include.
     """
     path = Path(out) / CONFIG_NAME
     if not path.exists():
@@ -61,8 +81,15 @@ def saved_config(out: str | os.PathLike[str]) -> CompareConfig:
             "have none: train them again)"
         )
     config = resolve([load_config_file(path)])
-    import_arm_modules(config.arm_modules)
-    return config
+    missing = [name for name in config.arm_modules if name not in arm_modules]
+    if missing:
+        names = ",".join(missing)
+        raise ArmModulesNotGivenError(
+            f"{path} names arm modules that were not given: {', '.join(map(repr, missing))}; nothing an output "
+            f"folder names is imported. If you trust them, give them: --arm-modules {names}"
+        )
+    import_arm_modules(arm_modules)
+    return replace(config, arm_modules=tuple(arm_modules))
 
 
 def arm_spec(name: str) -> ArmSpec:
@@ -181,20 +208,27 @@ def _load(
 
 
 def load_trained_model(
-    out: str | os.PathLike[str], arm: str, seed: int, *, device: str | torch.device = "cpu"
+    out: str | os.PathLike[str],
+    arm: str,
+    seed: int,
+    *,
+    device: str | torch.device = "cpu",
+    arm_modules: tuple[str, ...] = (),
 ) -> nn.Module:
     """Rebuild a finished run's detector with its arm and load its final weights, ready for inference.
 
     The settings are read from ``OUT/config.toml`` and checked against the run record's fingerprint (the data are
     not hashed again here; ``balanced-l1 evaluate`` does that). Only TOML and JSON are parsed and the weights are
-    read with ``torch.load(weights_only=True)``: nothing in ``OUT`` is executed (modules named in the settings'
-    ``arm_modules`` are imported, as ``compare`` imports them).
+    read with ``torch.load(weights_only=True)``: nothing in ``OUT`` is executed, and nothing it names is imported
+    (the modules that register arms of your own are given by you, as ``arm_modules``).
 
     Args:
         out: the output folder of ``balanced-l1 compare``.
         arm: the arm's name, e.g. ``"balanced_l1"`` or ``"balanced_l1(alpha=0.3)"``.
         seed: the run's seed.
         device: where the model is put.
+        arm_modules: the modules that register the run's own arms, if ``OUT/config.toml`` names any; each must
+            be given here, since nothing an output folder names is imported.
 
     Returns:
         The torchvision detector in eval mode; its labels are 1-based indices into the run's category ids
@@ -207,7 +241,7 @@ def load_trained_model(
     """
 
     root = Path(out)
-    config = saved_config(root)
+    config = saved_config(root, arm_modules)
     spec = arm_spec(arm)
     path = _record_path(root, spec, seed)
     if not path.exists():
@@ -258,6 +292,7 @@ def evaluate_out(
     device: str | torch.device = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    arm_modules: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """``balanced-l1 evaluate``: score every finished run of ``out`` again from its saved weights.
 
@@ -276,12 +311,13 @@ def evaluate_out(
         device: where the models run.
         progress: show a progress bar while predicting.
         log: where the tables go.
+        arm_modules: the modules that register the runs' own arms (see :func:`saved_config`).
 
     Returns:
         The content of ``dest/results.json``.
 
     Raises:
-        ConfigError: for a missing or bad ``config.toml``.
+        ConfigError: for a missing or bad ``config.toml``, or one naming arm modules not in ``arm_modules``.
         RunsNotFoundError: when ``OUT`` holds no finished run.
         CheckpointMismatchError: for a run of other settings or data, or one whose record or weights cannot be read.
         DataError: for bad data (a ``ValueError``), or another split whose categories differ.
@@ -293,7 +329,7 @@ def evaluate_out(
 
     root = Path(out)
     target = Path(dest) if dest is not None else root / "evaluate"
-    config = saved_config(root)
+    config = saved_config(root, arm_modules)
     records = finished_runs(root)
     if not records:
         raise RunsNotFoundError(f"{root}: no finished run (no runs/*.json); train with balanced-l1 compare first")

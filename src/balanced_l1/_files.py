@@ -301,6 +301,20 @@ def load_error_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {(refused or kept or ['not plain data'])[0]}"
 
 
+def is_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, symbolic links resolved; neither need exist yet.
+
+    Args:
+        path: the path to place.
+        folder: the folder.
+
+    Returns:
+        ``True`` for ``folder`` itself and every path below it.
+    """
+    target, base = os.path.realpath(path), os.path.realpath(folder)
+    return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
+
+
 def link_leaving(folder: str | os.PathLike[str], entry: str | os.PathLike[str]) -> Path | None:
     """Where ``entry`` leads if a symbolic link on its way from ``folder`` leads out of ``folder``, else ``None``.
 

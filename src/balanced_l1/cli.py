@@ -360,7 +360,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.config import ConfigError
+    from balanced_l1.experiments.config import ConfigError, check_int_setting
     from balanced_l1.experiments.data.coco_data import DataError
     from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 
@@ -369,17 +369,20 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(f"OUT {str(out)!r} is not a folder")
     if (args.val_ann is None) != (args.val_root is None):
         parser.error("give --val-ann and --val-root together (the annotation file and its image folder)")
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        check_int_setting("threads", args.threads)  # compare's bound and its reason
+    except ConfigError as err:
+        parser.error(f"--{err}")
     _check_device(args.device, parser)
     import torch
 
     from balanced_l1.experiments.output_folder import exclusive_out
     from balanced_l1.experiments.run.runlog import is_terminal
-    from balanced_l1.experiments.run.trained import RunsNotFoundError, evaluate_out, saved_config
+    from balanced_l1.experiments.run.trained import RunsNotFoundError, check_destination, evaluate_out, saved_config
 
-    try:
-        saved_config(out, args.arm_modules)
+    try:  # the settings and where to write, before the lock on OUT and any work
+        config = saved_config(out, args.arm_modules)
+        check_destination(out, Path(args.dest) if args.dest is not None else out / "evaluate", config, args.val_root)
     except ConfigError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)

@@ -82,6 +82,14 @@ def _file_cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
     long_path = str(tmp / "/".join(["d" * 200] * 25))
     return [
         (["--config", str(nul)], ["out 'a\\x00b'", "cannot hold a NUL character"]),  # its own --out
+        (
+            ["--data", str(tmp / "d"), "--out", str(tmp / "d" / "o")],
+            [f"out {tmp / 'd' / 'o'} is inside the data folder"],
+        ),
+        (
+            ["--train-ann", "a", "--train-root", str(tmp), "--val-ann", "b", "--val-root", "c"],
+            ["inside the data folder"],
+        ),
         (["--config", str(huge)], [f"{huge}: iters holds an integer of 5000 digits, more than Python converts (4300)"]),
         (["--config", str(huge_seeds)], [f"{huge_seeds}: seeds holds an integer of 4401 digits"]),
         (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", str(tmp)], ["weights_backbone", "is a folder"]),
@@ -140,6 +148,48 @@ EXAMPLES: list[tuple[list[str], list[str]]] = [
     (["--data", "d", "--train-ann", "a.json"], ["give either data (a folder) or the annotation files", "--train-ann"]),
     (["--iters", "5", "--epochs", "5"], ["give iters or epochs, not both"]),
 ]
+
+
+# evaluate: (OUT/config.toml, arguments, what the message says); {OUT} and {TMP} stand for the folders
+EVALUATE_EXAMPLES: list[tuple[str, list[str], list[str]]] = [
+    # compare's bounds, and OUT/config.toml checked as a --config file is
+    ("", ["--threads", "2147483648"], ["--threads must be <= 1024, got 2147483648", "torch starts that many"]),
+    ("", ["--threads", "100000"], ["--threads must be <= 1024, got 100000"]),
+    ("", ["--threads", "0"], ["--threads must be >= 1, got 0"]),
+    ("workers = 65\n", [], ["{OUT}/config.toml: workers must be <= 64, got 65", "separate process"]),
+    ("lr = nan\n", [], ["{OUT}/config.toml: lr must be finite and > 0, got nan"]),
+    ("iters = " + "9" * 5000 + "\n", [], ["{OUT}/config.toml: iters holds an integer of 5000 digits"]),
+    ("arms = ['" + _GRID_OF_1000 + "']\nseeds = [0, 1]\n", [], ["{OUT}/config.toml: arms x seeds", "1000 runs"]),
+    # --out: never over what the comparison keeps, never in a data folder, a folder that can be made
+    ("", ["--out", "{OUT}"], ["--out {OUT}: it would write over what the comparison keeps in {OUT}"]),
+    ("", ["--out", "{OUT}/runs"], ["--out {OUT}/runs: it would write over"]),
+    ("", ["--out", "{OUT}/checkpoints/x"], ["--out {OUT}/checkpoints/x: it would write over"]),
+    ('data = "{TMP}/data"\n', ["--out", "{TMP}/data/scores"], ["--out {TMP}/data/scores is inside the data folder"]),
+    ("", ["--val-ann", "{TMP}/v.json", "--val-root", "{TMP}/img", "--out", "{TMP}/img"], ["inside the data folder"]),
+    ("", ["--out", "{TMP}/file"], ["--out {TMP}/file exists and is not a folder"]),
+    ("", ["--out", "{TMP}/file/sub"], ["--out {TMP}/file/sub lies under the file {TMP}/file"]),
+    ("", ["--out", "{TMP}/" + "x" * 300], ["bytes, longer than this file system allows"]),
+]
+
+
+@pytest.mark.parametrize(("config", "args", "expected"), EVALUATE_EXAMPLES, ids=lambda v: repr(v)[:50])
+def test_every_hostile_evaluate_argument_exits_2_naming_it_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str, args: list[str], expected: list[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.toml").write_text(config.replace("{TMP}", str(tmp_path)))
+    (tmp_path / "file").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    argv = [a.replace("{OUT}", str(out)).replace("{TMP}", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(out), *argv])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2, captured.err
+    assert "Traceback" not in captured.err and "usage: balanced-l1 evaluate" in captured.err
+    for text in expected:
+        assert text.replace("{OUT}", str(out)).replace("{TMP}", str(tmp_path)) in captured.err, captured.err
+    assert captured.out == "" and sorted(tmp_path.rglob("*")) == before  # no lock, no results, nothing
 
 
 def _run(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -36,9 +36,11 @@ def test_a_second_run_into_a_locked_folder_exits_2_naming_it(
 def test_an_out_under_a_file_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "out"
-    assert _quiet(["--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # refused with the other settings, before the data are read
+        _quiet(["--out", str(out)])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert str(out) in err and "cannot create the output folder" in err
+    assert f"out {out} lies under the file {tmp_path / 'file'}; give a folder" in err
 
 
 def test_a_folder_where_a_figure_goes_is_refused_before_training(

@@ -22,12 +22,13 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from balanced_l1._files import is_within
 from balanced_l1.detection.models import DETECTORS
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, TooManyArmsError, expand_arms
 from balanced_l1.params import check_choice
@@ -90,8 +91,17 @@ INT_BOUNDS: dict[str, tuple[int, int, str]] = {
 }
 
 
-def _check_int(name: str, value: int) -> None:
-    """Raise ConfigError unless ``value`` is within :data:`INT_BOUNDS` for ``name``."""
+def check_int_setting(name: str, value: int) -> None:
+    """Raise ConfigError unless ``value`` is within :data:`INT_BOUNDS` for ``name`` (the message names the setting,
+    the value, the bound and its reason); every command that takes such a count checks it here.
+
+    Args:
+        name: a key of :data:`INT_BOUNDS`, such as ``"threads"``.
+        value: the value given.
+
+    Raises:
+        ConfigError: for a value out of its bounds.
+    """
     low, high, why = INT_BOUNDS[name]
     if name in ("image_size", "min_size", "max_size") and not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high} pixels, got {value} ({why})")
@@ -144,6 +154,43 @@ def _check_path_fits(name: str, path: str, *, inside: int, names_below: int) -> 
 
 class ConfigError(ValueError):
     """A comparison setting is out of range; the message names it, its value and what is allowed."""
+
+
+def check_out_folder(
+    name: str, path: str, data_folders: Iterable[str | None] = (), *, inside: int = 0, names_below: int = 1
+) -> None:
+    """Raise ConfigError unless ``path`` can be made an output folder, checked before anything is written.
+
+    The path holds no NUL, is not empty, fits its file system (see :func:`_check_path_fits`), is not a file and does
+    not lie under one, and is not inside a data folder (the data are only ever read: a run's files there would mix
+    with them, and a later run would read them as data).
+
+    Args:
+        name: the setting or flag, for the messages (``"out"``, ``"--out"``).
+        path: the folder.
+        data_folders: the data folders the program reads (``None`` entries are skipped).
+        inside: bytes of the longest relative path written inside the folder, beyond ``names_below`` names.
+        names_below: how many names (folders and a file) are written below it.
+
+    Raises:
+        ConfigError: naming the setting, the path and the reason.
+    """
+    _check_no_nul(name, path)
+    if not path:
+        raise ConfigError(f"{name} must name a folder, got ''")
+    _check_path_fits(name, path, inside=inside, names_below=names_below)
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if os.path.exists(existing) and not os.path.isdir(existing):
+        where = "exists and is not a folder" if existing == os.path.abspath(path) else f"lies under the file {existing}"
+        raise ConfigError(f"{name} {path} {where}; give a folder")
+    for folder in data_folders:
+        if folder is not None and is_within(path, folder):
+            raise ConfigError(
+                f"{name} {path} is inside the data folder {folder}; the data are only read, never written: give a "
+                "folder outside it"
+            )
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -296,26 +343,43 @@ class CompareConfig:
         Raises:
             ConfigError: naming the setting, its value and what is allowed.
         """
-        if not self.arms:
-            raise ConfigError("arms must be a non-empty list, got []")
-        self._validate_sizes()
-        specs = self.arm_specs()
+        specs = self.validate_settings(world_size)
         in_script = [s.name for s in specs if getattr(s.arm.configure, "__module__", None) == "__main__"]
         if in_script and self.jobs > 1 and len(specs) * len(self.seeds) > 1:
             raise ConfigError(
                 f"arms {', '.join(in_script)} are registered in the script being run, which worker processes cannot "
                 "import: register them in a module named in arm_modules (--arm-modules), or use --jobs 1"
             )
+        self._validate_weights()
+        self._validate_paths()
+        self._validate_reporting()
+
+    def validate_settings(self, world_size: int = 1) -> list[ArmSpec]:
+        """Check the settings by themselves, as a run's (``OUT/config.toml``) are checked before they are used again:
+        every bound, the arms, the data keys, the schedule and the model, but not what :meth:`validate` adds for a new
+        run (the backbone file, ``out`` and the machine's packages).
+
+        Args:
+            world_size: number of processes the global batch is split over.
+
+        Returns:
+            The arms, grids expanded.
+
+        Raises:
+            ConfigError: naming the setting, its value and what is allowed.
+        """
+        if not self.arms:
+            raise ConfigError("arms must be a non-empty list, got []")
+        self._validate_sizes()
+        specs = self.arm_specs()
         self._validate_data()
         self._validate_schedule(world_size)
         _choice("model", self.model, MODELS)
         min_size, max_size = self.resize()
         if max_size < min_size:
             raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
-        self._validate_weights()
-        self._validate_paths()
-        self._validate_reporting()
         to_toml(self)  # every setting can be written to OUT/config.toml (and --print-config) and read back
+        return specs
 
     def _validate_reporting(self) -> None:
         """eval_every >= 0, log_every >= 1, and --tensorboard only with the tensorboard package installed."""
@@ -344,7 +408,7 @@ class CompareConfig:
         for name in INT_BOUNDS:
             value = getattr(self, name)
             if value is not None:
-                _check_int(name, value)
+                check_int_setting(name, value)
         if any(step > MAX_EPOCHS for step in self.lr_steps):
             raise ConfigError(
                 f"lr_steps must be <= {MAX_EPOCHS} (epochs), got {max(self.lr_steps)} ({INT_BOUNDS['epochs'][2]})"
@@ -397,16 +461,19 @@ class CompareConfig:
             )
 
     def _validate_paths(self) -> None:
-        """No path holds a NUL; --out names a folder whose name fits the file system."""
-        for name in (*_COCO_KEYS, "data", "out"):
+        """No path holds a NUL; --out names a folder whose name fits the file system, outside the data folders."""
+        for name in (*_COCO_KEYS, "data"):
             value = getattr(self, name)
             if value is not None:
                 _check_no_nul(name, value)
-        if not self.out:
-            raise ConfigError("out must name a folder, got ''")
-        _check_path_fits("out", self.out, inside=len("/tensorboard"), names_below=2)  # tensorboard/<run>/<events>
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise ConfigError(f"out {self.out} exists and is not a folder")
+        check_out_folder(  # tensorboard/<run>/<events>
+            "out", self.out, self.data_folders(), inside=len("/tensorboard"), names_below=2
+        )
+
+    def data_folders(self) -> tuple[str, ...]:
+        """The folders the data are read from: ``data``, or the image roots of the COCO files (none for the
+        synthetic data)."""
+        return tuple(f for f in (self.data, self.train_root, self.val_root) if f is not None)
 
     def _validate_data(self) -> None:
         given = [key for key in _COCO_KEYS if getattr(self, key) is not None]

@@ -25,6 +25,31 @@ _OUTPUT_FOLDERS = ("runs", "checkpoints", "tensorboard", "evaluate")
 LOCK_NAME = ".balanced-l1.lock"
 
 
+def check_outside_owned(out: Path, dest: Path, name: str = "--out") -> None:
+    """Raise ConfigError if writing into ``dest`` could overwrite or mix with what a comparison keeps in ``out``.
+
+    ``dest`` may not be ``out`` itself, one of its output files, nor inside ``runs/``, ``checkpoints/`` or
+    ``tensorboard/`` (a ``results.json`` there would replace the comparison's, or be read as a run); ``out/evaluate``
+    (``evaluate``'s default) and other new folders inside ``out`` are allowed.
+
+    Args:
+        out: the comparison's output folder.
+        dest: where another command writes.
+        name: the flag, for the message.
+
+    Raises:
+        ConfigError: naming both folders.
+    """
+    from balanced_l1._files import is_within
+
+    owned = [out / entry for entry in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS) if entry != "evaluate"]
+    if os.path.realpath(dest) == os.path.realpath(out) or any(is_within(dest, path) for path in owned):
+        raise ConfigError(
+            f"{name} {dest}: it would write over what the comparison keeps in {out} (its results, runs, checkpoints "
+            f"or logs); give a folder outside these, such as {out / 'evaluate'} (the default)"
+        )
+
+
 def _check_out(out: Path) -> None:
     """Raise ConfigError unless ``out`` is (or can be made) a folder whose output paths have the right kind."""
     try:

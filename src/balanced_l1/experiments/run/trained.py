@@ -30,9 +30,17 @@ from torch import nn
 
 from balanced_l1._files import UnreadableFileError, load_error_reason, open_regular_file, write_json_atomically
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
-from balanced_l1.experiments.config import CompareConfig, ConfigError, import_arm_modules, load_config_file, resolve
+from balanced_l1.experiments.config import (
+    CompareConfig,
+    ConfigError,
+    check_out_folder,
+    import_arm_modules,
+    load_config_file,
+    resolve,
+)
 from balanced_l1.experiments.data.coco_data import DataError
 from balanced_l1.experiments.data.split import DetectionSplit
+from balanced_l1.experiments.output_folder import check_outside_owned
 from balanced_l1.experiments.run.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointMismatchError, state_dict_problem
 from balanced_l1.experiments.run.runner import (
     build_arm_model,
@@ -71,7 +79,9 @@ def saved_config(out: str | os.PathLike[str], arm_modules: tuple[str, ...] = ())
         The settings, with ``arm_modules`` set to the caller's.
 
     Raises:
-        ConfigError: if the file is missing or is not a settings file, or a given module fails to import.
+        ConfigError: if the file is missing or is not a settings file, a setting is out of its bounds (the checks of
+            :meth:`~balanced_l1.experiments.config.CompareConfig.validate_settings`), or a given module fails to
+            import.
         ArmModulesNotGivenError: if the file names arm modules that ``arm_modules`` does not include.
     """
     path = Path(out) / CONFIG_NAME
@@ -89,7 +99,12 @@ def saved_config(out: str | os.PathLike[str], arm_modules: tuple[str, ...] = ())
             f"folder names is imported. If you trust them, give them: --arm-modules {names}"
         )
     import_arm_modules(arm_modules)
-    return replace(config, arm_modules=tuple(arm_modules))
+    config = replace(config, arm_modules=tuple(arm_modules))
+    try:
+        config.validate_settings()  # the checks a --config file's settings get, before any is used
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config
 
 
 def arm_spec(name: str) -> ArmSpec:
@@ -282,6 +297,24 @@ def _held_out(
     return split, f"{val_ann} (images in {val_root})"
 
 
+def check_destination(out: Path, dest: Path, config: CompareConfig, val_root: str | None = None) -> None:
+    """Raise ConfigError unless ``evaluate`` may write into ``dest``: a folder (or one it can create) with a name
+    that fits, outside the data folders (the runs' and ``val_root``) and outside what the comparison keeps in
+    ``out`` (see :func:`~balanced_l1.experiments.output_folder.check_outside_owned`).
+
+    Args:
+        out: the comparison's output folder.
+        dest: where ``evaluate`` writes.
+        config: the comparison's settings (for its data folders).
+        val_root: another held-out split's image folder, if one is given.
+
+    Raises:
+        ConfigError: naming ``--out`` and the reason.
+    """
+    check_out_folder("--out", str(dest), (*config.data_folders(), val_root), inside=len("/show"))
+    check_outside_owned(out, dest)
+
+
 def evaluate_out(
     out: str | os.PathLike[str],
     *,
@@ -317,7 +350,9 @@ def evaluate_out(
         The content of ``dest/results.json``.
 
     Raises:
-        ConfigError: for a missing or bad ``config.toml``, or one naming arm modules not in ``arm_modules``.
+        ConfigError: for a missing or bad ``config.toml``, or one naming arm modules not in ``arm_modules``; for a
+            ``dest`` that is a file, lies under one, has too long a name, lies inside a data folder, is ``out`` itself
+            or lies among the comparison's own files (checked before any work).
         RunsNotFoundError: when ``OUT`` holds no finished run.
         CheckpointMismatchError: for a run of other settings or data, or one whose record or weights cannot be read.
         DataError: for bad data (a ``ValueError``), or another split whose categories differ.
@@ -330,6 +365,7 @@ def evaluate_out(
     root = Path(out)
     target = Path(dest) if dest is not None else root / "evaluate"
     config = saved_config(root, arm_modules)
+    check_destination(root, target, config, val_root)
     records = finished_runs(root)
     if not records:
         raise RunsNotFoundError(f"{root}: no finished run (no runs/*.json); train with balanced-l1 compare first")

@@ -320,7 +320,8 @@ def test_backbone_weights_that_cannot_be_had_exit_1_before_out_is_touched_withou
 
 def test_bad_data_exits_1_before_out_is_touched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    assert main(["compare", "--data", str(tmp_path), "--out", str(out)]) == 1
+    (tmp_path / "data").mkdir()
+    assert main(["compare", "--data", str(tmp_path / "data"), "--out", str(out)]) == 1
     assert "annotation file not found" in capsys.readouterr().err
     assert not out.exists()
 

@@ -3,6 +3,7 @@ reads of regular files only, of a bounded size, refused by kind before they are 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from balanced_l1 import _files
 from balanced_l1._files import (
     UnreadableFileError,
+    WriteError,
     link_leaving,
     load_error_reason,
     open_regular_file,
@@ -80,9 +82,32 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path: 
         Path(tmp).write_text("half")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(WriteError, match=f"^{target}: cannot write it \\(disk full; .* free there\\)"):
         write_atomically(target, fail)
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_a_full_disk_is_named_with_the_file_and_the_reason_and_the_old_file_stays(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"the last good checkpoint")
+
+    def no_space(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(WriteError) as info:
+        write_atomically(target, no_space)
+    assert str(info.value).startswith(f"{target}: cannot write it (No space left on device; ")
+    assert str(info.value).endswith("the file that was there, if any, is left as it was")
+    assert target.read_bytes() == b"the last good checkpoint" and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_a_folder_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(
+        WriteError, match=f"^{tmp_path / 'file' / 'sub' / 'out.txt'}: cannot write it \\(Not a directory"
+    ):
+        write_atomically(tmp_path / "file" / "sub" / "out.txt", _write_text("x"))
 
 
 def test_long_but_valid_name_gets_a_valid_temporary_name(tmp_path: Path) -> None:

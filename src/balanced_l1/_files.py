@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,21 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+class WriteError(OSError):
+    """A file could not be written (a read-only folder, a full disk, a file system refusing the name); the message
+    names the file, the reason and the space left there. The file that was there before, if any, is left as it was.
+    """
+
+
+def _write_failure(target: Path, err: BaseException) -> WriteError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:300]
+    try:
+        free = f"; {format_size(shutil.disk_usage(target.parent if target.parent.exists() else '.').free)} free there"
+    except OSError:
+        free = ""
+    return WriteError(f"{target}: cannot write it ({reason}{free}); the file that was there, if any, is left as it was")
+
+
 def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None], *, owner_only: bool = False) -> Path:
     """Write ``path`` through a temporary file in the same folder, ``fsync`` and an atomic rename.
 
@@ -73,11 +89,16 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None],
         The file's path.
 
     Raises:
-        OSError: if the folder cannot be created or written, or the target is a folder.
+        WriteError: (an ``OSError``) naming the file and the reason, if the folder cannot be created or written,
+            the target is a folder, or the write fails (``OSError``, or the ``RuntimeError`` that ``torch.save``
+            raises on a full disk); the old file is left as it was and no temporary file stays.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise _write_failure(target, err) from None
     os.close(fd)
     try:
         write(tmp)
@@ -85,6 +106,8 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None],
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as err:
+        raise _write_failure(target, err) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -303,10 +303,11 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     except ConfigError as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 2
-    except ImageReadError as err:
+    except (ImageReadError, OSError) as err:  # a broken image; a read-only folder or a full disk (path and reason)
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
-        if any((Path(config.out) / "checkpoints").glob("*.pt")):  # an image failed after a checkpoint was written
-            print("the last checkpoint is kept: fix the file and run the same command with --resume", file=sys.stderr)
+        if any((Path(config.out) / "checkpoints").glob("*.pt")):  # it failed after a checkpoint was written
+            fix = "the file" if isinstance(err, ImageReadError) else "the folder or free space"
+            print(f"the last checkpoint is kept: fix {fix} and run the same command with --resume", file=sys.stderr)
         return 1
     except (DataError, CheckpointMismatchError, TrainingDivergedError, BackboneWeightsError, RunFailedError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)

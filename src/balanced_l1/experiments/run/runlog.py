@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from balanced_l1._files import WriteError
+
 LOG_NAME = "log.txt"
 TENSORBOARD_FOLDER = "tensorboard"
 INSTALL_TENSORBOARD = "pip install 'balanced-l1[tensorboard]'"
@@ -167,7 +169,12 @@ class RunObserver:
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run drops the events a killed one wrote after its last checkpoint
-            self.writer = SummaryWriter(str(self.tensorboard), purge_step=start + 1 if start else None)
+            try:
+                self.writer = SummaryWriter(str(self.tensorboard), purge_step=start + 1 if start else None)
+            except OSError as err:  # a read-only or full OUT/tensorboard
+                raise WriteError(
+                    f"{self.tensorboard}: cannot write TensorBoard events there ({err.strerror or err})"
+                ) from None
         self.log.line(f"[{self.label}] {'resumed at' if start else 'started:'} iter {start}/{total}")
 
     def iteration(

@@ -20,6 +20,7 @@ from balanced_l1._files import (
     WriteError,
     link_leaving,
     load_error_reason,
+    loads_strict_json,
     open_regular_file,
     read_regular_file,
     remove_stale_temp_files,
@@ -291,3 +292,31 @@ def test_torchs_advice_to_load_without_weights_only_is_never_repeated() -> None:
     )
     assert load_error_reason(IndexError("list index out of range")) == "IndexError: list index out of range"
     assert load_error_reason(RuntimeError("use weights_only=False")) == "RuntimeError: not plain data"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_json_is_written_standard_or_not_at_all(tmp_path: Path, value: float) -> None:
+    target = tmp_path / "results.json"
+    target.write_text("{}\n")
+    with pytest.raises(ValueError, match=f"^{target}: refused to write Out of range float values"):
+        write_json_atomically({"AP": value}, target)
+    assert target.read_text() == "{}\n" and os.listdir(tmp_path) == ["results.json"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": Infinity}', "Infinity is not a JSON number"),
+        ('{"a": 1e400}', "the number 1e400 is beyond a float's range"),
+        ('{"a": 9223372036854775808}', "the integer 9223372036854775808 is beyond 64 bits"),
+    ],
+)
+def test_strict_json_refuses_numbers_that_are_not_standard_or_bounded(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        loads_strict_json(text)
+
+
+def test_strict_json_reads_what_the_writer_writes(tmp_path: Path) -> None:
+    doc = {"AP": 0.5, "ids": [-(2**63), 2**63 - 1], "tiny": 5e-324, "none": None}
+    assert loads_strict_json(write_json_atomically(doc, tmp_path / "r.json").read_bytes()) == doc

@@ -15,6 +15,7 @@ until memory runs out and a FIFO does not hang the process), then open it with `
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -142,7 +143,11 @@ def remove_stale_temp_files(folder: str | os.PathLike[str], name: str | None = N
 
 
 def write_json_atomically(doc: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``doc`` as indented JSON (UTF-8, trailing newline) with :func:`write_atomically`.
+    """Write ``doc`` as indented standard JSON (UTF-8, trailing newline) with :func:`write_atomically`.
+
+    Only standard JSON is written: a NaN or an infinity, which Python's ``json`` would write as the non-standard
+    ``NaN`` or ``Infinity`` that other readers refuse, is refused before anything is written (every number this
+    program records is finite, or ``null`` where it is undefined).
 
     Args:
         doc: a JSON-serialisable object.
@@ -150,14 +155,62 @@ def write_json_atomically(doc: Any, path: str | os.PathLike[str]) -> Path:
 
     Returns:
         The file's path.
+
+    Raises:
+        ValueError: naming the file, for a NaN or an infinity in ``doc``; the old file is left as it was.
+        WriteError: naming the file, if it cannot be written.
     """
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise ValueError(f"{path}: refused to write {err} (NaN or infinity); the old file is left as it was") from None
 
     def dump(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
 
     return write_atomically(path, dump)
+
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is beyond a float's range (at most about 1.8e308)")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not _INT64[0] <= value <= _INT64[1]:
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+        raise ValueError(f"the integer {shown} is beyond 64 bits")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number (NaN and Infinity are not standard JSON)")
+
+
+def loads_strict_json(text: str | bytes) -> Any:
+    """Parse standard JSON whose every number is finite and every integer fits in 64 bits.
+
+    What this program writes with :func:`write_json_atomically` always reads back; a file edited by hand or made
+    elsewhere with ``NaN``, ``Infinity``, ``1e400`` or ``10**4000`` is refused, so that no such number reaches the
+    arithmetic of a report (an ``OverflowError``, a NaN in a table).
+
+    Args:
+        text: the JSON text.
+
+    Returns:
+        The parsed document.
+
+    Raises:
+        ValueError: the reason (also for text that is not JSON, or not UTF-8); RecursionError for nesting too deep.
+    """
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_int64)
 
 
 def save_figure_atomically(fig: Any, out: str | os.PathLike[str]) -> Path:

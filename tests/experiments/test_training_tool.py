@@ -203,6 +203,24 @@ def test_evaluate_refuses_a_run_without_saved_weights(finished: Finished, tmp_pa
     assert "balanced_l1_seed0_model.pt: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("num_classes", "reason"),
+    [(10**6, "names 1000000 classes, over the limit of 10000"), (10**30, "is beyond 64 bits")],
+)
+def test_evaluate_refuses_a_record_naming_too_many_classes_before_building_a_model(
+    finished: Finished, tmp_path: Path, capsys: pytest.CaptureFixture[str], num_classes: int, reason: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    path = out / "runs" / "balanced_l1_seed0.json"
+    record = json.loads(path.read_text())
+    record["num_classes"] = num_classes
+    path.write_text(json.dumps(record))
+    assert main(["evaluate", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and reason in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.int64])
 def test_evaluate_refuses_weights_of_another_dtype_naming_the_tensor(
     finished: Finished, tmp_path: Path, capsys: pytest.CaptureFixture[str], dtype: torch.dtype

@@ -15,7 +15,6 @@ starts worker processes that call :func:`run_single`. Neither imports the other'
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from functools import partial
@@ -49,7 +48,7 @@ from balanced_l1.experiments.run.distributed import (
 )
 from balanced_l1.experiments.run.evaluate import evaluate_detector
 from balanced_l1.experiments.run.runlog import LOG_NAME, TENSORBOARD_FOLDER, LogFile, RunObserver, is_terminal
-from balanced_l1.experiments.run.train import TrainConfig, train, validation_curve
+from balanced_l1.experiments.run.train import ROI_SAMPLE_ROWS, TrainConfig, train, validation_curve
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
@@ -151,13 +150,14 @@ def roi_sample_path(config: CompareConfig, arm: ArmSpec, seed: int) -> Path:
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    """A finished run's record, checked (a regular file of bounded size, every field of its type)."""
-    from balanced_l1._files import UnreadableFileError, read_regular_file
+    """A finished run's record, checked (a regular file of bounded size, standard JSON with finite numbers and 64-bit
+    integers, every field of its type)."""
+    from balanced_l1._files import UnreadableFileError, loads_strict_json, read_regular_file
     from balanced_l1.experiments.run.checkpoint import MAX_RECORD_BYTES, run_record_problem
 
     try:
         why = "see balanced_l1.experiments.run.checkpoint.MAX_RECORD_BYTES"
-        record = json.loads(read_regular_file(path, MAX_RECORD_BYTES, "finished-run record", why=why).decode())
+        record = loads_strict_json(read_regular_file(path, MAX_RECORD_BYTES, "finished-run record", why=why))
     except UnreadableFileError as err:
         raise CheckpointMismatchError(f"{err}; delete it to train the run again") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
@@ -191,6 +191,23 @@ def build_arm_model(
     return model
 
 
+def _check_sample_header(handle: Any) -> None:
+    """Raise ValueError unless the ``.npy`` header declares what a run writes: float64, C order, ``(K, 12)`` with
+    ``K`` <= :data:`ROI_SAMPLE_ROWS`; read before the data, so a header declaring 10**9 rows allocates nothing.
+    Leaves ``handle`` at its start."""
+    version = np.lib.format.read_magic(handle)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version}; a run writes 1.0")
+    shape, fortran_order, dtype = readers[version](handle)
+    if len(shape) != 2 or shape[1] != 12 or shape[0] > ROI_SAMPLE_ROWS or dtype != np.float64 or fortran_order:
+        raise ValueError(
+            f"its header declares a {dtype} array of shape {shape}; a run writes float64 (K, 12) with K <= "
+            f"{ROI_SAMPLE_ROWS}"
+        )
+    handle.seek(0)
+
+
 def read_sample(path: Path, *, missing_ok: bool = True) -> np.ndarray:
     """A finished run's RoI sample, checked: a regular file (not a link) holding a finite ``(K, 12)`` float64 array.
 
@@ -208,6 +225,7 @@ def read_sample(path: Path, *, missing_ok: bool = True) -> np.ndarray:
         with open_regular_file(
             path, 64 * 2**20, "RoI sample", why="a run keeps at most 4096 rows", follow_symlinks=False
         ) as handle:
+            _check_sample_header(handle)
             array = np.load(handle, allow_pickle=False)
     except (UnreadableFileError, OSError, ValueError) as err:
         raise CheckpointMismatchError(

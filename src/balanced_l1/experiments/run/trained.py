@@ -126,12 +126,23 @@ def _record_path(out: Path, spec: ArmSpec, seed: int) -> Path:
     return out / "runs" / f"{spec.file_stem}_seed{seed}.json"
 
 
+MAX_CLASSES = 10_000
+"""The most object classes a run record may name: a model of them is built before its weights are read. LVIS,
+among the largest detection vocabularies, has 1203; a Faster R-CNN box head for 10 000 classes already holds
+51 M parameters (1024 x 5 per class)."""
+
+
 def _num_classes(record: dict[str, Any], path: Path) -> int:
     value = record.get("num_classes")
     if type(value) is not int or value < 1:
         raise CheckpointMismatchError(
             f"{path}: the record names no number of classes (written by a version that saved no model); "
             "train the run again"
+        )
+    if value > MAX_CLASSES:
+        raise CheckpointMismatchError(
+            f"{path}: the record names {value} classes, over the limit of {MAX_CLASSES} (a model of them is built "
+            "before its weights are read; see MAX_CLASSES); delete the record to train the run again"
         )
     return value
 

@@ -6,7 +6,8 @@ module builds mmcv 2.1.0 with its CPU ops from its sdist (tools/build_mmcv.py: t
 ``-std=c++17`` -> ``-std=c++20`` in its setup.py, which ATen's headers require), once per machine:
 the wheel is cached outside the repository (``~/.cache/balanced-l1/``, keyed by mmcv version, torch
 version, Python tag and machine). The first run builds it: 31 CPU-minutes, 41 minutes of wall time
-on 2 cores shared with other jobs.
+on 2 cores shared with other jobs. The build says so on pytest's terminal, even with output captured: a line
+before it starts (what, about how long, the cache and the log, how to skip) and one every minute while it runs.
 
 How the built mmcv is used: the wheel is unpacked beside itself and put first on ``PYTHONPATH`` of
 subprocesses, which then import it ahead of the venv's mmcv-lite. It is not installed into the venv:
@@ -40,6 +41,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests._terminal import terminal_line
 
 pytest.importorskip("mmdet", reason="the mmdet extra is not installed")
 
@@ -81,13 +84,19 @@ def _build_tool() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def mmcv_site() -> Path:
-    """A directory holding mmcv 2.1.0 with its compiled ops (built once per machine)."""
+def mmcv_site(request: pytest.FixtureRequest) -> Path:
+    """A directory holding mmcv 2.1.0 with its compiled ops (built once per machine, saying so on the terminal)."""
     if os.environ.get("BALANCED_L1_MMCV_BUILD") == "0":
         pytest.skip("BALANCED_L1_MMCV_BUILD=0: not building mmcv, so mmdetection cannot train here")
     tool = _build_tool()
+    write = terminal_line(request.config)
+    if tool.cached_wheel() is None:
+        write(
+            f"{Path(__file__).name}: mmcv {tool.MMCV_VERSION} with its ops is not built on this machine; building "
+            "it once (BALANCED_L1_MMCV_BUILD=0 skips these tests instead, listed as skipped with -ra)"
+        )
     try:
-        wheel = tool.build_wheel()
+        wheel = tool.build_wheel(report=write)
         return tool.unpacked_site(wheel)
     except Exception as error:  # a clear failure, never a silent pass
         pytest.fail(

@@ -146,3 +146,27 @@ def test_parameters_the_figure_cannot_hold_raise_value_error(kwargs, smooth_l1_b
     with pytest.raises(ValueError, match=message):
         plot_loss(BalancedL1Params(**kwargs), tmp_path / "loss.png", smooth_l1_beta=smooth_l1_beta)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "title"),
+    [
+        ({}, "Balanced L1 raises the inliers' gradient above smooth L1's and caps the outliers' at γ = 1.5"),
+        (
+            {"beta": 0.11, "formulation": "mmdet"},
+            "Balanced L1 (mmdet, β=0.11): the inliers' gradient reaches 4.045, above the outliers' γ = 1.5",
+        ),
+        (
+            {"beta": 2.5, "formulation": "mmdet"},
+            "Balanced L1 (mmdet, β=2.5): the inliers' gradient starts at -0.3, below 0, so the loss goes below 0",
+        ),
+        (
+            {"alpha": 0.5, "gamma": 0.5},
+            "Balanced L1 (scaled, β=1) caps the outliers' gradient at γ = 0.5, below smooth L1's for some inliers",
+        ),
+    ],
+    ids=["paper", "mmdet-0.11", "mmdet-2.5", "low-gamma"],
+)
+def test_the_title_says_what_the_drawn_gradient_does(kwargs, title, tmp_path, monkeypatch):
+    figure = _drawn_figure(BalancedL1Params(**kwargs), tmp_path, monkeypatch)
+    assert figure.get_suptitle() == title

@@ -40,8 +40,9 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 #: The mmcv release built by default: the newest that mmdetection 3.3's import-time check accepts.
 MMCV_VERSION = "2.1.0"
@@ -112,18 +113,65 @@ def patch_setup_py(path: Path) -> int:
 PIP_OPTIONS = ("--no-build-isolation", "--disable-pip-version-check")
 
 
-def _run(command: list[str], log: Path, **kwargs: object) -> None:
+#: Seconds between two "still building" lines.
+REPORT_EVERY = 60.0
+
+
+def run_logged(
+    command: list[str],
+    log: Path,
+    *,
+    doing: str,
+    report: Callable[[str], None] | None = None,
+    every: float = REPORT_EVERY,
+    **kwargs: Any,
+) -> None:
+    """Run ``command`` with its output appended to ``log``, reporting every ``every`` seconds that it still runs.
+
+    Args:
+        command: the command.
+        log: the log file its output is appended to.
+        doing: what it does, for the report (``"building mmcv 2.1.0"``).
+        report: where the lines go (``None``: nowhere).
+        every: seconds between two lines.
+        **kwargs: passed to :class:`subprocess.Popen` (``env``, ``cwd``).
+
+    Raises:
+        RuntimeError: when the command fails, with the log's tail.
+    """
+    start = time.monotonic()
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(command)}\n")
         out.flush()
-        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
-    if result.returncode != 0:
+        with subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **kwargs) as process:
+            while True:
+                try:
+                    returncode = process.wait(timeout=every)
+                    break
+                except subprocess.TimeoutExpired:
+                    if report is not None:
+                        minutes = (time.monotonic() - start) / 60
+                        report(f"{doing}: still running after {minutes:.0f} min (log: {log})")
+    if returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({result.returncode}); log {log}:\n{tail}")
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({returncode}); log {log}:\n{tail}")
 
 
-def build_wheel(mmcv_version: str = MMCV_VERSION, jobs: int | None = None, verbose: bool = True) -> Path:
-    """Return the cached wheel, building it first when this machine has none (minutes)."""
+def build_wheel(
+    mmcv_version: str = MMCV_VERSION, jobs: int | None = None, report: Callable[[str], None] | None = print
+) -> Path:
+    """Return the cached wheel, building it first when this machine has none (15 to 40 minutes).
+
+    Args:
+        mmcv_version: the mmcv release to build.
+        jobs: parallel compile jobs (default: every core).
+        report: where a build says what it does: a line before it starts (what is built, about how long, the
+            cache and the log), one every :data:`REPORT_EVERY` seconds while it runs, and one when it is done.
+            ``None``: silent. Nothing is reported when the wheel is cached.
+
+    Returns:
+        The wheel's path in the cache.
+    """
     target = build_dir(mmcv_version)
     wheel = cached_wheel(mmcv_version)
     if wheel is not None:
@@ -136,13 +184,17 @@ def build_wheel(mmcv_version: str = MMCV_VERSION, jobs: int | None = None, verbo
             shutil.rmtree(leftover, ignore_errors=True)
         log = target / "build.log"
         log.write_text(f"building mmcv {mmcv_version} for {build_key(mmcv_version)}\n")
-        if verbose:
-            print(f"building mmcv {mmcv_version} with its ops (once per machine, minutes); log: {log}", flush=True)
+        doing = f"building mmcv {mmcv_version}"
+        if report is not None:
+            report(
+                f"{doing} with its CPU ops from source, once per machine: about 15 to 40 minutes (31 CPU-minutes); "
+                f"cache {target}, log {log}"
+            )
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mmcv-build-", dir=target) as tmp:
             work = Path(tmp)
             pip = [sys.executable, "-m", "pip"]
-            _run(
+            run_logged(
                 [
                     *pip,
                     "download",
@@ -155,6 +207,8 @@ def build_wheel(mmcv_version: str = MMCV_VERSION, jobs: int | None = None, verbo
                     str(work),
                 ],
                 log,
+                doing=doing,
+                report=report,
             )
             (sdist,) = work.glob("mmcv-*.tar.gz")
             digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
@@ -174,9 +228,11 @@ def build_wheel(mmcv_version: str = MMCV_VERSION, jobs: int | None = None, verbo
                 CUDA_VISIBLE_DEVICES="",  # compile the CPU ops even on a machine with a GPU
                 MAX_JOBS=str(jobs or os.cpu_count() or 1),  # ninja's parallel compile jobs
             )
-            _run(
+            run_logged(
                 [*pip, "wheel", "--no-deps", *PIP_OPTIONS, "-w", str(work / "dist"), str(source)],
                 log,
+                doing=doing,
+                report=report,
                 env=env,
             )
             (built,) = (work / "dist").glob("mmcv-*.whl")
@@ -197,8 +253,8 @@ def build_wheel(mmcv_version: str = MMCV_VERSION, jobs: int | None = None, verbo
             partial = target / (built.name + ".partial")
             shutil.copyfile(built, partial)
             partial.replace(target / built.name)  # atomic: a reader sees the whole wheel or none
-        if verbose:
-            print(f"built {target / built.name} in {seconds:.0f} s", flush=True)
+        if report is not None:
+            report(f"built {target / built.name} in {seconds / 60:.0f} min")
         return target / built.name
 
 

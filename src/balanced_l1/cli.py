@@ -13,11 +13,22 @@ from balanced_l1.params import FORMULATIONS, BalancedL1Params
 
 def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     defaults = BalancedL1Params()
-    plot = subparsers.add_parser("plot", help="draw loss and gradient of Balanced L1 beside smooth L1")
+    plot = subparsers.add_parser(
+        "plot",
+        help="draw loss and gradient of Balanced L1 beside smooth L1",
+        description="Draw Balanced L1's loss and gradient against |x| beside smooth L1's (with the same beta), "
+        "both in units of beta, and write them to a PNG file. Exit status: 0 on success, 2 for bad arguments, "
+        "1 if the file cannot be written.",
+    )
     plot.add_argument("--alpha", type=float, default=defaults.alpha, help=f"inlier gradient scale ({defaults.alpha})")
     plot.add_argument("--gamma", type=float, default=defaults.gamma, help=f"outlier gradient ({defaults.gamma})")
     plot.add_argument("--beta", type=float, default=defaults.beta, help=f"inflection point ({defaults.beta})")
-    plot.add_argument("--formulation", choices=FORMULATIONS, default=defaults.formulation)
+    plot.add_argument(
+        "--formulation",
+        choices=FORMULATIONS,
+        default=defaults.formulation,
+        help="how beta enters: scaled, beta * L(|x| / beta), or mmdet, mmdetection's expression (default %(default)s)",
+    )
     plot.add_argument("--out", default="balanced_l1.png", help="PNG file to write (default balanced_l1.png)")
     plot.set_defaults(handler=_run_plot, command_parser=plot)
 
@@ -112,10 +123,13 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     )
     balance.add_argument("out", metavar="OUT", help="the output folder of a balanced-l1 compare run")
     balance.add_argument(
-        "--arm", default="smooth_l1", help="the arm whose recorded errors are used (default smooth_l1)"
+        "--arm", default="smooth_l1", help="the arm whose recorded errors are used (default %(default)s)"
     )
     balance.add_argument(
-        "--loss", choices=(*DELTA_LOSSES, *IOU_LOSSES), default="balanced_l1", help="the loss to predict for"
+        "--loss",
+        choices=(*DELTA_LOSSES, *IOU_LOSSES),
+        default="balanced_l1",
+        help="the loss to predict for (default %(default)s); its parameters not given take the loss's defaults",
     )
     balance.add_argument("--alpha", type=_grid(float), default=None, help="Balanced L1 alpha, e.g. 0.2|0.3|0.5")
     balance.add_argument("--gamma", type=_grid(float), default=None, help="Balanced L1 gamma, e.g. 1.0|1.5")
@@ -129,7 +143,7 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
 
 
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.report.predict import (
+    from balanced_l1.experiments.report.predicted_balance import (
         RunsNotFoundError,
         load_arm_runs,
         loss_grid,
@@ -206,7 +220,10 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     kind = str(spec.type)
     default = getattr(DEFAULTS, name)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    help_text = f"{spec.metadata['help']} (default: {shown})".replace("%", "%%")
+    choices = spec.metadata.get("choices")
+    one_of = f"; one of {', '.join(choices)}" if choices else ""
+    help_text = f"{spec.metadata['help']}{one_of} (default: {spec.metadata.get('shown_default', shown)})"
+    help_text = help_text.replace("%", "%%")
     flag = "--" + name.replace("_", "-")
     if kind == "bool":
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -218,7 +235,6 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
         "int": _integer,
         "int | None": _integer,
     }.get(kind, str)
-    choices = spec.metadata.get("choices")
     parser.add_argument(
         flag, type=parse, choices=choices, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text
     )

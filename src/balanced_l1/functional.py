@@ -379,8 +379,11 @@ def balanced_l1_loss(
     ``beta`` and starts at ``alpha * (1 - beta) / beta`` (4.04 for ``beta = 0.11``).
 
     Numerical notes: the computation never evaluates a branch outside its domain, so finite
-    inputs give finite losses and gradients in every dtype; float16/bfloat16 inputs are computed
-    and returned in float32 (the gradient has ``pred``'s dtype). For ``|x|`` far below ``beta`` the
+    inputs give finite gradients in every dtype and never a NaN; the loss is finite while it fits the
+    computation dtype (an element's loss grows as ``gamma * |x|``: ``|x|`` above about
+    ``finfo.max / gamma``, or a sum of losses above ``finfo.max`` under ``"mean"``/``"sum"``, gives
+    ``inf``). float16/bfloat16 inputs are computed and returned in float32 (the gradient has
+    ``pred``'s dtype). For ``|x|`` far below ``beta`` the
     loss value (about :math:`\alpha b x^2 / 2\beta`) is the difference of two terms of size
     :math:`\alpha |x|`, so its absolute error is about machine epsilon times :math:`\alpha |x|`; the
     gradient has no such cancellation. Second derivatives are not supported and raise an error.

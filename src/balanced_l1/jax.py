@@ -173,10 +173,12 @@ def balanced_l1_loss(
     :func:`balanced_l1.balanced_l1_loss` for how it differs elsewhere).
 
     Numerical notes: the loss is computed branch-free from ``u = min(|x| b / beta, b)``, so no
-    intermediate can overflow and finite inputs give finite losses and gradients in every dtype
-    (float16/bfloat16 inputs are computed and returned in float32; the gradient has ``pred``'s
-    dtype). The derivative is a ``jax.custom_jvp``: 0 at ``x = 0`` and ``gamma`` (the outlier
-    side) at ``|x| = beta``, exactly as :mod:`balanced_l1.reference`. NaN inputs propagate.
+    intermediate can overflow and finite inputs give finite gradients in every dtype; the loss is
+    finite while it fits the computation dtype (``|x|`` above about ``finfo.max / gamma``, or a sum of
+    losses above ``finfo.max``, gives ``inf``). float16/bfloat16 inputs are computed and returned in
+    float32; the gradient has ``pred``'s dtype. The derivative is a ``jax.custom_jvp``: 0 at ``x = 0``
+    and ``gamma`` (the outlier side) at ``|x| = beta``, exactly as :mod:`balanced_l1.reference`. NaN
+    inputs propagate.
 
     Under ``jax.jit`` pass the parameters as static arguments (or close over them); the
     checks below read only shapes and dtypes, never array values, so they run at trace time.

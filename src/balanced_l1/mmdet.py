@@ -18,7 +18,8 @@ config only needs::
 mmdetection's own ``BalancedL1Loss`` (scope ``"mmdet"``) keeps its name: the two never clash (a
 second registration of one name in one registry raises a ``KeyError``). ``formulation="scaled"`` is
 the default; ``formulation="mmdet"`` computes exactly what mmdetection's loss computes (the two
-agree for ``beta = 1``). Requires the ``mmdet`` extra: ``pip install "balanced-l1[mmdet]"``.
+agree for ``beta = 1``). Requires the ``mmdet`` extra; version 0.1.0 is not on a package index, so
+install it from a clone of the repository: ``pip install -e '.[mmdet]'``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"balanced_l1.mmdet needs mmdetection 3.x and mmengine ({error}); "
-        'install them with: pip install "balanced-l1[mmdet]"'
+        "install them in a clone of the balanced-l1 repository with: pip install -e '.[mmdet]' "
+        "(version 0.1.0 is not on a package index)"
     ) from error
 
 __all__ = ["MODELS", "SCOPE", "BalancedL1Loss"]

@@ -67,6 +67,39 @@ def smooth_l1_curves(t: NDArray[np.float64], ratio: float) -> tuple[NDArray[np.f
     return np.asarray(loss, dtype=np.float64), np.asarray(grad, dtype=np.float64)
 
 
+def figure_title(
+    params: BalancedL1Params,
+    t: NDArray[np.float64],
+    balanced_grad: NDArray[np.float64],
+    smooth_grad: NDArray[np.float64],
+) -> str:
+    """What the drawn gradient curves show, in words: the title of :func:`plot_loss`'s figure.
+
+    Args:
+        params: Balanced L1's parameters.
+        t: ``|x| / beta`` at the drawn points, from 0.
+        balanced_grad: Balanced L1's gradient at ``t`` (at 0 its right-hand limit, as :func:`balanced_l1_curves`).
+        smooth_grad: smooth L1's gradient at ``t``.
+
+    Returns:
+        The paper's claim, that Balanced L1 raises the inliers' gradient above smooth L1's and caps the
+            outliers' at gamma, where the curves bear it out; otherwise what they show instead: an inlier
+            gradient above gamma, or one below 0.
+    """
+    inlier, beside_zero = t < 1.0, (t > 0) & (t < 1.0)
+    lowest, highest = float(balanced_grad[inlier].min()), float(balanced_grad[inlier].max())
+    setting = f"Balanced L1 ({params.formulation}, β={params.beta:g})"
+    if highest > params.gamma:
+        return f"{setting}: the inliers' gradient reaches {highest:.4g}, above the outliers' γ = {params.gamma:g}"
+    if lowest < 0:
+        return f"{setting}: the inliers' gradient starts at {lowest:.4g}, below 0, so the loss goes below 0"
+    if (balanced_grad[beside_zero] > smooth_grad[beside_zero]).all():
+        return (
+            f"Balanced L1 raises the inliers' gradient above smooth L1's and caps the outliers' at γ = {params.gamma:g}"
+        )
+    return f"{setting} caps the outliers' gradient at γ = {params.gamma:g}, below smooth L1's for some inliers"
+
+
 def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_beta: float | None = None) -> Path:
     """Draw loss and gradient against ``|x|`` for ``params`` and for smooth L1, and save a PNG.
 
@@ -117,5 +150,5 @@ def plot_loss(params: BalancedL1Params, out: str | os.PathLike[str], smooth_l1_b
         ax.set_title(title)
         ax.grid(alpha=0.3)
     ax_grad.legend(fontsize=8, loc="lower right")
-    fig.suptitle("Balanced L1 raises the inliers' gradient and caps the outliers' (Libra R-CNN)")
+    fig.suptitle(figure_title(params, t, balanced_grad, smooth_grad))
     return save_figure_atomically(fig, out)

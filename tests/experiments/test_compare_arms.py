@@ -155,23 +155,8 @@ def test_a_sample_header_declaring_a_billion_rows_is_refused_before_anything_is_
     assert "(1000000000, 12); a run writes float64 (K, 12) with K <= 4096" in err and "Traceback" not in err
 
 
-def _history(losses: list[float]) -> list[dict[str, float]]:
-    return [{"loss": v} for v in losses]
-
-
-def test_the_plateau_check_compares_the_last_tenth_with_the_one_before() -> None:
-    from balanced_l1.experiments.report.explain import explain_plateau
-
-    falling = {"a": {0: _history([2.0 - 0.01 * i for i in range(100)])}}
-    lines = explain_plateau(falling, 100)
-    assert "still learning" in lines[-1] and "--iters 200" in lines[-1] and lines[0].startswith("a: mean loss")
-    flat = {"a": {0: _history([1.0] * 90 + [0.995] * 10)}, "b": {0: _history([1.0] * 100)}}
-    assert explain_plateau(flat, 100)[-1].startswith("Every arm's loss had flattened")
-    assert explain_plateau({"a": {0: _history([1.0] * 9)}}, 9) == []
-
-
 def test_the_balance_sentence_says_which_way_an_arm_moves_the_ratio() -> None:
-    from balanced_l1.experiments.report.explain import explain_balance
+    from balanced_l1.experiments.report.balance import explain_balance
 
     def arm(ratio: float) -> dict[str, Any]:
         return {"gradient_balance_mean": {"gradient_balance": {"inlier_outlier_gradient_ratio": ratio}}}

@@ -16,6 +16,7 @@ from balanced_l1.cli import main
 from balanced_l1.detection.gradient_balance import STATISTICS
 from balanced_l1.experiments.data.coco_data import save_coco_folder
 from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
 from balanced_l1.experiments.run.evaluate import METRICS
 
 TINY = ["--iters", "2", "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
@@ -55,6 +56,25 @@ def test_figures_are_valid_pngs(finished: tuple[Path, dict[str, Any], str]) -> N
 def test_table_is_printed_with_a_row_per_arm_and_the_difference(finished: tuple[Path, dict[str, Any], str]) -> None:
     _, _, printed = finished
     assert "| arm " in printed and "| smooth_l1 " in printed and "| balanced_l1 - smooth_l1 | 2 " in printed
+
+
+def test_results_hold_the_verdict_of_each_arm_against_the_first(finished: tuple[Path, dict[str, Any], str]) -> None:
+    _, results, _ = finished
+    ap = {arm: {int(s): 100 * m["AP"] for s, m in data["per_seed"].items()} for arm, data in results["arms"].items()}
+    [verdict] = results["verdict"]
+    assert verdict == compare_to_baseline(ap, "smooth_l1")[0].as_dict()
+    assert verdict["arm"] == "balanced_l1" and verdict["baseline"] == "smooth_l1" and verdict["seeds"] == [0, 1]
+    assert verdict["p_value"] is not None and verdict["ci_low"] <= verdict["mean_difference"] <= verdict["ci_high"]
+    assert verdict["word"] in {"better", "worse", "not resolved with 2 seeds"}
+
+
+def test_the_printed_ap_table_ends_with_the_verdict(finished: tuple[Path, dict[str, Any], str]) -> None:
+    _, results, printed = finished
+    ap = {arm: {int(s): 100 * m["AP"] for s, m in data["per_seed"].items()} for arm, data in results["arms"].items()}
+    lines = verdict_lines(compare_to_baseline(ap, "smooth_l1"))
+    table_end = printed.index("| balanced_l1 - smooth_l1 | 2 ")
+    assert printed.index("\n".join(lines)) > table_end
+    assert printed.index("\n".join(lines)) < printed.index("gradient balance, second half of training")
 
 
 def test_each_run_keeps_its_loss_history(finished: tuple[Path, dict[str, Any], str]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from balanced_l1.experiments.data.synthetic import make_synthetic_split
-from balanced_l1.experiments.report.summary import format_table, mean_std, summarize, write_results
+from balanced_l1.experiments.report.summary import ap_points, format_table, mean_std, summarize, write_results
 from balanced_l1.experiments.run.evaluate import IOU_THRESHOLDS, METRICS, coco_metrics
 
 
@@ -122,18 +122,16 @@ def test_results_json_is_readable_by_others_like_the_figures(tmp_path: Path) -> 
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_paired_t_statistic_and_p_value_match_the_closed_form_for_two_degrees_of_freedom() -> None:
-    import math
+def test_ap_points_give_the_verdict_each_arms_ap_per_seed_in_percent() -> None:
+    runs = RUNS | {"giou": {0: _metrics(0.33), 1: _metrics(-1.0)}}
+    assert ap_points(summarize(runs, "smooth_l1", {})["arms"]) == {
+        "smooth_l1": {0: pytest.approx(30.0), 1: pytest.approx(40.0), 2: pytest.approx(20.0)},
+        "balanced_l1": {0: pytest.approx(35.0), 1: pytest.approx(41.0), 2: pytest.approx(29.0)},
+        "giou": {0: pytest.approx(33.0)},  # pycocotools' -1 (no ground truth) has no AP to compare
+    }
 
-    from balanced_l1.experiments.report.summary import paired_t_test
 
-    diffs = [0.012, -0.004, 0.02]
-    mean = sum(diffs) / 3
-    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
-    t_expected = mean / (std / math.sqrt(3))
-    p_expected = 1 - abs(t_expected) / math.sqrt(2 + t_expected**2)  # Student's t with 2 df has a closed-form CDF
-    t, p = paired_t_test(diffs)
-    assert t is not None and p is not None
-    assert math.isclose(t, t_expected, rel_tol=1e-12) and math.isclose(p, p_expected, rel_tol=1e-9)
-    assert paired_t_test([0.1]) == (None, None) and paired_t_test([0.1, 0.1]) == (None, None)
-    assert paired_t_test([0.1, None]) == (None, None)
+def test_the_difference_rows_carry_no_test_of_their_own() -> None:
+    summary = summarize(RUNS, "smooth_l1", {})
+    assert set(summary["paired_difference"]["balanced_l1 - smooth_l1"]) == {"per_seed", "mean", "std"}
+    assert "paired t" not in format_table(summary) and " p = " not in format_table(summary)

@@ -26,6 +26,7 @@ from balanced_l1.cli import main
 from balanced_l1.experiments.compare import load_data, run_fingerprint
 from balanced_l1.experiments.config import as_dict, load_config_file, resolve
 from balanced_l1.experiments.report.pictures import ARM_COLORS, draw_panel, panel_rows, scale
+from balanced_l1.experiments.report.verdict import ONE_SEED
 from balanced_l1.experiments.run.checkpoint import load_checkpoint
 from balanced_l1.experiments.run.evaluate import METRICS, coco_metrics, predict
 from balanced_l1.experiments.run.trained import RunsNotFoundError, saved_config
@@ -150,6 +151,8 @@ def test_evaluate_reproduces_each_runs_ap_exactly_and_leaves_the_compare_files_a
         assert run["metrics"] == finished.record(arm)["metrics"] == run["metrics_recorded_by_training"]
         assert results["arms"][arm]["per_seed"]["0"]["AP"] == finished.results["arms"][arm]["per_seed"]["0"]["AP"]
     assert "| arm " in stdout and "| smooth_l1 " in stdout and "| balanced_l1 - smooth_l1 | 1 " in stdout
+    assert results["verdict"][0]["arm"] == "balanced_l1" and results["verdict"][0]["word"] == ONE_SEED
+    assert f"but {ONE_SEED}." in stdout
     assert {p: p.read_bytes() for p in before} == before
     pictures = sorted((out / "evaluate" / "show").iterdir())
     assert [p.name for p in pictures] == ["image1.png", "image2.png"]
@@ -395,7 +398,7 @@ def test_tensorboard_without_the_extra_exits_2_naming_what_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as without the package
     err = _exit_2(["compare", *TINY, "--tensorboard", "--out", str(tmp_path / "out")], capsys)
-    assert "--tensorboard needs the tensorboard package" in err and "pip install 'balanced-l1[tensorboard]'" in err
+    assert "--tensorboard needs the tensorboard package" in err and "pip install -e '.[tensorboard]'" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -63,7 +63,7 @@ def _with_mixin(base: type, mixin: type) -> type:
 
     Returns:
         ``base`` itself if it already has ``mixin`` in its MRO, else a subclass of ``(mixin, base)``
-        named ``f"{base.__name__}With{label}"``, the same object for every call with these arguments.
+            named ``f"{base.__name__}With{label}"``, the same object for every call with these arguments.
 
     Example:
         >>> class Greeter:

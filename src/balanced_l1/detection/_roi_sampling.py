@@ -41,7 +41,7 @@ class _SamplingRoIHeads(RoIHeads):
 
         Returns:
             Per image: the matched ground-truth index (clamped to >= 0), the label (>= 1 object, 0
-            background, -1 ignored) and the largest IoU with any ground-truth box (0 without boxes).
+                background, -1 ignored) and the largest IoU with any ground-truth box (0 without boxes).
         """
         matched_idxs: list[Tensor] = []
         labels: list[Tensor] = []

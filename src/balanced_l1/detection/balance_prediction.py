@@ -82,8 +82,8 @@ def predict_box_gradient_balance(
 
     Returns:
         ``inlier_fraction``, ``inlier_outlier_gradient_ratio`` and ``inlier_gradient_share`` exactly as the
-        monitor defines them, and ``mean_box_gradient``: the mean over samples of the L1 norm of the gradient
-        of the sample's own loss (loss weight included) with respect to its 4 deltas. ``None`` where undefined.
+            monitor defines them, and ``mean_box_gradient``: the mean over samples of the L1 norm of the gradient
+            of the sample's own loss (loss weight included) with respect to its 4 deltas. ``None`` where undefined.
 
     Raises:
         ValueError: for shapes that are not ``(P, 4)``, or an IoU loss without ``proposals``.
@@ -139,7 +139,7 @@ def solve_alpha(
 
     Returns:
         alpha, or ``None`` when no alpha in that range reaches the ratio (or the samples have no inliers or no
-        outliers).
+            outliers).
 
     Raises:
         ValueError: for a target ratio that is not finite and > 0, or bad gamma, beta or formulation.

@@ -105,7 +105,7 @@ def box_gradient_statistics(pred: Tensor, target: Tensor, grad: Tensor) -> dict[
 
     Returns:
         ``{"inlier_fraction", "inlier_outlier_gradient_ratio", "inlier_gradient_share"}``, each ``None``
-        where undefined.
+            where undefined.
 
     Raises:
         ValueError: if the shapes differ or are not ``(P, 4)``.
@@ -403,7 +403,7 @@ class GradientBalanceMonitor:
 
         Returns:
             ``{stage: {statistic: value or None}}`` with stages ``"roi_heads"`` and ``"rpn"`` (R-CNN) or
-            ``"head"`` (RetinaNet, SSD).
+                ``"head"`` (RetinaNet, SSD).
 
         Raises:
             RuntimeError: if a training forward pass ran but no stage recorded samples (the monitor was

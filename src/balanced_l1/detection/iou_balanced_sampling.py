@@ -142,7 +142,7 @@ class IoUBalancedNegativeSampler:
 
         Returns:
             Two lists of ``uint8`` masks shaped like ``matched_idxs``: the sampled positives and the
-            sampled negatives of each image.
+                sampled negatives of each image.
 
         Raises:
             ValueError: if the lists differ in length, an image's tensors are not 1-D of equal length, an IoU
@@ -206,7 +206,7 @@ class IoUBalancedNegativeSampler:
 
         Returns:
             An int64 tensor of ious's shape: 0 for the floor set, ``1 + k`` for IoU bin ``k``
-            (``k = 0`` holds the lowest IoUs).
+                (``k = 0`` holds the lowest IoUs).
         """
         floor = ious <= self.floor_thr
         above = ious[~floor]
@@ -227,7 +227,7 @@ class IoUBalancedNegativeSampler:
 
         Returns:
             An int64 tensor of ious's shape: -1 for the floor set, ``k`` for IoU bin ``k`` (lowest first),
-            ``num_bins`` for the negatives above the floor that fall in no bin (IoU >= ``max_iou``).
+                ``num_bins`` for the negatives above the floor that fall in no bin (IoU >= ``max_iou``).
         """
         low = max(self.floor_thr, 0.0)
         above = ious > 0 if low == 0 else ious >= low
@@ -245,7 +245,7 @@ class IoUBalancedNegativeSampler:
 
         Returns:
             ``num_bins + 1`` counts summing to ``num_negatives``: the floor set's first, then the bins'
-            from the lowest IoU to the highest.
+                from the lowest IoU to the highest.
         """
         num_floor = int(num_negatives * self.floor_fraction)
         per_bin, extra = divmod(num_negatives - num_floor, self.num_bins)

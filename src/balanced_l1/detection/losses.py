@@ -89,7 +89,7 @@ def roi_head_losses(
 
     Returns:
         ``(cross-entropy summed / N, box loss of the positives' true-class deltas summed / N)``,
-        with N summed over ranks in a distributed run.
+            with N summed over ranks in a distributed run.
 
     Raises:
         ValueError: for an IoU loss without ``decoding``.
@@ -137,7 +137,7 @@ def rpn_losses(
 
     Returns:
         ``(binary cross-entropy summed / S, Balanced L1 of the positives summed / S)`` with S the
-        number of sampled anchors, summed over ranks in a distributed run.
+            number of sampled anchors, summed over ranks in a distributed run.
     """
     sampled = torch.cat([sampled_pos_inds, sampled_neg_inds], dim=0)
     logits = objectness.flatten()[sampled]
@@ -167,7 +167,7 @@ def retinanet_box_loss(
 
     Returns:
         The mean over images of (sum over foreground anchors / ``max(1, num_foreground)``), the
-        number of images summed over ranks in a distributed run.
+            number of images summed over ranks in a distributed run.
     """
     total = bbox_regression.new_zeros(())
     for target, deltas, anchors_per_image, matched in zip(targets, bbox_regression, anchors, matched_idxs, strict=True):

@@ -14,8 +14,9 @@ builder, so the architecture is torchvision's. The backbone starts from:
 
 - ``"none"``: random weights, every layer trainable, ordinary BatchNorm (torchvision's from-scratch setting);
 - ``"DEFAULT"``: torchvision's ImageNet weights, which torchvision downloads (or finds in its cache);
-- a path: the same weights from a local file (the classification network's ``state_dict``, e.g. torchvision's
-  ``resnet50-0676ba61.pth``), for machines without internet. The model is then set up as torchvision sets
+- a path: weights from a local file (the classification network's ``state_dict``), for machines without
+  internet: ``resnet50-11ad3fa6.pth`` is the file ``"DEFAULT"`` downloads for ResNet-50 (ImageNet V2),
+  ``resnet50-0676ba61.pth`` the V1 weights mmdetection starts from. The model is then set up as torchvision sets
   up a pretrained backbone: BatchNorm frozen (``FrozenBatchNorm2d``) where torchvision freezes it, and only
   the last 3 stages trainable.
 

@@ -48,8 +48,8 @@ def ssd_losses(
 
     Returns:
         ``{"bbox_regression": Balanced L1 summed over the foreground boxes of all images / N,
-        "classification": classification}`` with ``N = max(1, number of foreground boxes)``; in a
-        distributed run ``N`` is summed over ranks and both losses are ``sum * world_size / N``.
+            "classification": classification}`` with ``N = max(1, number of foreground boxes)``; in a
+            distributed run ``N`` is summed over ranks and both losses are ``sum * world_size / N``.
     """
     total = bbox_regression.new_zeros(())
     count = 0

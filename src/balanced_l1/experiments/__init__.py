@@ -26,7 +26,7 @@ __all__ = ["load_trained_model"]
 #: The old module names, directly in this package, and where each module lives now.
 _DATA = ("coco_data", "coco_annotations", "synthetic", "loader", "images", "datasets", "data_errors")
 _RUN = ("train", "checkpoint", "distributed", "schedule", "evaluate", "trained", "runlog", "parallel")
-_REPORT = ("balance", "explain", "predict", "pictures")
+_REPORT = ("balance", "pictures")
 #: The old module names, directly in this package, and where each module lives now.
 MOVED_MODULES = {
     **{name: f"data.{name}" for name in _DATA},

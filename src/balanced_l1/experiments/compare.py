@@ -6,7 +6,7 @@ RNG streams; only the arm's ``configure`` differs. Output folder ``--out``::
 
     config.toml         the resolved settings (``--print-config``'s format, read back by ``--config``), written first
     log.txt             progress lines of every run (appended; see :mod:`~balanced_l1.experiments.run.runlog`)
-    results.json        settings, per-arm metrics per seed, mean and std, paired differences
+    results.json        settings, per-arm metrics per seed, mean and std, paired differences, the verdict
     loss_curves.png     training loss per arm
     ap_vs_iou.png       AP against IoU threshold 0.50..0.95 per arm
     gradient_balance.png  the gradient-balance statistics over training per arm (the paper's 0.3 marked)
@@ -54,18 +54,16 @@ from balanced_l1.experiments.data.coco_data import (
 from balanced_l1.experiments.output_folder import LOCK_NAME, exclusive_out
 from balanced_l1.experiments.report.balance import (
     Series,
+    explain_balance,
     format_balance_table,
     run_summary,
     save_balance_figure,
     save_balance_vs_ap_figure,
 )
-from balanced_l1.experiments.report.explain import (
-    explain_balance,
-    explain_plateau,
-    format_prediction_table,
-    predict_from_baseline,
-)
-from balanced_l1.experiments.report.summary import format_table, save_figures, summarize, write_results
+from balanced_l1.experiments.report.plateau import explain_plateau
+from balanced_l1.experiments.report.predicted_balance import format_prediction_table, predict_from_baseline
+from balanced_l1.experiments.report.summary import ap_points, format_table, save_figures, summarize, write_results
+from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
 from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError, load_checkpoint
 from balanced_l1.experiments.run.distributed import (
     DistContext,
@@ -229,6 +227,7 @@ def _compare(
         return None
     baseline = specs[0]
     summary = summarize(runs, baseline.name, {spec.name: spec.description for spec in specs})
+    verdicts = compare_to_baseline(ap_points(summary["arms"]), baseline.name)
     samples = [read_sample(roi_sample_path(config, baseline, seed)) for seed in config.seeds]
     predicted = predict_from_baseline(samples, box_losses)
     settings = {**as_dict(config), "iters_resolved": tc.iters, "world_size": ctx.world_size}
@@ -236,6 +235,7 @@ def _compare(
         "config": settings,
         "data": {n: s.report for n, s in splits.items()},
         **summary,
+        "verdict": [v.as_dict() for v in verdicts],
         "predicted_from_baseline": predicted,
     }
     figures = [
@@ -245,14 +245,17 @@ def _compare(
         *_save_pictures(config, splits, specs, histories, ctx.device, log),
     ]
     path = write_results(results, config.out)
-    log(format_table(summary))
+    log("\n".join([format_table(summary), *verdict_lines(verdicts)]))
     log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))
     if predicted:
         log(
             f"RoI-head gradient balance predicted from {baseline.name}'s regression errors (second half of its "
             "training), beside what each arm measured:\n" + format_prediction_table(predicted, summary["arms"])
         )
-    for line in [*explain_balance(summary["arms"], baseline.name), *explain_plateau(histories, tc.iters)]:
+    for line in [
+        *explain_balance(summary["arms"], baseline.name),
+        *explain_plateau(histories, tc.iters, tc.lr_schedule, tc.lr_steps),
+    ]:
         log(line)
     log(f"wrote {path}, {', '.join(str(f) for f in figures)} in {time.perf_counter() - started:.0f} s")
     return results

@@ -241,7 +241,11 @@ class CompareConfig:
     train_root: str | None = _setting(None, "image folder of the training split (COCO's train2017/)")
     val_ann: str | None = _setting(None, "COCO annotation file of the held-out split (with --val-root)")
     val_root: str | None = _setting(None, "image folder of the held-out split (COCO's val2017/)")
-    follow_symlinks: bool = _setting(False, "allow images that are symbolic links (inside the image folder)")
+    follow_symlinks: bool = _setting(
+        False,
+        "read images that are symbolic links, or lie below a folder under the image root that is one, wherever the "
+        "link leads; without it any link below the image root stops the run",
+    )
     train_images: int = _setting(1024, "images of the embedded synthetic training split")
     val_images: int = _setting(200, "images of the embedded synthetic held-out split")
     image_size: int = _setting(96, "side of the embedded synthetic images in pixels")
@@ -251,9 +255,11 @@ class CompareConfig:
     weights_backbone: str = _setting(
         "none", "backbone initialisation: none, DEFAULT (torchvision's ImageNet weights) or a local file"
     )
-    min_size: int | None = _setting(None, "torchvision resize: shorter side (default: image_size for small, else 800)")
+    min_size: int | None = _setting(
+        None, "torchvision resize: shorter side", shown_default="--image-size for small, else 800"
+    )
     max_size: int | None = _setting(
-        None, "torchvision resize: longer side cap (default: image_size for small, else 1333)"
+        None, "torchvision resize: longer side cap", shown_default="--image-size for small, else 1333"
     )
     # schedule
     iters: int | None = _setting(800, "training iterations (global batches) per run; or give --epochs")
@@ -295,7 +301,9 @@ class CompareConfig:
         50, "iterations between progress lines in OUT/log.txt (and on stderr when it is not a terminal)"
     )
     tensorboard: bool = _setting(
-        False, "write TensorBoard event files to OUT/tensorboard/ (needs: pip install 'balanced-l1[tensorboard]')"
+        False,
+        "write TensorBoard event files to OUT/tensorboard/ (needs the tensorboard extra: pip install -e "
+        "'.[tensorboard]' in the repository's clone)",
     )
 
     @property
@@ -706,7 +714,12 @@ def to_toml(config: CompareConfig) -> str:
             line = f"# {name} =  (not set)" if value is None else f"{name} = {_toml_value(value)}"
         except ValueError as err:
             raise ConfigError(f"{name} {value!r}: {err}") from None
-        lines.append(f"{line:<48} # {spec.metadata['help']}")
+        unset = (
+            f" (default: {spec.metadata['shown_default']})"
+            if value is None and "shown_default" in spec.metadata
+            else ""
+        )
+        lines.append(f"{line:<48} # {spec.metadata['help']}{unset}")
     return "\n".join(lines) + "\n"
 
 

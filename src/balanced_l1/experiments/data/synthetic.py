@@ -157,7 +157,7 @@ def make_synthetic_split(split: str, num_images: int, *, image_size: int = 128, 
 
     Returns:
         A :class:`DetectionSplit` with COCO annotations (boxes ``[x, y, width, height]`` in pixels); its
-        fingerprint is a hash of these settings and of the generator's version.
+            fingerprint is a hash of these settings and of the generator's version.
 
     Raises:
         ValueError: for an unknown split, ``num_images < 1`` or ``image_size < 64``.

@@ -6,13 +6,14 @@ Before the package was split, ``balanced_l1.experiments.report`` was the module 
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Any
 
 
 def __getattr__(name: str) -> Any:
     """A name of :mod:`~balanced_l1.experiments.report.summary`, as the old module gave it (deprecated)."""
-    from balanced_l1.experiments.report import summary
+    summary = importlib.import_module(f"{__name__}.summary")  # not "from . import": that asks __getattr__ again
 
     if name.startswith("__") or not hasattr(summary, name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,11 @@
-"""The gradient balance of a comparison: per-run summaries, means over seeds, and ``gradient_balance.png``.
+"""The gradient balance of a comparison: per-run summaries, means over seeds, the sentences, and the figures.
 
 Each run's :class:`~balanced_l1.detection.GradientBalanceMonitor` series (one record per iteration) is
 summarised by each statistic's mean over the second half of training. In ``results.json`` a run's
 ``per_seed`` entry gets ``"gradient_balance"`` (the RoI head, or a one-stage model's head) and
 ``"rpn_gradient_balance"`` (the RPN; ``None`` for one-stage models); each arm gets
-``"gradient_balance_mean"``, the mean of those over seeds.
+``"gradient_balance_mean"``, the mean of those over seeds. :func:`explain_balance` says, for each arm, how
+its RoI-head balance compares with the baseline's.
 """
 
 from __future__ import annotations
@@ -79,6 +80,42 @@ def inlier_outlier_cell(arm_summary: dict[str, Any]) -> str:
     """The printed table's cell: the RoI head's mean inlier/outlier gradient ratio over seeds, or ``n/a``."""
     value = roi_statistic(arm_summary, "inlier_outlier_gradient_ratio")
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def explain_balance(arms: dict[str, Any], baseline: str) -> list[str]:
+    """One sentence per arm: its RoI-head inlier/outlier gradient ratio and box/cls ratio against the baseline's.
+
+    Args:
+        arms: the ``arms`` section of ``results.json``.
+        baseline: the arm the others are compared with.
+    """
+    base_ratio = roi_statistic(arms.get(baseline, {}), "inlier_outlier_gradient_ratio")
+    base_task = roi_statistic(arms.get(baseline, {}), "box_cls_gradient_ratio")
+    if base_ratio is None:
+        return []
+    lines = []
+    for arm, data in arms.items():
+        if arm == baseline:
+            continue
+        ratio = roi_statistic(data, "inlier_outlier_gradient_ratio")
+        if ratio is None:
+            continue
+        change = (ratio - base_ratio) / base_ratio
+        if abs(change) < 0.05:
+            direction = "about the same balance as"
+        elif change > 0:
+            direction = "more of the gradient to inliers than"
+        else:
+            direction = "less of the gradient to inliers than"
+        line = (
+            f"{arm}: an inlier gets {ratio:.2f} of an outlier's box gradient in the RoI head against "
+            f"{base_ratio:.2f} under {baseline} ({change:+.0%}): {direction} the baseline"
+        )
+        task = roi_statistic(data, "box_cls_gradient_ratio")
+        if task is not None and base_task is not None:
+            line += f"; box/cls gradient {task:.2f} against {base_task:.2f}"
+        lines.append(line + ".")
+    return lines
 
 
 def _running_mean(values: list[float | None], window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,9 +214,17 @@ def _per_seed_points(arm_summary: dict[str, Any], statistic: str) -> tuple[list[
     return xs, ys
 
 
+#: Markers of the arms in ``balance_vs_ap.png``, combined with the 10 default colours: 40 arms look distinct.
+_MARKERS = ("o", "s", "^", "D")
+_LEGEND_COLUMNS = 3
+
+
 def save_balance_vs_ap_figure(arms: dict[str, Any], out: str | Path) -> Path:
     """Draw ``balance_vs_ap.png``: each arm's AP (mean, and the spread over seeds) against its RoI-head
     inlier/outlier gradient ratio and its box/cls gradient ratio (means over seeds).
+
+    The arms are named once, in a legend of three columns below both panels (the figure grows with it),
+    not beside their points, where the names of arms with close values would cover each other.
 
     Args:
         arms: the ``arms`` section of ``results.json``.
@@ -200,18 +245,20 @@ def save_balance_vs_ap_figure(arms: dict[str, Any], out: str | Path) -> Path:
             if not xs:
                 continue
             x, y = float(np.mean(xs)), float(np.mean(ys))
-            ax.scatter(xs, ys, color=f"C{index % 10}", alpha=0.35, s=12)
+            colour, marker = f"C{index % 10}", _MARKERS[(index // 10) % len(_MARKERS)]
+            ax.scatter(xs, ys, color=colour, marker=marker, alpha=0.35, s=12)
             spread = (max(ys) - min(ys)) / 2 if len(ys) > 1 else 0.0
-            ax.errorbar([x], [y], yerr=[spread], fmt="o", color=f"C{index % 10}", capsize=3, label=arm)
-            ax.annotate(arm, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            ax.errorbar([x], [y], yerr=[spread], fmt=marker, color=colour, capsize=3, label=arm)
         if statistic == "inlier_outlier_gradient_ratio":
             ax.axvline(PAPER_INLIER_OUTLIER_RATIO, color="k", ls="--", lw=1)
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("COCO AP (%)")
         ax.grid(alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
+    legend_inches = 0.2 * -(-len(names) // _LEGEND_COLUMNS) + 0.1 if handles else 0.0
+    fig.set_size_inches(10.0, 4.2 + legend_inches)
     if handles:
-        fig.legend(handles, names, fontsize=6, loc="lower center", ncol=min(4, len(names)))
+        fig.legend(handles, names, fontsize=8, loc="lower center", ncol=min(_LEGEND_COLUMNS, len(names)), frameon=False)
     fig.suptitle("AP against the gradient balance (dot and bar: mean and half-range over seeds; faint: each seed)")
-    fig.tight_layout(rect=(0, 0.12 if handles else 0, 1, 1))
+    fig.tight_layout(rect=(0, legend_inches / (4.2 + legend_inches), 1, 1))
     return save_figure_atomically(fig, Path(out) / "balance_vs_ap.png")

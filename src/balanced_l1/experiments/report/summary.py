@@ -2,7 +2,8 @@
 
 With several seeds each arm gets the mean and the sample standard deviation (``ddof=1``; ``None``
 for a single seed) of every metric, and every other arm gets the paired difference to the baseline
-(``arm - smooth_l1`` per seed, then mean and standard deviation over seeds). A metric that
+(``arm - smooth_l1`` per seed, then mean and standard deviation over seeds); :func:`ap_points` gives the AP per
+seed to :func:`~balanced_l1.experiments.report.verdict.compare_to_baseline`. A metric that
 pycocotools reports as ``-1`` (no ground truth in that size range) stays ``-1`` in means, and its
 differences are ``None``.
 """
@@ -69,9 +70,9 @@ def summarize(
 
     Returns:
         ``{"arms": {arm: {"description", "per_seed", "mean", "std", "ap_per_iou_mean"}},
-        "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std", "t", "p"}}}``; ``t`` and ``p``
-        are the paired t statistic and its two-sided p-value per metric (``None`` with fewer than 2 seeds, or
-        when every seed's difference is the same).
+            "paired_difference": {"<arm> - <baseline>": {"per_seed", "mean", "std"}}}``. Whether a difference
+            is more than seed-to-seed noise is the verdict's question
+            (:mod:`~balanced_l1.experiments.report.verdict`).
     """
     arms: dict[str, Any] = {}
     for arm, by_seed in runs.items():
@@ -102,40 +103,27 @@ def summarize(
                 diff_mean[name], diff_std[name] = None, None
             else:
                 diff_mean[name], diff_std[name] = mean_std([float(v) for v in values])  # type: ignore[arg-type]
-        tests = {name: paired_t_test([d[name] for d in diff_per_seed.values()]) for name in METRICS}
         differences[f"{arm} - {baseline}"] = {
             "per_seed": diff_per_seed,
             "mean": diff_mean,
             "std": diff_std,
-            "t": {name: t for name, (t, _) in tests.items()},
-            "p": {name: p for name, (_, p) in tests.items()},
         }
     return {"arms": arms, "paired_difference": differences}
 
 
-def paired_t_test(differences: list[float | None]) -> tuple[float | None, float | None]:
-    """The paired t statistic of per-seed differences against 0, and its two-sided p-value (scipy).
+def ap_points(arms: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """Each arm's AP per seed in AP points (percent), the input of the verdict.
 
     Args:
-        differences: one difference per seed; ``None`` where a metric is undefined.
+        arms: the ``arms`` section of :func:`summarize`.
 
     Returns:
-        ``(t, p)``, or ``(None, None)`` with fewer than 2 values, a ``None`` among them, or zero spread.
-
-    Example:
-        >>> t, p = paired_t_test([0.01, 0.02, 0.03])
-        >>> round(t, 3), round(p, 3)
-        (3.464, 0.074)
+        ``{arm: {seed: 100 * AP}}``, leaving out a seed whose AP pycocotools could not compute (``-1``).
     """
-    if len(differences) < 2 or any(d is None for d in differences):
-        return None, None
-    values = np.asarray(differences, dtype=np.float64)
-    if float(values.std(ddof=1)) == 0.0:
-        return None, None
-    from scipy.stats import ttest_1samp
-
-    result = ttest_1samp(values, 0.0)
-    return float(result.statistic), float(result.pvalue)
+    return {
+        arm: {int(seed): 100 * m["AP"] for seed, m in data["per_seed"].items() if m["AP"] >= 0}
+        for arm, data in arms.items()
+    }
 
 
 def _difference(value: float, reference: float) -> float | None:
@@ -168,13 +156,7 @@ def format_table(summary: dict[str, Any]) -> str:
     for name, data in summary["paired_difference"].items():
         cells = [_cell(data["mean"][n], data["std"][n], signed=True) for n in METRICS]
         rows.append([name, str(len(data["per_seed"])), *cells, ""])
-    lines = markdown_table(rows)
-    for name, data in summary["paired_difference"].items():
-        t, p = data.get("t", {}).get("AP"), data.get("p", {}).get("AP")
-        if t is not None and p is not None:
-            df = len(data["per_seed"]) - 1
-            lines.append(f"{name}: paired t on AP = {t:.2f} ({df} degrees of freedom), two-sided p = {p:.3f}")
-    return "\n".join(lines)
+    return "\n".join(markdown_table(rows))
 
 
 def _smooth(values: list[float], window: int) -> np.ndarray:

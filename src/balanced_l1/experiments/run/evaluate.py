@@ -44,7 +44,7 @@ def coco_metrics(split: DetectionSplit, detections: list[dict[str, Any]]) -> dic
 
     Returns:
         ``{"AP": ..., "AP50": ..., "AP75": ..., "APs": ..., "APm": ..., "APl": ..., "ap_per_iou": [10 floats]}``;
-        values are in ``[0, 1]``, or ``-1`` where the split has no ground truth to score.
+            values are in ``[0, 1]``, or ``-1`` where the split has no ground truth to score.
     """
     gt = _coco_from_dict(copy.deepcopy(split.coco))  # COCOeval marks ground truth in place ('ignore')
     annotations = []

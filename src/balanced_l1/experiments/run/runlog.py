@@ -15,7 +15,7 @@ row is read back from the device once per iteration, as before), so it adds no h
 - **TensorBoard** (``--tensorboard``): one ``torch.utils.tensorboard.SummaryWriter`` per run under
   ``OUT/tensorboard/<arm>_seed<s>``, with ``loss/<name>``, ``lr`` and ``gradient_balance/<stage>/<statistic>``
   per iteration and ``val/<metric>`` per validation. The ``tensorboard`` package is an optional extra
-  (``pip install 'balanced-l1[tensorboard]'``); :func:`tensorboard_problem` says whether it is missing.
+  (:data:`INSTALL_TENSORBOARD`); :func:`tensorboard_problem` says whether it is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ from balanced_l1._files import WriteError
 
 LOG_NAME = "log.txt"
 TENSORBOARD_FOLDER = "tensorboard"
-INSTALL_TENSORBOARD = "pip install 'balanced-l1[tensorboard]'"
+#: How to install the optional ``tensorboard`` extra: version 0.1.0 is installed from a clone, not a package index.
+INSTALL_TENSORBOARD = (
+    "install the tensorboard extra in a clone of the balanced-l1 repository with: pip install -e '.[tensorboard]' "
+    "(version 0.1.0 is not on a package index)"
+)
 
 
 def tensorboard_problem() -> str | None:

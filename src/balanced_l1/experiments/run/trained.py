@@ -258,7 +258,7 @@ def load_trained_model(
 
     Returns:
         The torchvision detector in eval mode; its labels are 1-based indices into the run's category ids
-        (``runs/<arm>_seed<s>.json``, ``"category_ids"``).
+            (``runs/<arm>_seed<s>.json``, ``"category_ids"``).
 
     Raises:
         ConfigError: for a folder without ``config.toml``, or an arm that is not one.
@@ -370,7 +370,8 @@ def evaluate_out(
     """
     from balanced_l1.experiments.config import as_dict
     from balanced_l1.experiments.report.balance import format_balance_table, run_summary
-    from balanced_l1.experiments.report.summary import format_table, summarize
+    from balanced_l1.experiments.report.summary import ap_points, format_table, summarize
+    from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
     from balanced_l1.experiments.run.evaluate import evaluate_detector
 
     root = Path(out)
@@ -414,13 +415,16 @@ def evaluate_out(
         }
         if show > 0 and spec.name not in first_models:
             first_models[spec.name] = model
-    summary = summarize(per_arm, next(iter(per_arm)), described)
+    baseline = next(iter(per_arm))
+    summary = summarize(per_arm, baseline, described)
+    verdicts = compare_to_baseline(ap_points(summary["arms"]), baseline)
     results = {
         "out": str(root),
         "split": where,
         "data": split.report,
         "config": as_dict(config),
         **summary,
+        "verdict": [v.as_dict() for v in verdicts],
         "runs": by_run,
     }
     target.mkdir(parents=True, exist_ok=True)
@@ -430,7 +434,7 @@ def evaluate_out(
 
         written += save_image_pictures(split, first_models, target / "show", torch_device, show)
     log(f"evaluated {len(runs)} finished run(s) of {root} on {where}:")
-    log(format_table(summary))
+    log("\n".join([format_table(summary), *verdict_lines(verdicts)]))
     log("gradient balance, second half of training (mean over seeds):\n" + format_balance_table(summary["arms"]))
     shown = ", ".join(str(p) for p in written[:3]) + (f" and {len(written) - 3} more" if len(written) > 3 else "")
     log(f"wrote {shown}")

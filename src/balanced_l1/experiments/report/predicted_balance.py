@@ -1,9 +1,13 @@
-"""``balanced-l1 balance``: predict the gradient balance of any box loss from the errors a finished run recorded.
+"""The gradient balance predicted from recorded regression errors, beside what the runs measured.
 
-Each finished run of ``balanced-l1 compare`` keeps a bounded sample of its RoI head's positives from the
-second half of its training (``runs/<arm>_seed<s>_roi_sample.npy``). :func:`predict_table` computes, on the
-samples of one arm's runs (every seed pooled), the gradient balance that other losses and parameters would
-give, and :func:`solve_alpha_table` the Balanced L1 alpha that reaches a target inlier/outlier ratio.
+Two users: ``balanced-l1 compare`` prints each arm's RoI-head balance as predicted from the baseline's sample of
+errors (:func:`predict_from_baseline`, :func:`format_prediction_table`), and ``balanced-l1 balance`` predicts it
+for any box loss and parameters from the errors a finished run recorded.
+
+Each finished run of ``balanced-l1 compare`` keeps a bounded sample of its RoI head's positives from the second
+half of its training (``runs/<arm>_seed<s>_roi_sample.npy``). :func:`predict_table` computes, on the samples of
+one arm's runs (every seed pooled), the gradient balance that other losses and parameters would give, and
+:func:`solve_alpha_table` the Balanced L1 alpha that reaches a target inlier/outlier ratio.
 Nothing in the output folder is executed: run records are JSON, samples are read with ``allow_pickle=False``.
 """
 
@@ -25,7 +29,7 @@ from balanced_l1.detection.balance_prediction import (
 )
 from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
-from balanced_l1.experiments.report.balance import mean_over_seeds, run_summary
+from balanced_l1.experiments.report.balance import mean_over_seeds, roi_statistic, run_summary
 from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 from balanced_l1.experiments.run.runner import read_record, read_sample, sample_path
 from balanced_l1.params import BalancedL1Params
@@ -142,3 +146,43 @@ def solve_alpha_table(
              statistic_cell(stats["inlier_gradient_share"])]
         )  # fmt: skip
     return "\n".join(markdown_table(rows))
+
+
+def predict_from_baseline(
+    samples: list[np.ndarray], box_losses: dict[str, BoxLossConfig | None]
+) -> dict[str, dict[str, float | None]]:
+    """Each arm's RoI-head gradient balance as predicted from the baseline's sample of regression errors.
+
+    Args:
+        samples: the baseline runs' RoI samples, ``(K, 12)`` each (see :func:`split_roi_sample`).
+        box_losses: each arm's RoI-head box loss (``None``: the arm has no RoI head, nothing is predicted).
+
+    Returns:
+        ``{arm: prediction}`` (see :func:`~balanced_l1.detection.predict_box_gradient_balance`); empty when
+            the baseline kept no sample.
+    """
+    rows = [s for s in samples if s.size]
+    if not rows:
+        return {}
+    pred, target, proposals = split_roi_sample(torch.from_numpy(np.concatenate(rows)))
+    return {
+        arm: predict_box_gradient_balance(pred, target, loss, proposals=proposals)
+        for arm, loss in box_losses.items()
+        if loss is not None
+    }
+
+
+def format_prediction_table(predicted: dict[str, dict[str, float | None]], arms: dict[str, Any]) -> str:
+    """A Markdown table: per arm, the predicted and the measured RoI inlier/outlier ratio and inlier share."""
+    rows = [["arm", "in/out predicted", "in/out measured", "inlier share predicted", "inlier share measured"]]
+    for arm, prediction in predicted.items():
+        rows.append(
+            [
+                arm,
+                statistic_cell(prediction.get("inlier_outlier_gradient_ratio")),
+                statistic_cell(roi_statistic(arms.get(arm, {}), "inlier_outlier_gradient_ratio")),
+                statistic_cell(prediction.get("inlier_gradient_share")),
+                statistic_cell(roi_statistic(arms.get(arm, {}), "inlier_gradient_share")),
+            ]
+        )
+    return "\n".join(markdown_table(rows)) if len(rows) > 1 else ""

@@ -385,9 +385,12 @@ def is_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> b
         folder: the folder.
 
     Returns:
-        ``True`` for ``folder`` itself and every path below it.
+        ``True`` for ``folder`` itself and every path below it; ``False`` when either cannot name a file (a NUL).
     """
-    target, base = os.path.realpath(path), os.path.realpath(folder)
+    try:
+        target, base = os.path.realpath(path), os.path.realpath(folder)
+    except ValueError:  # a NUL: no file has that path, and the caller refuses it where it opens it
+        return False
     return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
 
 

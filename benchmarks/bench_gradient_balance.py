@@ -23,10 +23,10 @@ import torch
 from balanced_l1.detection import GradientBalanceMonitor
 from balanced_l1.detection.models import build_detector
 from balanced_l1.experiments.arms import get_arm
-from balanced_l1.experiments.compare import load_data, train_config
 from balanced_l1.experiments.config import DEFAULTS
-from balanced_l1.experiments.data.coco_data import DetectionSplit
 from balanced_l1.experiments.data.loader import DataOrder, training_loader, unpack
+from balanced_l1.experiments.data.split import DetectionSplit
+from balanced_l1.experiments.run.runner import load_data, train_config
 
 
 def _seconds_per_iteration(

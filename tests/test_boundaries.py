@@ -192,12 +192,12 @@ def test_any_avg_factor_is_ignored_with_reduction_none(avg_factor):
 
 
 def test_loss_weight_has_one_rule_for_the_module_and_the_detection_adapters():
-    losses = pytest.importorskip("balanced_l1.detection.losses")
+    box_loss = pytest.importorskip("balanced_l1.detection.box_loss")
     for bad, error in ((-1.0, ValueError), (math.nan, ValueError), ("2", TypeError), (True, TypeError)):
         with pytest.raises(error) as from_module:
             BalancedL1Loss(loss_weight=bad)
         with pytest.raises(error) as from_config:
-            losses.BoxLossConfig(loss_weight=bad)
+            box_loss.BoxLossConfig(loss_weight=bad)
         assert str(from_module.value) == str(from_config.value)
     assert BalancedL1Loss(loss_weight=np.float32(2.0)).loss_weight == 2.0
 
@@ -304,7 +304,12 @@ def test_the_number_rules_have_one_checker_used_by_params_samplers_pyramid_and_c
     from pathlib import Path
 
     src = Path(__file__).resolve().parents[1] / "src" / "balanced_l1"
-    users = ["params.py", "detection/_draw.py", "detection/iou_balanced_sampling.py", "detection/rpn_sampling.py"]
+    users = [
+        "params.py",
+        "detection/_random_draws.py",
+        "detection/iou_balanced_sampling.py",
+        "detection/rpn_sampling.py",
+    ]
     users += ["detection/bfp.py", "detection/libra.py", "detection/models.py", "experiments/data/coco_annotations.py"]
     users += ["experiments/data/synthetic.py"]
     for name in users:

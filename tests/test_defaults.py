@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from balanced_l1.detection.losses import BoxLossConfig
+from balanced_l1.detection.box_loss import BoxLossConfig
 from balanced_l1.params import BalancedL1Params
 
 DEFAULTS: dict[str, Any] = {

@@ -23,7 +23,8 @@ def test_plot_loss_leaves_the_backend_alone(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_compare_figures_leave_the_backend_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balanced_l1.experiments.report.summary import METRICS, save_figures, summarize
+    from balanced_l1.experiments.metric_names import METRICS
+    from balanced_l1.experiments.report.summary import save_figures, summarize
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("save_figures switched matplotlib's backend")

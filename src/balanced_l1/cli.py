@@ -108,9 +108,23 @@ def _grid(kind: type) -> object:
     return parse
 
 
+def _balance_flags() -> dict[str, tuple[type, str]]:
+    """Every parameter of every registered box loss, and ``loss_weight``: its type and its help, with each loss that
+    takes it and its default there (one ``balance`` flag each, derived from the registry)."""
+    from balanced_l1.detection.box_loss import box_loss_names, get_box_loss
+
+    found: dict[str, tuple[type, str, list[str]]] = {}
+    for name in box_loss_names():
+        loss = get_box_loss(name)
+        for parameter in (*loss.parameters, loss.loss_weight):
+            kind = str if isinstance(parameter.default, str) else float
+            shown = parameter.default if isinstance(parameter.default, str) else f"{parameter.default:.4g}"
+            found.setdefault(parameter.name, (kind, parameter.help, []))[2].append(f"{name} {shown}")
+    return {key: (kind, f"{text} (default: {', '.join(losses)})") for key, (kind, text, losses) in found.items()}
+
+
 def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
-    from balanced_l1.detection.box_loss import DELTA_LOSSES
-    from balanced_l1.detection.iou_losses import IOU_LOSSES
+    from balanced_l1.detection.box_loss import box_loss_names
 
     balance = subparsers.add_parser(
         "balance",
@@ -127,50 +141,59 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     )
     balance.add_argument(
         "--loss",
-        choices=(*DELTA_LOSSES, *IOU_LOSSES),
+        choices=box_loss_names(),
         default="balanced_l1",
         help="the loss to predict for (default %(default)s); its parameters not given take the loss's defaults",
     )
-    balance.add_argument("--alpha", type=_grid(float), default=None, help="Balanced L1 alpha, e.g. 0.2|0.3|0.5")
-    balance.add_argument("--gamma", type=_grid(float), default=None, help="Balanced L1 gamma, e.g. 1.0|1.5")
-    balance.add_argument("--beta", type=_grid(float), default=None, help="beta of Balanced L1 or smooth L1")
-    balance.add_argument("--formulation", type=_grid(str), default=None, help="Balanced L1: scaled or mmdet")
-    balance.add_argument("--loss-weight", type=_grid(float), default=None, help="the loss weight")
+    for key, (kind, help_text) in _balance_flags().items():
+        flag, shown = "--" + key.replace("_", "-"), help_text.replace("%", "%%")
+        balance.add_argument(flag, type=_grid(kind), default=None, help=f"{shown}, one value or a grid a|b|c")
     target = balance.add_mutually_exclusive_group()
     target.add_argument("--target-ratio", type=_number, default=None, help="solve for alpha reaching this ratio")
     target.add_argument("--target-arm", default=None, help="solve for alpha reaching this arm's measured ratio")
     balance.set_defaults(handler=_run_balance, command_parser=balance)
 
 
+def _solve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[float], list[float], str]:
+    """The gammas, betas and formulation ``balance`` solves alpha for: the flags, else Balanced L1's defaults."""
+    from balanced_l1.detection.box_loss import get_box_loss
+    from balanced_l1.experiments.report.predicted_balance import check_solve_grid
+
+    given = {key for key in _balance_flags() if getattr(args, key) and key not in ("gamma", "beta", "formulation")}
+    if args.loss != "balanced_l1" or given:
+        parser.error("--target-ratio/--target-arm solve for Balanced L1's alpha: give --gamma/--beta only")
+    defaults = get_box_loss("balanced_l1").defaults()
+    formulations = args.formulation or [defaults["formulation"]]
+    if len(formulations) != 1:
+        parser.error("give one --formulation when solving for alpha")
+    gammas, betas = args.gamma or [defaults["gamma"]], args.beta or [defaults["beta"]]
+    try:
+        check_solve_grid(gammas, betas, formulations[0])
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    return gammas, betas, formulations[0]
+
+
 def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from balanced_l1.experiments.output_folder.errors import OutputFolderError, RunsNotFoundError
     from balanced_l1.experiments.report.predicted_balance import (
-        RunsNotFoundError,
         load_arm_runs,
         loss_grid,
         predict_table,
         solve_alpha_table,
     )
-    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
 
     out = Path(args.out)
     if not out.is_dir():
         parser.error(f"OUT {str(out)!r} is not a folder")
-    values = {"alpha": args.alpha, "gamma": args.gamma, "beta": args.beta, "formulation": args.formulation,
-              "loss_weight": args.loss_weight}  # fmt: skip
     solving = args.target_ratio is not None or args.target_arm is not None
-    try:
-        if solving:
-            if args.loss != "balanced_l1" or args.alpha or args.loss_weight:
-                parser.error("--target-ratio/--target-arm solve for Balanced L1's alpha: give --gamma/--beta only")
-            formulations = args.formulation or ["scaled"]
-            if len(formulations) != 1:
-                parser.error("give one --formulation when solving for alpha")
-            loss_grid("balanced_l1", {"gamma": args.gamma or [1.5], "beta": args.beta or [1.0],
-                                      "formulation": formulations})  # fmt: skip
-        else:
-            grid = loss_grid(args.loss, values)
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
+    if solving:
+        gammas, betas, formulation = _solve_settings(args, parser)
+    else:
+        try:
+            grid = loss_grid(args.loss, {key: getattr(args, key) for key in _balance_flags()})
+        except (TypeError, ValueError) as err:
+            parser.error(str(err))
     try:
         runs = load_arm_runs(out, args.arm)
         if solving:
@@ -185,14 +208,14 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                     parser.error(f"--target-ratio must be finite and > 0, got {ratio}")
                 label = f"ratio {ratio:g}"
             print(f"Balanced L1 alpha reaching {label} on {args.arm}'s errors (seeds {list(runs.seeds)}):")
-            print(solve_alpha_table(runs, ratio, args.gamma or [1.5], args.beta or [1.0], formulations[0]))
+            print(solve_alpha_table(runs, ratio, gammas, betas, formulation))
         else:
             print(f"RoI gradient balance on {args.arm}'s recorded errors (seeds {list(runs.seeds)}, "
                   f"{runs.sample.shape[0]} positives):")  # fmt: skip
             print(predict_table(runs, grid))
     except RunsNotFoundError as err:
         parser.error(str(err))
-    except CheckpointMismatchError as err:
+    except OutputFolderError as err:
         print(f"balanced-l1 balance: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -241,7 +264,8 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
-    from balanced_l1.experiments.config import FIELDS, recipe_names
+    from balanced_l1.experiments.config import FIELDS
+    from balanced_l1.experiments.config.toml_files import recipe_names
 
     compare = subparsers.add_parser(
         "compare",
@@ -284,16 +308,12 @@ def _check_device(device: str, parser: argparse.ArgumentParser, *, here: bool = 
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from balanced_l1.detection.models import BackboneWeightsError
     from balanced_l1.experiments.compare import run_compare
-    from balanced_l1.experiments.config import (
-        FIELDS,
-        ConfigError,
-        load_config_file,
-        load_recipe,
-        resolve,
-        to_toml,
-    )
+    from balanced_l1.experiments.config import FIELDS, resolve
+    from balanced_l1.experiments.config.checks import ConfigError
+    from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe, to_toml
     from balanced_l1.experiments.data.coco_data import DataError, ImageReadError
-    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.output_folder.errors import OutputFolderError
+    from balanced_l1.experiments.output_folder.layout import CHECKPOINTS_FOLDER
     from balanced_l1.experiments.run.parallel import RunFailedError
     from balanced_l1.experiments.run.train import TrainingDivergedError
 
@@ -321,11 +341,11 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         return 2
     except (ImageReadError, OSError) as err:  # a broken image; a read-only folder or a full disk (path and reason)
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
-        if any((Path(config.out) / "checkpoints").glob("*.pt")):  # it failed after a checkpoint was written
+        if any((Path(config.out) / CHECKPOINTS_FOLDER).glob("*.pt")):  # it failed after a checkpoint was written
             fix = "the file" if isinstance(err, ImageReadError) else "the folder or free space"
             print(f"the last checkpoint is kept: fix {fix} and run the same command with --resume", file=sys.stderr)
         return 1
-    except (DataError, CheckpointMismatchError, TrainingDivergedError, BackboneWeightsError, RunFailedError) as err:
+    except (DataError, OutputFolderError, TrainingDivergedError, BackboneWeightsError, RunFailedError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -377,9 +397,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.config import ConfigError, check_int_setting
+    from balanced_l1.experiments.config.checks import ConfigError, check_int
     from balanced_l1.experiments.data.coco_data import DataError
-    from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
+    from balanced_l1.experiments.output_folder.errors import OutputFolderError, RunsNotFoundError
 
     out = Path(args.out)
     if not out.is_dir():
@@ -387,15 +407,16 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if (args.val_ann is None) != (args.val_root is None):
         parser.error("give --val-ann and --val-root together (the annotation file and its image folder)")
     try:
-        check_int_setting("threads", args.threads)  # compare's bound and its reason
+        check_int("threads", args.threads)  # compare's bound and its reason
     except ConfigError as err:
         parser.error(f"--{err}")
     _check_device(args.device, parser)
     import torch
 
-    from balanced_l1.experiments.output_folder import exclusive_out
+    from balanced_l1.experiments.evaluate_out import check_destination, evaluate_out
+    from balanced_l1.experiments.output_folder.files import saved_config
+    from balanced_l1.experiments.output_folder.lock import exclusive_out
     from balanced_l1.experiments.run.runlog import is_terminal
-    from balanced_l1.experiments.run.trained import RunsNotFoundError, check_destination, evaluate_out, saved_config
 
     try:  # the settings and where to write, before the lock on OUT and any work
         config = saved_config(out, args.arm_modules)
@@ -417,7 +438,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             )
     except (ConfigError, RunsNotFoundError) as err:
         parser.error(str(err))
-    except (DataError, CheckpointMismatchError) as err:
+    except (DataError, OutputFolderError) as err:
         print(f"balanced-l1 evaluate: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -14,7 +16,6 @@ from balanced_l1.detection import (
 )
 from balanced_l1.detection.balance_prediction import TORCHVISION_ROI_BOX_LOSS, roi_box_loss, split_roi_sample
 from balanced_l1.experiments.arms import get_arm
-from balanced_l1.params import BalancedL1Params
 
 
 def _images_and_targets() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -61,7 +62,7 @@ def test_torchvisions_own_head_is_predicted_as_smooth_l1_with_beta_one_ninth() -
     model = build_small_faster_rcnn(3)
     assert roi_box_loss(model) == TORCHVISION_ROI_BOX_LOSS
     get_arm("balanced_l1").apply(model, {"alpha": 0.3})
-    assert roi_box_loss(model).params.alpha == 0.3
+    assert roi_box_loss(model).values["alpha"] == 0.3
 
 
 def _errors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +77,7 @@ def test_the_solved_alpha_reproduces_the_target_ratio(target_ratio: float, gamma
     pred, target = _errors()
     alpha = solve_alpha(pred, target, target_ratio, gamma=gamma)
     assert alpha is not None
-    config = BoxLossConfig(BalancedL1Params(alpha=alpha, gamma=gamma))
+    config = BoxLossConfig("balanced_l1", {"alpha": alpha, "gamma": gamma})
     ratio = predict_box_gradient_balance(pred, target, config)["inlier_outlier_gradient_ratio"]
     assert ratio == pytest.approx(target_ratio, rel=1e-9)
 
@@ -92,8 +93,8 @@ def test_an_unreachable_ratio_gives_none_and_a_bad_one_is_refused() -> None:
 
 def test_the_mean_box_gradient_includes_the_loss_weight() -> None:
     pred, target = _errors()
-    one = predict_box_gradient_balance(pred, target, BoxLossConfig(loss="l1"))
-    two = predict_box_gradient_balance(pred, target, BoxLossConfig(loss="l1", loss_weight=2.0))
+    one = predict_box_gradient_balance(pred, target, BoxLossConfig("l1"))
+    two = predict_box_gradient_balance(pred, target, BoxLossConfig("l1", loss_weight=2.0))
     assert one["mean_box_gradient"] == pytest.approx(4.0) and two["mean_box_gradient"] == pytest.approx(8.0)
     assert one["inlier_outlier_gradient_ratio"] == pytest.approx(1.0)
 
@@ -110,7 +111,7 @@ def test_a_malformed_sample_is_refused(sample: torch.Tensor, message: str) -> No
 def test_an_iou_loss_without_proposals_is_refused() -> None:
     pred, target = _errors()
     with pytest.raises(ValueError, match="give \\(P, 4\\) proposals"):
-        predict_box_gradient_balance(pred, target, BoxLossConfig(loss="giou"))
+        predict_box_gradient_balance(pred, target, BoxLossConfig("giou"))
 
 
 def test_the_balanced_l1_arm_leaves_the_rpn_loss_bit_identical_to_the_baselines() -> None:
@@ -132,3 +133,49 @@ def test_the_balanced_l1_arm_leaves_the_rpn_loss_bit_identical_to_the_baselines(
     for name in ("loss_objectness", "loss_rpn_box_reg"):
         assert torch.equal(base[0][name], ours[0][name]), name
     assert not torch.equal(base[0]["loss_box_reg"], ours[0]["loss_box_reg"])
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        (
+            "pred",
+            torch.zeros(2, 4, dtype=torch.complex128),
+            "pred must be a real floating tensor, got dtype torch.complex128",
+        ),
+        (
+            "target",
+            torch.zeros(2, 4, dtype=torch.complex64),
+            "target must be a real floating tensor, got dtype torch.complex64",
+        ),
+        ("pred", [[0.0] * 4] * 2, "pred must be a torch.Tensor, got list"),
+        (
+            "target",
+            torch.zeros(2, 4, dtype=torch.int64),
+            "target must be a real floating tensor, got dtype torch.int64",
+        ),
+        ("proposals", [[0.0, 0.0, 1.0, 1.0]] * 2, "proposals must be a torch.Tensor, got list"),
+        ("config", "giou", "config must be a BoxLossConfig, got str"),
+    ],
+)
+def test_a_prediction_refuses_what_is_not_a_real_tensor_naming_the_argument(
+    argument: str, value: object, message: str
+) -> None:
+    arguments: dict[str, object] = {"pred": torch.zeros(2, 4), "target": torch.zeros(2, 4), "config": BoxLossConfig()}
+    with pytest.raises(TypeError, match=re.escape(message)):
+        predict_box_gradient_balance(**{**arguments, argument: value})  # type: ignore[arg-type]
+
+
+def test_a_prediction_refuses_a_loss_float64_cannot_compute() -> None:
+    pred, target = _errors()
+    with pytest.raises(ValueError, match=r"alpha \* beta / b = 0 cannot be represented in float64"):
+        predict_box_gradient_balance(pred, target, BoxLossConfig("balanced_l1", {"beta": 5e-324}))
+
+
+def test_the_solver_searches_only_the_alphas_float64_can_compute() -> None:
+    """With beta 1e-295 every error is an outlier (ratio 1 at every alpha), and below alpha ~0.0245 the constant
+    alpha * beta / b underflows float64: those alphas are left out of the search instead of failing it."""
+    pred, target = _errors()
+    assert solve_alpha(pred, target, 0.9, beta=1e-295) is None
+    alpha = solve_alpha(pred, target, 1.0, beta=1e-295)  # the first alpha searched reaches it
+    assert alpha is not None and 1.5 / 80 < 0.0245 < alpha < 0.03

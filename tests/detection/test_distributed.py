@@ -28,7 +28,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBo
 from torchvision.models.detection.ssd import SSD, SSDHead
 
 from balanced_l1.detection import use_balanced_l1
-from balanced_l1.detection.losses import BoxLossConfig, roi_head_losses
+from balanced_l1.detection.box_loss import BoxLossConfig
+from balanced_l1.detection.losses import roi_head_losses
 
 WORLD_SIZE = 2
 RANK_IMAGES = ([0], [1, 2])

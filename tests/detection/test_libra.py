@@ -42,7 +42,7 @@ def test_the_builder_composes_the_three_parts(libra: FasterRCNN) -> None:
     assert libra.backbone.out_channels == 256
     assert isinstance(libra.roi_heads.fg_bg_sampler, IoUBalancedNegativeSampler)
     assert libra.roi_heads.fg_bg_sampler.batch_size_per_image == 64
-    assert libra.roi_heads.balanced_l1_config.params.beta == 1.0
+    assert libra.roi_heads.balanced_l1_config.values["beta"] == 1.0
     assert type(libra.rpn) is RegionProposalNetwork  # the RPN keeps torchvision's smooth L1
 
 
@@ -71,7 +71,7 @@ def test_sampling_and_balanced_l1_compose_in_either_order(sampling_first: bool) 
     model.backbone = BackboneWithBFP(model.backbone, refine_level=1)
     steps = [
         lambda: use_iou_balanced_sampling(model, generator=torch.Generator().manual_seed(0)),
-        lambda: use_balanced_l1(model, rpn=False),
+        lambda: use_balanced_l1(model, placement="roi"),
     ]
     for step in steps if sampling_first else steps[::-1]:
         step()

@@ -39,7 +39,7 @@ def _assert_mmdet_parts(model: FasterRCNN, num_levels: int, refine_level: int) -
     assert (sampler.floor_thr, sampler.floor_fraction) == (-1.0, 0.0)
     assert isinstance(model.rpn.fg_bg_sampler, NegativeCappedSampler) and model.rpn.fg_bg_sampler.neg_pos_ub == 5
     config = model.roi_heads.balanced_l1_config
-    assert (config.params.alpha, config.params.gamma, config.params.beta) == (0.5, 1.5, 1.0)
+    assert (config.values["alpha"], config.values["gamma"], config.values["beta"]) == (0.5, 1.5, 1.0)
     assert not hasattr(model.rpn, "balanced_l1_config")
 
 

@@ -1,4 +1,4 @@
-"""use_balanced_l1: which losses change, to what value, and that nothing else changes."""
+"""use_balanced_l1 and use_box_loss: which losses change, to what value, and that nothing else changes."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from balanced_l1 import balanced_l1_loss
 from balanced_l1.detection import use_balanced_l1
 from balanced_l1.detection._mixins import _with_mixin
-from balanced_l1.detection.losses import CONFIG_ATTRIBUTE
+from balanced_l1.detection.box_loss import CONFIG_ATTRIBUTE
 
 SIZE = 64
 NUM_CLASSES = 3
@@ -250,10 +250,11 @@ def test_retinanet_box_loss_equals_hand_computation_and_classification_stays() -
     assert not torch.allclose(losses["bbox_regression"], reference["bbox_regression"], rtol=1e-3)
 
 
-@pytest.mark.parametrize(("rpn", "roi_heads"), [(True, False), (False, True)])
-def test_one_stage_switch_leaves_the_other_stage_torchvision(rpn: bool, roi_heads: bool) -> None:
+@pytest.mark.parametrize("placement", ["rpn", "roi"])
+def test_one_stage_switch_leaves_the_other_stage_torchvision(placement: str) -> None:
     reference = _losses(_rcnn())
-    model = use_balanced_l1(_rcnn(), rpn=rpn, roi_heads=roi_heads)
+    model = use_balanced_l1(_rcnn(), placement=placement)
+    rpn, roi_heads = placement == "rpn", placement == "roi"
     losses = _losses(model)
     switched, kept = ("loss_rpn_box_reg", "loss_box_reg") if rpn else ("loss_box_reg", "loss_rpn_box_reg")
     assert (type(model.rpn) is tv_rpn.RegionProposalNetwork) is not rpn
@@ -269,7 +270,7 @@ def test_second_call_replaces_parameters_without_stacking() -> None:
     fresh = use_balanced_l1(_rcnn(), beta=0.2, loss_weight=3.0)
     assert (type(model.rpn), type(model.roi_heads)) == classes == (type(fresh.rpn), type(fresh.roi_heads))
     assert len(type(model.roi_heads).__mro__) == len(tv_roi_heads.RoIHeads.__mro__) + 2
-    assert getattr(model.roi_heads, CONFIG_ATTRIBUTE).params.beta == 0.2
+    assert getattr(model.roi_heads, CONFIG_ATTRIBUTE).values["beta"] == 0.2
     losses, expected = _losses(model), _losses(fresh)
     for name in BOX_LOSSES:
         assert torch.equal(losses[name], expected[name])
@@ -361,16 +362,19 @@ def test_wrapped_model_error_says_to_pass_the_bare_model() -> None:
         use_balanced_l1(wrapper)
 
 
-def test_switching_off_both_stages_is_an_error() -> None:
-    with pytest.raises(ValueError, match="rpn=False and roi_heads=False would switch nothing"):
-        use_balanced_l1(_rcnn(), rpn=False, roi_heads=False)
+@pytest.mark.parametrize("placement", ["none", "", "ROI", 1])
+def test_an_unknown_placement_is_an_error_listing_the_valid_ones(placement: object) -> None:
+    model = _rcnn()
+    with pytest.raises(ValueError, match=r"placement must be one of roi, rpn, both, got"):
+        use_balanced_l1(model, placement=placement)
+    assert type(model.rpn) is tv_rpn.RegionProposalNetwork and type(model.roi_heads) is tv_roi_heads.RoIHeads
 
 
-@pytest.mark.parametrize("flags", [{"rpn": False}, {"roi_heads": False}])
-def test_retinanet_rejects_stage_flags(flags: dict[str, bool]) -> None:
+@pytest.mark.parametrize("placement", ["rpn", "roi"])
+def test_retinanet_rejects_a_stage_placement(placement: str) -> None:
     model = _retinanet()
-    with pytest.raises(ValueError, match=r"RetinaNet has neither an RPN nor RoI heads.*leave rpn and roi_heads"):
-        use_balanced_l1(model, **flags)
+    with pytest.raises(ValueError, match=r"RetinaNet has neither an RPN nor RoI heads.*leave placement at None"):
+        use_balanced_l1(model, placement=placement)
     assert type(model.head.regression_head) is tv_retinanet.RetinaNetRegressionHead
 
 
@@ -382,6 +386,8 @@ def test_retinanet_rejects_stage_flags(flags: dict[str, bool]) -> None:
         ({"formulation": "paper"}, ValueError, r"formulation must be one of scaled, mmdet, got 'paper'"),
         ({"loss_weight": -1.0}, ValueError, r"loss_weight must be finite and >= 0, got -1.0"),
         ({"loss_weight": "2"}, TypeError, r"loss_weight must be a real number, got '2' of type str"),
+        ({"loss_weight": 1e300}, ValueError, r"loss_weight must be <= 10000, got 1e\+300"),
+        ({"delta": 1.0}, ValueError, r"the balanced_l1 loss takes alpha, gamma, beta, formulation; got delta"),
     ],
 )
 def test_invalid_parameters_raise_and_leave_the_model_untouched(

@@ -151,7 +151,7 @@ def test_eval_mode_outputs_are_unchanged(lite: bool) -> None:
 def test_state_dict_deepcopy_and_pickle_are_unchanged() -> None:
     untouched = _ssd()
     model = use_balanced_l1(copy.deepcopy(untouched), beta=0.3)
-    assert type(model).__name__ == "SSDWithBalancedL1"
+    assert type(model).__name__ == "SSDWithBoxLoss"
     state = model.state_dict()
     assert list(state) == list(untouched.state_dict())
     assert str(untouched.load_state_dict(state)) == "<All keys matched successfully>"
@@ -169,14 +169,14 @@ def test_second_call_replaces_parameters_without_stacking() -> None:
     cls = type(model)
     use_balanced_l1(model, beta=0.2)
     assert type(model) is cls and len(cls.__mro__) == len(SSD.__mro__) + 2
-    assert getattr(model, CONFIG_ATTRIBUTE).params.beta == 0.2
+    assert getattr(model, CONFIG_ATTRIBUTE).values["beta"] == 0.2
 
 
-@pytest.mark.parametrize("flags", [{"rpn": False}, {"roi_heads": False}])
-def test_stage_flags_are_rejected_before_anything_changes(flags: dict[str, bool]) -> None:
+@pytest.mark.parametrize("placement", ["rpn", "roi"])
+def test_stage_placements_are_rejected_before_anything_changes(placement: str) -> None:
     model = _ssd()
-    with pytest.raises(ValueError, match=r"^SSD has neither an RPN nor RoI heads.*leave rpn and roi_heads at True"):
-        use_balanced_l1(model, **flags)
+    with pytest.raises(ValueError, match=r"^SSD has neither an RPN nor RoI heads.*leave placement at None or 'both'"):
+        use_balanced_l1(model, placement=placement)
     assert type(model) is SSD and not hasattr(model, CONFIG_ATTRIBUTE)
 
 

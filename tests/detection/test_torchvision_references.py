@@ -84,7 +84,7 @@ def _main(device: torch.device) -> tuple[nn.Module, nn.Module, GradientBalanceMo
     model = torchvision.models.get_model(
         "fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None, num_classes=3
     )
-    use_balanced_l1(model, rpn=False)
+    use_balanced_l1(model, placement="roi")
     monitor = GradientBalanceMonitor(model, task_balance_every=10)
     model.to(device)
     model_without_ddp = model
@@ -99,7 +99,7 @@ def _main(device: torch.device) -> tuple[nn.Module, nn.Module, GradientBalanceMo
 def test_the_patched_train_py_and_engine_py_train_with_balanced_l1_in_the_roi_head(one_process_group: None) -> None:
     model, model_without_ddp, monitor, logged = _main(torch.device("cpu"))
     assert model_without_ddp.roi_heads.balanced_l1_config.loss == "balanced_l1"
-    assert not hasattr(model_without_ddp.rpn, "balanced_l1_config")  # rpn=False: torchvision's smooth L1
+    assert not hasattr(model_without_ddp.rpn, "balanced_l1_config")  # placement="roi": torchvision's smooth L1
     assert len(logged) == 2 and all(math.isfinite(row["loss"]) for row in logged)
     assert "inlier_fraction" in logged[0] and "box_cls_gradient_ratio" in logged[0]  # measured at the first step
     assert len(monitor.history) == 2 and set(monitor.history[0]) == {"roi_heads", "rpn"}
@@ -116,7 +116,7 @@ def test_the_ddp_wrapper_is_refused_with_the_hint_to_pass_module(one_process_gro
     )
     wrapped = nn.parallel.DistributedDataParallel(model)
     with pytest.raises(TypeError, match=r"pass the bare model, e.g. ddp_model.module"):
-        use_balanced_l1(wrapped, rpn=False)
+        use_balanced_l1(wrapped, placement="roi")
     with pytest.raises(TypeError, match=r"pass the bare model, e.g. ddp_model.module"):
         GradientBalanceMonitor(wrapped)
 
@@ -125,11 +125,12 @@ def test_the_ddp_wrapper_is_refused_with_the_hint_to_pass_module(one_process_gro
     ("name", "kind"),
     [("retinanet_resnet50_fpn_v2", "RetinaNet"), ("ssdlite320_mobilenet_v3_large", "SSD")],
 )
-def test_one_stage_models_need_no_rpn_false_and_say_so(name: str, kind: str) -> None:
+def test_one_stage_models_need_no_placement_and_say_so(name: str, kind: str) -> None:
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=3)
     assert isinstance(model, (RetinaNet, SSD))
-    with pytest.raises(ValueError, match=rf"^{kind} has neither an RPN nor RoI heads, it has one box loss: leave rpn"):
-        use_balanced_l1(model, rpn=False)
+    message = rf"^{kind} has neither an RPN nor RoI heads, it has one box loss: leave placement"
+    with pytest.raises(ValueError, match=message):
+        use_balanced_l1(model, placement="roi")
     assert use_balanced_l1(model) is model
 
 
@@ -144,7 +145,7 @@ def _model(patched: bool, seed: int) -> nn.Module:
     model = torchvision.models.get_model(
         "fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None, num_classes=3
     )
-    return use_balanced_l1(model, rpn=False) if patched else model
+    return use_balanced_l1(model, placement="roi") if patched else model
 
 
 @pytest.mark.parametrize(("saved_patched", "loaded_patched"), [(True, False), (False, True)])

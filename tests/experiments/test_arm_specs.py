@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 
 from balanced_l1.cli import main
+from balanced_l1.detection.box_loss import LossParameter
+from balanced_l1.experiments import arms
 from balanced_l1.experiments.arm_specs import ArmSpecError, expand_arms, parse_arm, split_arm_list
 from balanced_l1.experiments.arms import Arm, get_arm, register_arm
-from balanced_l1.experiments.config import CompareConfig, ConfigError
+from balanced_l1.experiments.config import CompareConfig
+from balanced_l1.experiments.config.checks import ConfigError
 
 
 def test_a_list_splits_at_the_commas_outside_parentheses() -> None:
@@ -66,6 +69,26 @@ def test_two_spellings_of_one_arm_are_refused_as_a_repeat() -> None:
         ("balanced_l1(alpha=" + "|".join(["0.1"] * 1001) + ")", "at most 1000"),
         ("smooth_l1,smooth_l1", "already names"),
         ("", "expected NAME or NAME(key=value"),
+        # everything the loss derives from the values is checked as training will compute it, in float32
+        (
+            "balanced_l1(beta=5e-324)",
+            "beta = 4.94066e-324 cannot be represented in float32 (magnitudes from 1.4e-45",
+        ),
+        ("balanced_l1(gamma=1e-300)", "gamma = 1e-300 cannot be represented in float32"),
+        ("balanced_l1(beta=1e-44)", "alpha * beta / b = 2.61978e-46 cannot be represented in float32"),
+        ("smooth_l1(beta=5e-324)", "beta = 4.94066e-324 cannot be represented in float32 (magnitudes from 1.4e-45"),
+        (
+            "balanced_l1(loss_weight=1e300)",
+            "arm 'balanced_l1(loss_weight=1e300)': loss_weight must be <= 10000, got 1e+300",
+        ),
+        ("l1(loss_weight=1e300)", "loss_weight must be <= 10000"),
+        ("giou(loss_weight=1e300)", "loss_weight must be <= 10000"),
+        ("libra(loss_weight=1e300)", "loss_weight must be <= 10000"),
+        ("balanced_l1(loss_weight=1e-46)", "loss_weight = 1e-46 cannot be represented in float32"),
+        # the parser reads one character at a time: a long spec fails at once, naming its length and the limit
+        ("smooth_l1" + " " * 120_000 + "x", "the spec is 120010 characters long; at most 10000"),
+        ("smooth_l1" + " " * 5_000 + "x", "expected NAME or NAME(key=value"),
+        ("balanced_l1(alpha=0.3)x", "expected NAME or NAME(key=value"),
     ],
 )
 def test_every_bad_arm_spec_exits_2_naming_the_arm_and_the_key_and_writes_nothing(
@@ -138,10 +161,57 @@ def _in_main(function: object) -> object:
     return configure
 
 
-@pytest.mark.parametrize("name", ["a(b", "a,b", "a b", "a=b", "a|b", "", "a/b"])
+@pytest.mark.parametrize(
+    "name", ["a(b", "a,b", "a b", "a=b", "a|b", "", "a/b", "balanced_l1__alpha-0.3", "_a", "a_", "a__b"]
+)
 def test_an_arm_name_that_cannot_be_part_of_a_spec_or_a_file_name_is_refused(name: str) -> None:
-    with pytest.raises(ValueError, match="arm name must be made of"):
+    with pytest.raises(ValueError, match=r"arm name must be made of .*no '__', no '_' at either end"):
         register_arm(Arm(name, "", lambda model: None))
+
+
+@pytest.mark.parametrize(
+    ("parameter", "message"),
+    [
+        (LossParameter("a-b", 1.0, "", float), "a parameter's name must be made of letters and digits"),
+        (LossParameter("a__b", 1.0, "", float), "a parameter's name must be made of"),
+        (LossParameter("mode", "x__y", "", str, None, ("x__y",)), "a choice of mode must be made of"),
+    ],
+)
+def test_a_parameter_name_or_choice_that_would_make_file_names_ambiguous_is_refused(
+    parameter: LossParameter, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        register_arm(Arm("ambiguous_arm", "", lambda model, **p: None, (parameter,)))
+    assert "ambiguous_arm" not in arms.arm_names()
+
+
+def test_negative_zero_and_zero_are_one_arm_with_one_name() -> None:
+    (arm,) = parse_arm("l1(loss_weight=-0.0)")
+    assert arm.name == "l1(loss_weight=0.0)" and arm.file_stem == "l1__loss_weight-0.0"
+    with pytest.raises(ArmSpecError, match="already names"):
+        expand_arms(["l1(loss_weight=0.0)", "l1(loss_weight=-0.0)"])
+
+
+def test_two_arms_whose_names_differ_only_in_case_are_refused_together() -> None:
+    register_arm(Arm("L1", "an arm whose files would collide with l1's on a case-insensitive file system", print))
+    try:
+        assert [a.name for a in expand_arms(["L1"])] == ["L1"]
+        with pytest.raises(ArmSpecError, match="arms 'l1' and 'L1' differ only in upper and lower case"):
+            expand_arms(["l1", "L1"])
+    finally:
+        del arms._REGISTRY["L1"]
+
+
+def test_every_arms_file_stem_splits_back_into_its_name_and_values() -> None:
+    specs = expand_arms(
+        ["smooth_l1(beta=0.5|1e-05, placement=both)", "balanced_l1(alpha=0.3|2, formulation=mmdet)", "l1", "libra"]
+    )
+    stems = {spec.file_stem for spec in specs}
+    assert len(stems) == len(specs)
+    for spec in specs:
+        name, *pairs = spec.file_stem.split("__")
+        assert name == spec.arm.name
+        assert [tuple(pair.split("-", 1)) for pair in pairs] == [(k, str(v)) for k, v in spec.given]
 
 
 def test_every_box_loss_arm_takes_loss_weight_and_placement() -> None:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from balanced_l1.experiments.output_folder.errors import CheckpointMismatchError
 from balanced_l1.experiments.run.checkpoint import (
-    CheckpointMismatchError,
     load_checkpoint,
     restore_checkpoint,
     rng_state,
@@ -279,9 +279,9 @@ def test_a_checkpoint_that_is_not_a_regular_file_is_refused_without_opening_it(t
 
 
 def test_a_checkpoint_over_the_bound_is_refused_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balanced_l1.experiments.run import checkpoint
+    from balanced_l1.experiments.output_folder import files
 
     save_checkpoint(tmp_path / "c.pt", _state())
-    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 1024)
+    monkeypatch.setattr(files, "MAX_CHECKPOINT_BYTES", 1024)
     with pytest.raises(CheckpointMismatchError, match=r"over the limit of 1 KiB for a checkpoint .*MAX_CHECKPOINT"):
         load_checkpoint(tmp_path / "c.pt", {"arm": "a"}, 1)

@@ -18,12 +18,12 @@ from balanced_l1.experiments.data import images as images_module
 from balanced_l1.experiments.data.coco_data import (
     DataError,
     DetectionDataset,
-    DetectionSplit,
     ImageReadError,
     format_data_report,
     load_coco_dataset,
     load_coco_split,
 )
+from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.run.evaluate import coco_metrics
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from balanced_l1.cli import main
-from balanced_l1.experiments.run.train import ROI_SAMPLE_ROWS
+from balanced_l1.experiments.output_folder.files import ROI_SAMPLE_ROWS
 
 TINY = ["--iters", "4", "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
 ARMS = "smooth_l1,balanced_l1(alpha=0.3,gamma=1.0),l1(loss_weight=1.5)"

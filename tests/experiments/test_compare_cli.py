@@ -16,8 +16,8 @@ from balanced_l1.cli import main
 from balanced_l1.detection.gradient_balance import STATISTICS
 from balanced_l1.experiments.data.coco_data import save_coco_folder
 from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
+from balanced_l1.experiments.metric_names import METRICS
 from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
-from balanced_l1.experiments.run.evaluate import METRICS
 
 TINY = ["--iters", "2", "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
 
@@ -121,16 +121,16 @@ def test_the_baseline_arms_switch_the_roi_head_loss_they_name_and_leave_the_rpn_
     from balanced_l1.detection import build_small_faster_rcnn
     from balanced_l1.experiments.arms import get_arm
 
-    for arm, loss, beta in (
-        ("smooth_l1_beta1", "smooth_l1", 1.0),
-        ("l1", "l1", 1.0),
-        ("balanced_l1", "balanced_l1", 1.0),
+    for arm, loss, values in (
+        ("smooth_l1_beta1", "smooth_l1", {"beta": 1.0}),
+        ("l1", "l1", {}),
+        ("balanced_l1", "balanced_l1", {"alpha": 0.5, "gamma": 1.5, "beta": 1.0, "formulation": "scaled"}),
     ):
         torch.manual_seed(0)
         model = build_small_faster_rcnn(3)
         get_arm(arm).apply(model, {})
         config = model.roi_heads.balanced_l1_config
-        assert (config.loss, config.params.beta) == (loss, beta), arm
+        assert (config.loss, dict(config.values)) == (loss, values), arm
         assert type(model.rpn) is RegionProposalNetwork, arm
 
 

@@ -12,16 +12,9 @@ import pytest
 
 from balanced_l1.cli import main
 from balanced_l1.experiments.arms import get_arm
-from balanced_l1.experiments.config import (
-    DEFAULTS,
-    CompareConfig,
-    ConfigError,
-    load_config_file,
-    load_recipe,
-    recipe_names,
-    resolve,
-    to_toml,
-)
+from balanced_l1.experiments.config import DEFAULTS, CompareConfig, resolve
+from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe, recipe_names, to_toml
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from balanced_l1.experiments.data.coco_data import DetectionDataset, DetectionSplit
+from balanced_l1.experiments.data.coco_data import DetectionDataset
+from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.data.synthetic import make_synthetic_split
 
 

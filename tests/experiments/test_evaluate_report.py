@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from balanced_l1.experiments.data.synthetic import make_synthetic_split
-from balanced_l1.experiments.report.summary import ap_points, format_table, mean_std, summarize, write_results
-from balanced_l1.experiments.run.evaluate import IOU_THRESHOLDS, METRICS, coco_metrics
+from balanced_l1.experiments.metric_names import IOU_THRESHOLDS, METRICS
+from balanced_l1.experiments.output_folder.files import write_results
+from balanced_l1.experiments.report.summary import ap_points, format_table, mean_std, summarize
+from balanced_l1.experiments.run.evaluate import coco_metrics
 
 
 @pytest.fixture(scope="module")

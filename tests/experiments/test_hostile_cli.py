@@ -1,7 +1,8 @@
-"""Hostile command lines (issue 22, second pass; issue 20): every bad argument exits 2 and writes nothing.
+"""Hostile command lines (issue 22, second pass; issue 20; issue 27): every bad argument exits 2 and writes nothing.
 
-Each case runs ``balanced-l1 compare`` in this process and checks the exit status, that the message names the
-setting and its value, that no traceback is printed, and that ``--out`` was not created (so no lock file either).
+Each case runs ``balanced-l1 compare`` (or ``balance``) in this process and checks the exit status, that the message
+names the setting and its value, that no traceback is printed, and that ``--out`` was not created (so no lock file
+either).
 No case trains: each is refused before any training starts.
 """
 
@@ -19,19 +20,10 @@ from hypothesis import strategies as st
 
 from balanced_l1.cli import main
 from balanced_l1.experiments.arms import Arm, register_arm
-from balanced_l1.experiments.compare import train_config
-from balanced_l1.experiments.config import (
-    DEFAULTS,
-    FIELDS,
-    INT_BOUNDS,
-    MAX_ITERS,
-    MAX_WEIGHTS_FILE_BYTES,
-    CompareConfig,
-    ConfigError,
-    load_config_file,
-    resolve,
-    to_toml,
-)
+from balanced_l1.experiments.config import DEFAULTS, FIELDS, CompareConfig, resolve
+from balanced_l1.experiments.config.checks import INT_BOUNDS, MAX_ITERS, MAX_WEIGHTS_FILE_BYTES, ConfigError
+from balanced_l1.experiments.config.toml_files import load_config_file, to_toml
+from balanced_l1.experiments.run.runner import train_config
 
 TINY_DATA = ["--train-images", "2", "--val-images", "2"]
 FLOAT_FIELDS = [name for name, spec in FIELDS.items() if str(spec.type) == "float"]
@@ -226,6 +218,41 @@ def test_every_hostile_argument_exits_2_naming_it_without_a_traceback_or_writing
     assert stdout == ""  # --print-config printed nothing
     assert not out.exists()
     assert not list(tmp_path.rglob(".balanced-l1.lock"))
+
+
+_GRID_2000 = "|".join(str(0.1 + i / 1000) for i in range(2000))
+_GRID_300 = "|".join(str(0.5 + i / 100) for i in range(300))
+BALANCE_EXAMPLES: list[tuple[list[str], list[str]]] = [
+    # every grid and every solve is bounded: the limit and the reason
+    (["--alpha", _GRID_2000, "--gamma", _GRID_2000], ["the grid has 4000000 losses; at most 1000"]),
+    (["--target-ratio", "0.5", "--gamma", _GRID_300, "--beta", _GRID_300],
+     ["300 gammas x 300 betas are 90000 solves for alpha; at most 100"]),
+    # values the loss derives something from that float64 cannot hold
+    (["--beta", "5e-324"], ["alpha * beta / b = 0 cannot be represented in float64"]),
+    (["--gamma", "1e-320"], ["alpha * beta / b = inf cannot be represented in float64"]),
+    (["--target-ratio", "0.5", "--beta", "5e-324"],
+     ["gamma=1.5, beta=5e-324: the search for alpha from 0.01875 to 1500 reaches alpha=0.01875",
+      "cannot be represented in float64"]),
+    (["--target-ratio", "0.5", "--gamma", "1e-320"],
+     ["gamma=1e-320, beta=1.0: the search for alpha from", "gamma / alpha must be at most 80"]),
+    (["--loss", "smooth_l1", "--beta", "1e-330"], ["beta must be finite and > 0, got 0.0"]),
+    (["--loss-weight", "1e300"], ["loss_weight must be <= 10000, got 1e+300"]),
+    (["--loss", "giou", "--alpha", "0.3"], ["the giou loss takes loss_weight; got alpha"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "expected"), BALANCE_EXAMPLES, ids=lambda v: repr(v)[:60])
+def test_every_hostile_balance_argument_exits_2_naming_it_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["balance", str(tmp_path), *args])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2, captured.err
+    assert "Traceback" not in captured.err and "usage: balanced-l1 balance" in captured.err
+    for text in expected:
+        assert text in captured.err, (text, captured.err)
+    assert captured.out == "" and not list(tmp_path.iterdir())
 
 
 def test_hostile_files_and_paths_exit_2_without_writing_anything(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import io
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from balanced_l1.cli import main
+from balanced_l1.experiments.output_folder import layout
 
 TINY = ["--iters", "1", "--batch-size", "2", "--train-images", "2", "--val-images", "2", "--image-size", "64"]
 
@@ -139,3 +141,36 @@ def test_tensorboard_events_that_cannot_be_written_exit_1_naming_the_folder(
     err = capsys.readouterr().err
     assert f"{out / 'tensorboard' / 'smooth_l1_seed0'}: cannot write TensorBoard events there (" in err
     assert "Traceback" not in err
+
+
+def _names_written_outside_the_owner() -> list[str]:
+    """Every string constant outside ``experiments/output_folder/`` that names a file of OUT or a run's file."""
+    names = {*layout.OUTPUT_FILES, layout.LOCK_NAME}
+    suffixes = ("_model.pt", "_roi_sample.npy")
+    src = Path(layout.__file__).resolve().parents[2]
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if "output_folder" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            text = node.value
+            if text in names or (not any(c.isspace() for c in text) and any(s in text for s in suffixes)):
+                found.append(f"{path.relative_to(src)}:{node.lineno}: {text!r}")
+    return found
+
+
+def test_only_the_output_folder_package_names_the_files_of_out() -> None:
+    assert not _names_written_outside_the_owner()
+
+
+def test_a_runs_files_share_one_stem_and_are_found_again_from_its_record(tmp_path: Path) -> None:
+    from balanced_l1.experiments.arm_specs import parse_arm
+    from balanced_l1.experiments.output_folder.layout import RunFiles
+
+    spec = parse_arm("balanced_l1(alpha=0.3)")[0]
+    files = RunFiles.of(tmp_path, spec, 3)
+    assert RunFiles.of_record(files.record) == files
+    assert {path.parent for path in (files.record, files.model, files.roi_sample)} == {tmp_path / "runs"}
+    assert files.record.stem == files.checkpoint.stem == files.tensorboard.name == f"{spec.file_stem}_seed3"

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from balanced_l1.experiments.config import CompareConfig, to_toml
-from balanced_l1.experiments.run.trained import ArmModulesNotGivenError, load_trained_model, saved_config
+from balanced_l1.experiments.config import CompareConfig
+from balanced_l1.experiments.config.toml_files import to_toml
+from balanced_l1.experiments.output_folder.errors import ArmModulesNotGivenError
+from balanced_l1.experiments.output_folder.files import saved_config
+from balanced_l1.experiments.run.trained_model import load_trained_model
 
 _EVIL = "import pathlib\npathlib.Path(__file__).with_name('IMPORTED').write_text('ran')\n"
 

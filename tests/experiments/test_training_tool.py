@@ -23,13 +23,16 @@ import torch
 from PIL import Image
 
 from balanced_l1.cli import main
-from balanced_l1.experiments.compare import load_data, run_fingerprint
-from balanced_l1.experiments.config import as_dict, load_config_file, resolve
+from balanced_l1.experiments.config import as_dict, resolve
+from balanced_l1.experiments.config.toml_files import load_config_file
+from balanced_l1.experiments.metric_names import METRICS
+from balanced_l1.experiments.output_folder.errors import RunsNotFoundError
+from balanced_l1.experiments.output_folder.files import saved_config
 from balanced_l1.experiments.report.pictures import ARM_COLORS, draw_panel, panel_rows, scale
 from balanced_l1.experiments.report.verdict import ONE_SEED
 from balanced_l1.experiments.run.checkpoint import load_checkpoint
-from balanced_l1.experiments.run.evaluate import METRICS, coco_metrics, predict
-from balanced_l1.experiments.run.trained import RunsNotFoundError, saved_config
+from balanced_l1.experiments.run.evaluate import coco_metrics, predict
+from balanced_l1.experiments.run.runner import load_data, run_fingerprint
 
 ITERS = 4
 TINY = ["--iters", str(ITERS), "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
@@ -125,7 +128,7 @@ def test_the_rebuilt_model_gives_the_detections_of_the_model_that_was_evaluated(
 
 def test_load_trained_model_refuses_a_missing_run_and_a_grid(finished: Finished) -> None:
     from balanced_l1.experiments import load_trained_model
-    from balanced_l1.experiments.config import ConfigError
+    from balanced_l1.experiments.config.checks import ConfigError
 
     with pytest.raises(RunsNotFoundError, match="no finished run of arm 'balanced_l1' and seed 7"):
         load_trained_model(finished.out, "balanced_l1", 7)
@@ -323,8 +326,8 @@ def test_print_config_shows_the_new_settings_and_config_reads_them(tmp_path: Pat
 
 
 def test_eval_every_counts_epochs_when_the_run_is_given_in_epochs() -> None:
-    from balanced_l1.experiments.compare import train_config
     from balanced_l1.experiments.config import DEFAULTS
+    from balanced_l1.experiments.run.runner import train_config
 
     config = resolve([{"epochs": 3, "eval_every": 2, "batch_size": 4}])
     assert train_config(config, 10).eval_every == 6  # an epoch: ceil(10 / 4) = 3 iterations

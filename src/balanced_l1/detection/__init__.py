@@ -1,11 +1,5 @@
-"""torchvision detection adapters: Balanced L1 box losses (and the rest of Libra R-CNN's balance).
+"""torchvision detection adapters: Balanced L1 box losses (and the rest of Libra R-CNN's balance)."""
 
-Two modules moved and still import at their old paths, with a ``DeprecationWarning``: ``zoo`` (now
-:mod:`~balanced_l1.detection.models`, the one home of the model builders) and ``sampling`` (now
-:mod:`~balanced_l1.detection.iou_balanced_sampling`).
-"""
-
-from balanced_l1._moved import keep_old_paths
 from balanced_l1.detection.balance_prediction import predict_box_gradient_balance, solve_alpha
 from balanced_l1.detection.bfp import BackboneWithBFP, BalancedFeaturePyramid, use_balanced_feature_pyramid
 from balanced_l1.detection.box_loss import BoxLossConfig
@@ -17,13 +11,9 @@ from balanced_l1.detection.instance_sampling import (
 )
 from balanced_l1.detection.iou_balanced_sampling import IoUBalancedNegativeSampler, use_iou_balanced_sampling
 from balanced_l1.detection.libra import libra_fasterrcnn_resnet50_fpn, libra_refine_level, use_libra, use_libra_mmdet
-from balanced_l1.detection.losses import use_balanced_l1, use_box_loss, use_box_loss_config
+from balanced_l1.detection.losses import use_balanced_l1, use_box_loss
 from balanced_l1.detection.models import build_small_faster_rcnn
 from balanced_l1.detection.rpn_sampling import NegativeCappedSampler, use_rpn_negative_cap
-
-#: The old module names in this package and where each module lives now.
-MOVED_MODULES = {"zoo": "models", "sampling": "iou_balanced_sampling"}
-keep_old_paths(__name__, MOVED_MODULES)
 
 __all__ = [
     "BackboneWithBFP",
@@ -42,7 +32,6 @@ __all__ = [
     "use_balanced_feature_pyramid",
     "use_balanced_l1",
     "use_box_loss",
-    "use_box_loss_config",
     "use_instance_balanced_sampling",
     "use_iou_balanced_sampling",
     "use_libra",

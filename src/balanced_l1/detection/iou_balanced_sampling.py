@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from balanced_l1.detection._draw import (
+from balanced_l1.detection._random_draws import (
     check_batch,
     check_generator,
     check_image,

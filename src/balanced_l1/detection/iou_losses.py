@@ -8,8 +8,8 @@ coder (weights 10, 10, 5, 5 in Faster R-CNN) and torchvision's own loss function
 :func:`~torchvision.ops.complete_box_iou_loss`). The gradient reaches the deltas through the decoding,
 so the gradient-balance monitor reads it on the same partition of the deltas as for the other losses.
 
-The loss weights of mmdetection's Faster R-CNN configs are in :data:`IOU_LOSS_WEIGHTS` (GIoU 10, CIoU 12;
-mmdetection ships no DIoU Faster R-CNN config, so DIoU takes GIoU's 10).
+The IoU losses themselves, with the loss weights of mmdetection's Faster R-CNN configs, are declared in
+the box-loss registry (:mod:`.box_loss`).
 """
 
 from __future__ import annotations
@@ -19,31 +19,18 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from balanced_l1.params import check_choice
-
-__all__ = ["IOU_LOSSES", "IOU_LOSS_WEIGHTS", "decoded_box_loss"]
-
-_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "giou": generalized_box_iou_loss,
-    "diou": distance_box_iou_loss,
-    "ciou": complete_box_iou_loss,
-}
-
-#: The IoU losses a RoI head can use, computed on decoded boxes.
-IOU_LOSSES: tuple[str, ...] = tuple(_FUNCTIONS)
-
-#: The loss weight of each IoU loss in mmdetection's Faster R-CNN configs (``faster-rcnn_r50_fpn_giou_1x_coco``
-#: and ``faster-rcnn_r50_fpn_ciou_1x_coco``); DIoU has no such config and takes GIoU's.
-IOU_LOSS_WEIGHTS: dict[str, float] = {"giou": 10.0, "diou": 10.0, "ciou": 12.0}
+__all__ = ["decoded_box_loss"]
 
 
-def decoded_box_loss(loss: str, deltas: Tensor, proposals: Tensor, gt_boxes: Tensor, box_coder: Any) -> Tensor:
+def decoded_box_loss(
+    loss: Callable[..., Tensor], deltas: Tensor, proposals: Tensor, gt_boxes: Tensor, box_coder: Any
+) -> Tensor:
     """The summed IoU loss of predicted deltas decoded against their proposals, versus the ground-truth boxes.
 
     Args:
-        loss: ``"giou"``, ``"diou"`` or ``"ciou"``.
+        loss: the IoU loss, a torchvision op called as ``loss(boxes, gt_boxes, reduction="sum")``, such as
+            :func:`~torchvision.ops.generalized_box_iou_loss`.
         deltas: ``(P, 4)`` predicted encoded deltas of the positive RoIs (their true class).
         proposals: ``(P, 4)`` the RoIs' proposal boxes ``(x1, y1, x2, y2)``.
         gt_boxes: ``(P, 4)`` the matched ground-truth boxes.
@@ -52,20 +39,17 @@ def decoded_box_loss(loss: str, deltas: Tensor, proposals: Tensor, gt_boxes: Ten
     Returns:
         The sum of the per-box losses, computed in float32 at least (a graph-connected 0 when ``P == 0``).
 
-    Raises:
-        ValueError: for an unknown loss, listing the valid ones.
-
     Example:
         >>> import torch
         >>> from torchvision.models.detection._utils import BoxCoder
+        >>> from torchvision.ops import generalized_box_iou_loss
         >>> coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         >>> box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-        >>> float(decoded_box_loss("giou", torch.zeros(1, 4), box, box, coder))
+        >>> float(decoded_box_loss(generalized_box_iou_loss, torch.zeros(1, 4), box, box, coder))
         0.0
     """
-    check_choice("loss", loss, IOU_LOSSES)
     work = deltas.float() if deltas.dtype in (torch.float16, torch.bfloat16) else deltas
     if work.shape[0] == 0:
         return work.sum() * 0.0
     boxes = box_coder.decode_single(work, proposals.to(work.dtype))
-    return _FUNCTIONS[loss](boxes, gt_boxes.to(work.dtype), reduction="sum")
+    return loss(boxes, gt_boxes.to(work.dtype), reduction="sum")

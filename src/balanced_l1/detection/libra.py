@@ -17,9 +17,9 @@ from balanced_l1.detection._model_kinds import is_two_stage
 from balanced_l1.detection.bfp import BackboneWithBFP, _infer_num_levels, use_balanced_feature_pyramid
 from balanced_l1.detection.box_loss import BoxLossConfig, placement_stages
 from balanced_l1.detection.iou_balanced_sampling import use_iou_balanced_sampling
-from balanced_l1.detection.losses import use_box_loss_config
+from balanced_l1.detection.losses import use_box_loss
 from balanced_l1.detection.rpn_sampling import use_rpn_negative_cap
-from balanced_l1.params import BalancedL1Params, check_number
+from balanced_l1.params import check_number
 
 
 def _check_two_stage(model: nn.Module, caller: str) -> None:
@@ -94,11 +94,12 @@ def use_libra(
             already has a Balanced Feature Pyramid; the model is unchanged then.
     """
     _check_two_stage(model, "use_libra")
-    box_loss = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)  # checked first
+    params = {"alpha": alpha, "gamma": gamma, "beta": beta, "formulation": formulation}
+    BoxLossConfig("balanced_l1", params, loss_weight)  # checked before the model changes
     placement_stages(placement)
     use_balanced_feature_pyramid(model, refine_level=refine_level, refine_type=refine_type)
     use_iou_balanced_sampling(model, num_bins=3, floor_thr=-1.0, floor_fraction=0.0)
-    return use_box_loss_config(model, box_loss, placement=placement)
+    return use_box_loss(model, "balanced_l1", placement=placement, loss_weight=loss_weight, **params)
 
 
 def use_libra_mmdet(
@@ -160,7 +161,7 @@ def use_libra_mmdet(
         generator=generator,
     )
     use_rpn_negative_cap(model, neg_pos_ub=5, generator=generator)
-    use_box_loss_config(model, BoxLossConfig(), placement="roi")  # the paper's Balanced L1 in the RoI head
+    use_box_loss(model, "balanced_l1", placement="roi")  # the paper's Balanced L1 in the RoI head
     return model
 
 

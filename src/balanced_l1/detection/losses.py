@@ -1,7 +1,8 @@
-"""Balanced L1 box-regression losses for torchvision detectors, switched on per instance.
+"""Box-regression losses for torchvision detectors (Balanced L1 and any other registered one), switched per instance.
 
-:func:`use_balanced_l1` changes how one torchvision Faster / Mask / Keypoint R-CNN, RetinaNet or
-SSD / SSDlite *instance* computes its box-regression losses. It swaps the class of the model's RPN,
+:func:`use_box_loss` changes how one torchvision Faster / Mask / Keypoint R-CNN, RetinaNet or
+SSD / SSDlite *instance* computes its box-regression losses, to any loss of the registry
+(:mod:`.box_loss`); :func:`use_balanced_l1` is the same for Balanced L1. It swaps the class of the model's RPN,
 RoI heads or RetinaNet regression head (of the SSD itself, whose ``compute_loss`` holds its losses)
 for a cached subclass with a mixin (see :mod:`._mixins`); no torchvision module global is patched,
 so every other model in the process keeps torchvision's losses.
@@ -26,6 +27,8 @@ so that after DDP's gradient averaging the gradients equal those of one process 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, cross_entropy
@@ -37,28 +40,10 @@ from torchvision.models.detection.ssd import SSD
 from balanced_l1.detection._loss_normaliser import normaliser
 from balanced_l1.detection._mixins import _with_mixin
 from balanced_l1.detection._model_kinds import two_stage_parts, wrapper_hint
-from balanced_l1.detection.box_loss import (
-    BOX_LOSSES,
-    CONFIG_ATTRIBUTE,
-    PLACEMENTS,
-    BoxLossConfig,
-    placement_stages,
-)
+from balanced_l1.detection.box_loss import CONFIG_ATTRIBUTE, BoxLossConfig, placement_stages
 from balanced_l1.detection.ssd import ssd_losses
-from balanced_l1.params import BalancedL1Params
 
-__all__ = [
-    "BOX_LOSSES",
-    "PLACEMENTS",
-    "BoxLossConfig",
-    "placement_stages",
-    "retinanet_box_loss",
-    "roi_head_losses",
-    "rpn_losses",
-    "use_balanced_l1",
-    "use_box_loss",
-    "use_box_loss_config",
-]
+__all__ = ["retinanet_box_loss", "roi_head_losses", "rpn_losses", "use_balanced_l1", "use_box_loss"]
 
 _SUPPORTED = (
     "torchvision FasterRCNN, MaskRCNN, KeypointRCNN (a GeneralizedRCNN whose rpn is a "
@@ -76,7 +61,7 @@ def roi_head_losses(
     *,
     decoding: tuple[list[Tensor], list[Tensor], object] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Classification and Balanced L1 box losses of the Fast R-CNN head (torchvision's normalisation).
+    """Classification and box losses of the Fast R-CNN head (torchvision's normalisation).
 
     Args:
         class_logits: ``(N, num_classes)`` logits of the N sampled RoIs of all images.
@@ -124,7 +109,7 @@ def rpn_losses(
     sampled_neg_inds: Tensor,
     config: BoxLossConfig,
 ) -> tuple[Tensor, Tensor]:
-    """Objectness and Balanced L1 box losses of the RPN (torchvision's normalisation).
+    """Objectness and box losses of the RPN (torchvision's normalisation).
 
     Args:
         objectness: objectness logits of all anchors of all images (any shape with one per anchor).
@@ -136,7 +121,7 @@ def rpn_losses(
         config: the box loss.
 
     Returns:
-        ``(binary cross-entropy summed / S, Balanced L1 of the positives summed / S)`` with S the
+        ``(binary cross-entropy summed / S, box loss of the positives summed / S)`` with S the
             number of sampled anchors, summed over ranks in a distributed run.
     """
     sampled = torch.cat([sampled_pos_inds, sampled_neg_inds], dim=0)
@@ -155,7 +140,7 @@ def retinanet_box_loss(
     matched_idxs: list[Tensor],
     config: BoxLossConfig,
 ) -> Tensor:
-    """Balanced L1 box loss of RetinaNet's regression head (torchvision's normalisation).
+    """The box loss of RetinaNet's regression head (torchvision's normalisation).
 
     Args:
         head: the regression head, whose ``box_coder`` encodes the targets.
@@ -178,10 +163,10 @@ def retinanet_box_loss(
     return total * normaliser(len(targets), total)
 
 
-class _BalancedL1RPN(RegionProposalNetwork):
-    """RPN mixin: Balanced L1 for the anchors' box deltas."""
+class _BoxLossRPN(RegionProposalNetwork):
+    """RPN mixin: the configured box loss for the anchors' box deltas."""
 
-    mixin_label = "BalancedL1"
+    mixin_label = "BoxLoss"
 
     def compute_loss(
         self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
@@ -217,14 +202,15 @@ def _matched_boxes(boxes: Tensor, matched_idxs: Tensor, labels: Tensor) -> Tenso
     return matched
 
 
-class _BalancedL1RoIHeads(RoIHeads):
-    """RoI heads mixin: the training pass with Balanced L1 box loss; inference is torchvision's.
+class _BoxLossRoIHeads(RoIHeads):
+    """RoI heads mixin: the training pass with the configured box loss (on deltas or decoded boxes); inference is
+    torchvision's.
 
     The training pass calls ``self.select_training_samples`` (so an overriding sampler mixin is
     honoured) and torchvision's ``maskrcnn_loss`` / ``keypointrcnn_loss`` for the other branches.
     """
 
-    mixin_label = "BalancedL1"
+    mixin_label = "BoxLoss"
 
     def forward(
         self,
@@ -269,10 +255,10 @@ class _BalancedL1RoIHeads(RoIHeads):
         return [], losses
 
 
-class _BalancedL1RetinaNetRegression(RetinaNetRegressionHead):
-    """RetinaNet regression head mixin: Balanced L1 on the encoded deltas of foreground anchors."""
+class _BoxLossRetinaNetRegression(RetinaNetRegressionHead):
+    """RetinaNet regression head mixin: the configured box loss on the encoded deltas of foreground anchors."""
 
-    mixin_label = "BalancedL1"
+    mixin_label = "BoxLoss"
 
     def compute_loss(
         self,
@@ -285,15 +271,15 @@ class _BalancedL1RetinaNetRegression(RetinaNetRegressionHead):
         return retinanet_box_loss(self, targets, head_outputs["bbox_regression"], anchors, matched_idxs, config)
 
 
-class _BalancedL1SSD(SSD):
-    """SSD / SSDlite mixin: Balanced L1 on the encoded deltas of foreground default boxes.
+class _BoxLossSSD(SSD):
+    """SSD / SSDlite mixin: the configured box loss on the encoded deltas of foreground default boxes.
 
     The classification loss (hard negative mining included) is torchvision's own ``compute_loss``
     result; its smooth L1 box loss is computed there too and discarded (a sum over the foreground
     boxes, small next to the cross-entropy over every default box).
     """
 
-    mixin_label = "BalancedL1"
+    mixin_label = "BoxLoss"
 
     def compute_loss(
         self,
@@ -322,158 +308,109 @@ def _switch(module: nn.Module, mixin: type, config: BoxLossConfig) -> None:
     setattr(module, CONFIG_ATTRIBUTE, config)
 
 
-def use_balanced_l1(
-    model: nn.Module,
-    *,
-    rpn: bool = True,
-    roi_heads: bool = True,
-    alpha: float = 0.5,
-    gamma: float = 1.5,
-    beta: float = 1.0,
-    loss_weight: float = 1.0,
-    formulation: str = "scaled",
+def use_box_loss(
+    model: nn.Module, loss: str, *, placement: str | None = None, loss_weight: float | None = None, **params: Any
 ) -> nn.Module:
-    """Switch the box-regression losses of one torchvision detector instance to Balanced L1.
+    """Switch the box-regression losses of one torchvision detector instance to a registered box loss.
 
     Only this instance changes: its RPN, RoI heads or RetinaNet regression head (an SSD: the model
-    itself, whose ``compute_loss`` computes its losses) gets a subclass with a mixin and keeps its
-    parameters in a :class:`BoxLossConfig` attribute named ``balanced_l1_config``. Weights,
-    ``state_dict``, ``deepcopy`` and pickling are unaffected, and inference (eval mode) is
-    torchvision's. Calling it again replaces the parameters. Call it on the bare model, before
-    wrapping it in ``DistributedDataParallel``; in a distributed run every rank must run the
-    training forward pass, since the loss normalisers are summed over ranks.
-    RetinaNet's regression loss is replaced whatever its ``_loss_type`` (l1, smooth_l1, giou, ...);
-    Balanced L1 acts on the encoded deltas. The switched modules are not TorchScript-able.
+    itself, whose ``compute_loss`` computes its losses) gets a subclass with a mixin and keeps the loss
+    in a :class:`~balanced_l1.detection.box_loss.BoxLossConfig` attribute named ``balanced_l1_config``.
+    Weights, ``state_dict``, ``deepcopy`` and pickling are unaffected, and inference (eval mode) is
+    torchvision's. Calling it again replaces the loss where ``placement`` says. Call it on the bare model,
+    before wrapping it in ``DistributedDataParallel``; in a distributed run every rank must run the
+    training forward pass, since the loss normalisers are summed over ranks. RetinaNet's regression loss
+    is replaced whatever its ``_loss_type`` (l1, smooth_l1, giou, ...). The switched modules are not
+    TorchScript-able.
+
+    The losses (:func:`~balanced_l1.detection.box_loss.box_loss_names`): ``"balanced_l1"``, the baselines
+    ``"smooth_l1"`` (torchvision's own at beta 1/9; the paper's baseline has beta 1) and ``"l1"``
+    (mmdetection's Faster R-CNN baseline), the IoU losses ``"giou"``, ``"diou"`` and ``"ciou"`` on boxes
+    decoded against the RoI head's proposals, as mmdetection's ``reg_decoded_bbox=True``, and any loss added
+    with :func:`~balanced_l1.detection.box_loss.register_box_loss`; all with torchvision's normalisation.
 
     Args:
         model: a torchvision ``FasterRCNN``, ``MaskRCNN``, ``KeypointRCNN``, ``RetinaNet`` or ``SSD``
-            (``ssd300_vgg16``, ``ssdlite320_mobilenet_v3_large`` or any other ``SSD``).
-        rpn: switch the RPN's box loss (R-CNN models). False leaves the RPN as it is.
-        roi_heads: switch the RoI head's box loss (R-CNN models). False leaves it as it is.
-            RetinaNet and SSD have one box loss, which is always switched; since they have neither
-            an RPN nor RoI heads, ``rpn`` and ``roi_heads`` must stay True for them.
-        alpha: inlier gradient scale, finite and > 0.
-        gamma: outlier gradient (cap), finite and > 0.
-        beta: inflection point, finite and > 0 (torchvision's smooth L1 uses 1/9 in both R-CNN stages).
-        loss_weight: factor applied to the box losses, finite and >= 0.
-        formulation: ``"scaled"`` or ``"mmdet"``; see :func:`balanced_l1.balanced_l1_loss`.
+            (``ssd300_vgg16``, ``ssdlite320_mobilenet_v3_large`` or any other ``SSD``); an R-CNN for the IoU losses.
+        loss: a registered box loss.
+        placement: where an R-CNN's loss goes: ``"roi"`` (the RoI head, the paper's place), ``"rpn"`` or
+            ``"both"``; the other stage keeps what it has. ``None``: ``"both"``, or ``"roi"`` for the IoU
+            losses, which need the RoI head's proposals. RetinaNet and SSD have one box loss, which is always
+            switched: leave ``placement`` at ``None`` or ``"both"`` for them.
+        loss_weight: factor applied to the box losses, finite, >= 0 and at most
+            :data:`~balanced_l1.detection.box_loss.MAX_LOSS_WEIGHT`; ``None``: the loss's default (1; GIoU and
+            DIoU 10, CIoU 12, as mmdetection's configs).
+        **params: the loss's parameters (Balanced L1: ``alpha``, ``gamma``, ``beta``, ``formulation``; smooth
+            L1: ``beta``), each checked by the registry; the others take their defaults.
 
     Returns:
         ``model`` itself, switched in place.
 
     Raises:
-        TypeError: for an unsupported model (for example FCOS, a plain ``nn.Module``, a DDP wrapper).
-        ValueError: for invalid parameters, ``rpn=False`` with ``roi_heads=False``, or either False
-            for a RetinaNet or an SSD.
+        TypeError: for an unsupported model (for example FCOS, a plain ``nn.Module``, a DDP wrapper), or a
+            parameter of the wrong type.
+        ValueError: for an unknown loss, placement or parameter (listing the valid ones), an invalid value, an
+            IoU loss in the RPN or in a one-stage model, or a placement other than ``"both"`` for a one-stage model.
 
     Example:
         >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
         >>> model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
-        >>> model = use_balanced_l1(model, rpn=False, beta=0.5)
-        >>> type(model.roi_heads).__name__, type(model.rpn).__name__
-        ('RoIHeadsWithBalancedL1', 'RegionProposalNetwork')
-        >>> model.roi_heads.balanced_l1_config.params.beta
-        0.5
+        >>> use_box_loss(model, "smooth_l1", placement="roi", beta=1.0).roi_heads.balanced_l1_config
+        BoxLossConfig('smooth_l1', {'beta': 1.0}, loss_weight=1.0)
     """
-    config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation), loss_weight)
-    return _use_box_loss(model, config, rpn=rpn, roi_heads=roi_heads)
-
-
-def use_box_loss(
-    model: nn.Module,
-    loss: str,
-    *,
-    rpn: bool | None = None,
-    roi_heads: bool = True,
-    beta: float = 1.0,
-    loss_weight: float = 1.0,
-) -> nn.Module:
-    """Switch one detector instance's box losses to a baseline loss, with the same design as :func:`use_balanced_l1`.
-
-    This is how the baselines Balanced L1 is compared with are built: ``"smooth_l1"`` with beta 1 (the
-    paper's baseline; torchvision's own is beta 1/9), ``"l1"`` (mmdetection's Faster R-CNN baseline), or
-    the IoU losses ``"giou"``, ``"diou"`` and ``"ciou"`` on decoded boxes in the RoI head, as mmdetection's
-    ``reg_decoded_bbox=True`` (their loss weights in mmdetection's configs:
-    :data:`~balanced_l1.detection.iou_losses.IOU_LOSS_WEIGHTS`), with torchvision's normalisation and the
-    distributed normalisers of :func:`use_balanced_l1`.
-
-    Args:
-        model: a model that :func:`use_balanced_l1` supports (an R-CNN for the IoU losses).
-        loss: ``"smooth_l1"``, ``"l1"``, ``"giou"``, ``"diou"``, ``"ciou"`` or ``"balanced_l1"`` (then alpha 0.5,
-            gamma 1.5 and ``beta``).
-        rpn: switch the RPN's box loss (R-CNN models); ``None`` (the default) is True for the losses on
-            deltas and False for the IoU losses, which need the RoI head's proposals.
-        roi_heads: switch the RoI head's box loss (R-CNN models).
-        beta: smooth L1's (or Balanced L1's) beta, finite and > 0; unused by ``"l1"``.
-        loss_weight: factor applied to the box losses, finite and >= 0.
-
-    Returns:
-        ``model`` itself, switched in place.
-
-    Raises:
-        TypeError: for an unsupported model, as :func:`use_balanced_l1`.
-        ValueError: for an unknown loss (listing the valid ones), invalid parameters, or an IoU loss in the
-            RPN or in a one-stage model.
-
-    Example:
-        >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
-        >>> model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
-        >>> use_box_loss(model, "l1").roi_heads.balanced_l1_config.loss
-        'l1'
-    """
-    config = BoxLossConfig(BalancedL1Params(beta=beta), loss_weight, loss)
-    return _use_box_loss(model, config, rpn=not config.decoded if rpn is None else rpn, roi_heads=roi_heads)
-
-
-def use_box_loss_config(model: nn.Module, config: BoxLossConfig, *, placement: str = "roi") -> nn.Module:
-    """Switch an R-CNN's box losses to ``config`` where ``placement`` says; the other stage keeps its own.
-
-    This is the form the comparison's arms and :func:`~balanced_l1.detection.use_libra` use: one validated
-    :class:`BoxLossConfig` (any loss of :data:`BOX_LOSSES`, its parameters and weight) and a placement.
-
-    Args:
-        model: a model that :func:`use_balanced_l1` supports.
-        config: the box loss.
-        placement: ``"roi"`` (the paper's place), ``"rpn"`` or ``"both"``; a one-stage model's single box
-            loss is switched with ``"both"``.
-
-    Returns:
-        ``model`` itself, switched in place.
-
-    Raises:
-        TypeError: for an unsupported model.
-        ValueError: for an unknown placement, or an IoU loss anywhere but an R-CNN's RoI head.
-    """
+    config = BoxLossConfig(loss, params, loss_weight)
+    if placement is None:
+        placement = "roi" if config.decoded else "both"
     rpn, roi_heads = placement_stages(placement)
-    return _use_box_loss(model, config, rpn=rpn, roi_heads=roi_heads)
-
-
-def _use_box_loss(model: nn.Module, config: BoxLossConfig, *, rpn: bool, roi_heads: bool) -> nn.Module:
-    for name, flag in (("rpn", rpn), ("roi_heads", roi_heads)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool (True or False), got {flag!r} of type {type(flag).__name__}")
     one_stage = _one_stage_module(model)
     if config.decoded and (rpn or one_stage is not None):
         raise ValueError(
             f"the {config.loss} loss compares boxes decoded against the RoI head's proposals: it goes in an R-CNN's "
-            f"RoI head only (rpn=False), got rpn={rpn!r} for a {type(model).__name__}"
+            f"RoI head only (placement='roi'), got placement={placement!r} for a {type(model).__name__}"
         )
     if one_stage is not None:
         name = "SSD" if one_stage is model else "RetinaNet"
-        if not (rpn and roi_heads):
+        if placement != "both":
             raise ValueError(
-                f"{name} has neither an RPN nor RoI heads, it has one box loss: "
-                f"leave rpn and roi_heads at True (got rpn={rpn!r}, roi_heads={roi_heads!r})"
+                f"{name} has neither an RPN nor RoI heads, it has one box loss: leave placement at None or 'both' "
+                f"(got {placement!r})"
             )
-        _switch(one_stage, _BalancedL1SSD if one_stage is model else _BalancedL1RetinaNetRegression, config)
+        _switch(one_stage, _BoxLossSSD if one_stage is model else _BoxLossRetinaNetRegression, config)
         return model
     parts = two_stage_parts(model)
     if parts is None:
-        raise TypeError(f"use_balanced_l1 supports {_SUPPORTED}; got {type(model).__name__}{wrapper_hint(model)}")
-    if not (rpn or roi_heads):
-        raise ValueError("rpn=False and roi_heads=False would switch nothing; set at least one of them to True")
+        raise TypeError(f"use_box_loss supports {_SUPPORTED}; got {type(model).__name__}{wrapper_hint(model)}")
     if rpn:
-        _switch(parts[0], _BalancedL1RPN, config)
+        _switch(parts[0], _BoxLossRPN, config)
     if roi_heads:
-        _switch(parts[1], _BalancedL1RoIHeads, config)
+        _switch(parts[1], _BoxLossRoIHeads, config)
     return model
+
+
+def use_balanced_l1(model: nn.Module, *, placement: str | None = None, **settings: Any) -> nn.Module:
+    """Switch one detector instance's box losses to Balanced L1: ``use_box_loss(model, "balanced_l1", ...)``.
+
+    Args:
+        model: a model :func:`use_box_loss` supports.
+        placement: ``"roi"`` (the paper's place), ``"rpn"`` or ``"both"`` (``None``, the default: both stages).
+        **settings: ``alpha`` (inlier gradient scale, default 0.5), ``gamma`` (outlier gradient, the cap, 1.5),
+            ``beta`` (inflection point, 1; torchvision's smooth L1 uses 1/9), ``formulation`` (``"scaled"`` or
+            ``"mmdet"``, see :func:`balanced_l1.balanced_l1_loss`) and ``loss_weight`` (1).
+
+    Returns:
+        ``model`` itself, switched in place.
+
+    Raises:
+        TypeError: as :func:`use_box_loss`.
+        ValueError: as :func:`use_box_loss`.
+
+    Example:
+        >>> from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+        >>> model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
+        >>> model = use_balanced_l1(model, placement="roi", beta=0.5)
+        >>> type(model.roi_heads).__name__, type(model.rpn).__name__
+        ('RoIHeadsWithBoxLoss', 'RegionProposalNetwork')
+        >>> model.roi_heads.balanced_l1_config.values["beta"]
+        0.5
+    """
+    return use_box_loss(model, "balanced_l1", placement=placement, **settings)

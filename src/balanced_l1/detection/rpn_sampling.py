@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from balanced_l1.detection._draw import check_batch, check_generator, permutation, sampled_masks
+from balanced_l1.detection._random_draws import check_batch, check_generator, permutation, sampled_masks
 from balanced_l1.params import check_number
 
 

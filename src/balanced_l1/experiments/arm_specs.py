@@ -10,27 +10,38 @@ A list of arms is comma-separated; commas inside parentheses belong to the arm. 
 name spells out the parameters that differ from its defaults, in the order the arm declares them, with
 each number as Python's shortest round-trip ``repr`` (``balanced_l1(alpha=0.3,gamma=1.0)``); an arm at
 its defaults is its bare name. Two spellings of the same arm have one canonical name, so a list that
-repeats an arm is refused. The canonical name is what tables, figures and ``results.json`` show; the full
-set of values is in each run's fingerprint.
+repeats an arm is refused (``loss_weight=-0.0`` and ``loss_weight=0.0`` are one arm). The canonical name is
+what tables, figures and ``results.json`` show; the full set of values is in each run's fingerprint.
+
+A spec is read in one pass over its characters, without a regular expression that could backtrack, and is at
+most :data:`MAX_SPEC_CHARS` long.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
 
 from balanced_l1.experiments.arms import Arm, get_arm
-from balanced_l1.params import check_choice
 
-__all__ = ["ArmSpec", "ArmSpecError", "TooManyArmsError", "expand_arms", "parse_arm", "split_arm_list"]
+__all__ = [
+    "MAX_SPEC_CHARS",
+    "ArmSpec",
+    "ArmSpecError",
+    "TooManyArmsError",
+    "expand_arms",
+    "parse_arm",
+    "split_arm_list",
+]
 
-_SPEC = re.compile(r"\s*([^\s(),=|]+)\s*(?:\((.*)\))?\s*", re.DOTALL)
 _MAX_GRID = 1000
+#: The longest arm spec: a grid of 1000 arms with their values fits in far less.
+MAX_SPEC_CHARS = 10_000
+_NOT_IN_A_NAME = frozenset("(),=|")
 
 
 class ArmSpecError(ValueError):
@@ -102,7 +113,13 @@ class ArmSpec:
 
     @property
     def file_stem(self) -> str:
-        """The name as a file name: ``balanced_l1__alpha-0.3__gamma-1.0``."""
+        """The name as a file name: ``balanced_l1__alpha-0.3__gamma-1.0``.
+
+        Unique per arm by construction: arm names, parameter names and string values hold no ``__`` and neither
+        begin nor end with ``_``, and parameter names hold no ``-`` (:func:`~balanced_l1.experiments.arms.register_arm`
+        refuses others), so the stem splits back at ``__`` into the arm's name and its ``key-value`` pairs, and
+        each pair at its first ``-``. Numbers are written as ``repr`` (``-0.0`` is read as ``0.0``).
+        """
         return "__".join([self.arm.name, *(f"{k}-{_format(v)}" for k, v in self.given)])
 
     @property
@@ -120,36 +137,50 @@ class ArmSpec:
 def _value(spec: str, arm: Arm, key: str, text: str) -> float | str:
     parameter = next(p for p in arm.parameters if p.name == key)
     text = text.strip()
-    if isinstance(parameter.default, str):
+    value: float | str = text
+    if not isinstance(parameter.default, str):
         try:
-            return check_choice(key, text, parameter.choices)
-        except ValueError as err:
-            raise ArmSpecError(f"arm {spec!r}: {err}") from None
+            value = float(text)
+        except ValueError:
+            raise ArmSpecError(f"arm {spec!r}: {key} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ArmSpecError(f"arm {spec!r}: {key} must be finite, got {text!r}")
     try:
-        number = float(text)
-    except ValueError:
-        raise ArmSpecError(f"arm {spec!r}: {key} must be a number, got {text!r}") from None
-    if not math.isfinite(number):
-        raise ArmSpecError(f"arm {spec!r}: {key} must be finite, got {text!r}")
-    return number
+        value = parameter.check(value)
+    except (TypeError, ValueError) as err:
+        raise ArmSpecError(f"arm {spec!r}: {err}") from None
+    return value + 0.0 if isinstance(value, float) else value  # -0.0 is 0.0: one arm, one name
+
+
+def _name_and_body(spec: str) -> tuple[str, str | None]:
+    """``NAME`` and the text between the parentheses of ``NAME(...)`` (``None`` without them), in one pass."""
+    if len(spec) > MAX_SPEC_CHARS:
+        raise ArmSpecError(
+            f"arm {spec[:40]!r}...: the spec is {len(spec)} characters long; at most {MAX_SPEC_CHARS} (a grid of "
+            f"{_MAX_GRID} arms fits in far less)"
+        )
+    text = spec.strip()
+    opening = text.find("(")
+    name, body = (text, None) if opening < 0 else (text[:opening].rstrip(), text[opening + 1 : -1])
+    if not name or (opening >= 0 and not text.endswith(")")) or any(c.isspace() or c in _NOT_IN_A_NAME for c in name):
+        raise ArmSpecError(f"arm {spec!r}: expected NAME or NAME(key=value, ...), such as balanced_l1(alpha=0.3)")
+    return name, body
 
 
 def parse_arm(spec: str) -> list[ArmSpec]:
     """The arms one spec names: one, or a grid's product (the first key varying slowest).
 
     Raises:
-        ArmSpecError: for an unknown arm or key, a repeated key, a value of the wrong kind, an empty
-            value, a grid larger than 1000 arms, or parameters the arm's own check refuses; the message
-            names the spec, the arm and the key.
+        ArmSpecError: for a spec longer than :data:`MAX_SPEC_CHARS`, an unknown arm or key, a repeated key, a value
+            of the wrong kind, an empty value, a grid larger than 1000 arms, or parameters the arm's own check
+            refuses (everything the loss derives from them included); the message names the spec, the arm and the
+            key.
 
     Example:
         >>> [a.name for a in parse_arm("balanced_l1(alpha=0.3|0.5, gamma = 1.0)")]
         ['balanced_l1(alpha=0.3,gamma=1.0)', 'balanced_l1(gamma=1.0)']
     """
-    match = _SPEC.fullmatch(spec)
-    if match is None:
-        raise ArmSpecError(f"arm {spec!r}: expected NAME or NAME(key=value, ...), such as balanced_l1(alpha=0.3)")
-    name, body = match.group(1), match.group(2)
+    name, body = _name_and_body(spec)
     try:
         arm = get_arm(name)
     except ValueError as err:
@@ -195,11 +226,13 @@ def expand_arms(specs: Iterable[str], *, max_arms: int | None = None) -> list[Ar
         max_arms: the most arms accepted in all; the expansion stops as soon as it is passed.
 
     Raises:
-        ArmSpecError: for a bad spec (see :func:`parse_arm`), or an arm named twice (by canonical name).
+        ArmSpecError: for a bad spec (see :func:`parse_arm`), an arm named twice (by canonical name), or two arms
+            whose names differ only in case (their files would collide on macOS or Windows).
         TooManyArmsError: (an ``ArmSpecError``) when the specs name more than ``max_arms`` arms.
     """
     arms: list[ArmSpec] = []
     seen: dict[str, str] = {}
+    stems: dict[str, str] = {}
     for spec in specs:
         expanded = parse_arm(spec)
         if max_arms is not None and len(arms) + len(expanded) > max_arms:
@@ -209,6 +242,13 @@ def expand_arms(specs: Iterable[str], *, max_arms: int | None = None) -> list[Ar
                 raise ArmSpecError(
                     f"arm {spec!r} names {arm.name!r}, which {seen[arm.name]!r} already names; each arm once"
                 )
+            stem = arm.file_stem.casefold()
+            if stem in stems:
+                raise ArmSpecError(
+                    f"arms {stems[stem]!r} and {arm.name!r} differ only in upper and lower case; their files would "
+                    "collide on a case-insensitive file system: rename one arm"
+                )
             seen[arm.name] = spec
+            stems[stem] = arm.name
             arms.append(arm)
     return arms

@@ -9,7 +9,9 @@ its parameters in parentheses, ``balanced_l1(alpha=0.3,gamma=1.0)``, and a grid 
 
 The box-loss arms put their loss where the paper and mmdetection's Libra R-CNN config put Balanced L1:
 in the RoI head (``placement=roi``); the RPN keeps torchvision's smooth L1 (beta 1/9). ``placement=rpn``
-or ``placement=both`` move or add it.
+or ``placement=both`` move or add it. Every box loss of the registry
+(:func:`~balanced_l1.detection.box_loss.register_box_loss`) is an arm of its name, whose parameters, defaults
+and checks are the registry's (:func:`box_loss_arm`), plus ``placement``.
 
 To add an arm, write its ``configure`` in an importable module, call :func:`register_arm` there, and name
 the module in the ``arm_modules`` setting (``--arm-modules my_arms``): every process of a comparison,
@@ -25,27 +27,23 @@ from typing import Any
 
 from torch import nn
 
-from balanced_l1.params import BalancedL1Params
+from balanced_l1.detection.balance_prediction import TORCHVISION_ROI_BOX_LOSS
+from balanced_l1.detection.box_loss import (
+    FLOAT32,
+    BoxLoss,
+    BoxLossConfig,
+    LossParameter,
+    box_loss_names,
+    choice_check,
+    get_box_loss,
+)
 
-#: The shape of an arm's name (it is also part of file names in the output folder).
-ARM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-@dataclass(frozen=True)
-class ArmParameter:
-    """One parameter an arm takes.
-
-    Attributes:
-        name: the key in ``arm(key=value)``.
-        default: the value when not given; its type (``float`` or ``str``) is the parameter's type.
-        help: one line for the documentation.
-        choices: the allowed values of a string parameter.
-    """
-
-    name: str
-    default: float | str
-    help: str
-    choices: tuple[str, ...] = ()
+#: The shape of an arm's name, of its parameters' names and of the values of its string parameters: each is part
+#: of the file names in the output folder (:attr:`~balanced_l1.experiments.arm_specs.ArmSpec.file_stem`), joined
+#: by ``__`` (and a parameter's name and value by ``-``), so none may hold ``__`` or begin or end with ``_``, and a
+#: parameter's name holds no ``-`` either. The file stem of every arm is then unique by construction.
+ARM_NAME_PATTERN = re.compile(r"[A-Za-z0-9.-]+(?:_[A-Za-z0-9.-]+)*")
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -59,16 +57,19 @@ class Arm:
             ``configure(model, **parameters)`` with every parameter of :attr:`parameters` (defaults filled in),
             or ``configure(model)`` for an arm without parameters. It runs right after the model is built under
             the run's seed, so parameters it creates are reproducible too.
-        parameters: the parameters the arm takes.
+        parameters: the parameters the arm takes, each a
+            :class:`~balanced_l1.detection.box_loss.LossParameter` (its ``check`` normalises a value of an arm spec).
         check: checks a full set of parameter values without a model (raises ``ValueError`` or ``TypeError``);
             called before anything runs.
+        box_loss: the registered box loss this arm trains with and nothing else (``None`` for other arms).
     """
 
     name: str
     description: str
     configure: Callable[..., None]
-    parameters: tuple[ArmParameter, ...] = ()
+    parameters: tuple[LossParameter, ...] = ()
     check: Callable[..., None] | None = None
+    box_loss: str | None = None
 
     def defaults(self) -> dict[str, float | str]:
         """Every parameter at its default."""
@@ -85,20 +86,34 @@ class Arm:
 _REGISTRY: dict[str, Arm] = {}
 
 
+def _check_part(kind: str, text: object, pattern: re.Pattern[str], allowed: str) -> None:
+    if not isinstance(text, str) or not pattern.fullmatch(text):
+        raise ValueError(
+            f"{kind} must be made of {allowed}, joined by single '_' (no '__', no '_' at either end: it is part of "
+            f"file names), got {text!r}"
+        )
+
+
 def register_arm(arm: Arm) -> Arm:
     """Add ``arm`` to the registry.
 
     Args:
-        arm: the arm to add; its name must be new and made of letters, digits, ``_``, ``.`` and ``-``.
+        arm: the arm to add; its name must be new and made of letters, digits, ``.`` and ``-``, joined by single
+            ``_``; its parameters' names of letters and digits joined by single ``_``, and the choices of its
+            string parameters as its name (see :data:`ARM_NAME_PATTERN`: the output folder's file names).
 
     Returns:
         The arm, so the call can be used as an expression.
 
     Raises:
-        ValueError: if the name has another character, or is already registered.
+        ValueError: if a name or choice has another shape, or the arm's name is already registered.
     """
-    if not isinstance(arm.name, str) or not ARM_NAME_PATTERN.fullmatch(arm.name):
-        raise ValueError(f"arm name must be made of letters, digits, '_', '.' and '-', got {arm.name!r}")
+    _check_part("arm name", arm.name, ARM_NAME_PATTERN, "letters, digits, '.' and '-'")
+    for parameter in arm.parameters:
+        _check_part(f"arm {arm.name!r}: a parameter's name", parameter.name, _KEY_PATTERN, "letters and digits")
+        for choice in parameter.choices:
+            _check_part(f"arm {arm.name!r}: a choice of {parameter.name}", choice, ARM_NAME_PATTERN,
+                        "letters, digits, '.' and '-'")  # fmt: skip
     if arm.name in _REGISTRY:
         raise ValueError(f"arm {arm.name!r} is already registered")
     _REGISTRY[arm.name] = arm
@@ -109,9 +124,22 @@ def arm_names() -> tuple[str, ...]:
     """The registered arm names, in registration order.
 
     Returns:
-        The names, ``smooth_l1`` (the baseline) first.
+        The names, ``smooth_l1`` (the baseline) first; a box loss registered after this module was imported
+            is an arm too (see :func:`box_loss_arm`).
     """
+    _add_box_loss_arms()
     return tuple(_REGISTRY)
+
+
+def box_loss_arm_names() -> tuple[str, ...]:
+    """The arms that are a box loss and nothing else, in registration order: the default search space of a tuning.
+
+    Example:
+        >>> box_loss_arm_names()[:3]
+        ('smooth_l1', 'balanced_l1', 'smooth_l1_beta1')
+    """
+    _add_box_loss_arms()
+    return tuple(name for name, arm in _REGISTRY.items() if arm.box_loss is not None)
 
 
 def get_arm(name: str) -> Arm:
@@ -130,120 +158,129 @@ def get_arm(name: str) -> Arm:
         >>> get_arm("smooth_l1").name
         'smooth_l1'
     """
+    if name not in _REGISTRY:
+        _add_box_loss_arms()
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown arm {name!r}; valid arms: {', '.join(_REGISTRY)}") from None
 
 
 # --- the box-loss arms ---------------------------------------------------------------------------------------
 
-_LOSS_WEIGHT = ArmParameter("loss_weight", 1.0, "factor applied to the box loss")
-_PLACEMENT = ArmParameter(
-    "placement", "roi", "where the loss goes: the RoI head (the paper's), the RPN, or both", ("roi", "rpn", "both")
-)
-_BALANCED_L1_DEFAULTS = BalancedL1Params()
-_BALANCED_L1_PARAMETERS = (
-    ArmParameter("alpha", _BALANCED_L1_DEFAULTS.alpha, "inlier gradient scale"),
-    ArmParameter("gamma", _BALANCED_L1_DEFAULTS.gamma, "outlier gradient (the cap)"),
-    ArmParameter("beta", _BALANCED_L1_DEFAULTS.beta, "inflection point"),
-    ArmParameter("formulation", _BALANCED_L1_DEFAULTS.formulation, "how beta scales", ("scaled", "mmdet")),
-    _LOSS_WEIGHT,
-    _PLACEMENT,
-)
-#: torchvision's smooth L1 beta in both stages of its Faster R-CNN.
-TORCHVISION_SMOOTH_L1_BETA = 1.0 / 9.0
+
+def _placement(loss: BoxLoss) -> LossParameter:
+    help = (
+        "the RoI head only: the loss needs its proposals"
+        if loss.decoded
+        else "where the loss goes: the RoI head (the paper's), the RPN, or both"
+    )
+    return LossParameter("placement", "roi", help, choice_check("placement", loss.placements), None, loss.placements)
 
 
-def _check_box_loss(loss: str, *, beta: float = 1.0, loss_weight: float, placement: str, **balanced: Any) -> None:
-    from balanced_l1.detection.box_loss import BoxLossConfig, placement_stages
+def box_loss_parameters(loss: str, fixed: Mapping[str, Any] | None = None) -> tuple[LossParameter, ...]:
+    """An arm's parameters for the registered box loss ``loss``: the loss's own (less those ``fixed``), its
+    ``loss_weight`` and ``placement`` (default ``"roi"``, the paper's place)."""
+    box_loss = get_box_loss(loss)
+    fixed = fixed or {}
+    return (*(p for p in box_loss.parameters if p.name not in fixed), box_loss.loss_weight, _placement(box_loss))
 
-    placement_stages(placement)
-    BoxLossConfig(BalancedL1Params(beta=beta, **balanced), loss_weight, loss)
+
+def box_loss_check(loss: str, fixed: Mapping[str, Any] | None = None) -> Callable[..., None]:
+    """An arm's check for the box loss ``loss``: every value, and everything the loss derives from them, computable
+    in float32 (:meth:`~balanced_l1.detection.box_loss.BoxLossConfig.check_fits`) before anything runs."""
+
+    def check(*, loss_weight: float, placement: str, **values: Any) -> None:
+        config = BoxLossConfig(loss, {**(fixed or {}), **values}, loss_weight)
+        config.check_fits(FLOAT32)
+        _placement(config.box_loss).check(placement)
+
+    return check
 
 
-def _use_box_loss(model: nn.Module, loss: str, *, loss_weight: float, placement: str, beta: float = 1.0) -> None:
-    from balanced_l1.detection.box_loss import placement_stages
-    from balanced_l1.detection.losses import use_box_loss
+def _use(loss: str, fixed: Mapping[str, Any] | None = None) -> Callable[..., None]:
+    def configure(model: nn.Module, *, loss_weight: float, placement: str, **values: Any) -> None:
+        from balanced_l1.detection.losses import use_box_loss
 
-    rpn, roi_heads = placement_stages(placement)
-    use_box_loss(model, loss, rpn=rpn, roi_heads=roi_heads, beta=beta, loss_weight=loss_weight)
+        use_box_loss(model, loss, placement=placement, loss_weight=loss_weight, **{**(fixed or {}), **values})
+
+    return configure
+
+
+def box_loss_arm(
+    loss: str,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    configure: Callable[..., None] | None = None,
+) -> Arm:
+    """The arm that trains with the registered box loss ``loss``, its parameters, check and configure derived from it.
+
+    Args:
+        loss: a registered box loss.
+        name: the arm's name (default: the loss's).
+        description: one line for the report (default: the loss's description, in the RoI head).
+        fixed: parameters of the loss the arm fixes (not given in its spec).
+        configure: replaces :func:`~balanced_l1.detection.use_box_loss` at ``placement`` (called with the same
+            keywords).
+    """
+    box_loss = get_box_loss(loss)
+    return Arm(
+        loss if name is None else name,
+        _description(box_loss) if description is None else description,
+        _use(loss, fixed) if configure is None else configure,
+        box_loss_parameters(loss, fixed),
+        box_loss_check(loss, fixed),
+        loss,
+    )
+
+
+def _description(loss: BoxLoss) -> str:
+    where = "" if loss.decoded else ", in the RoI head by default"
+    return f"{loss.description}{where}; the RPN keeps smooth L1"
+
+
+def _add_box_loss_arms() -> None:
+    """An arm for every box loss registered since this module was imported (unless an arm of that name exists)."""
+    for loss in box_loss_names():
+        if loss not in _REGISTRY:
+            register_arm(box_loss_arm(loss))
 
 
 def _smooth_l1(model: nn.Module, *, beta: float, loss_weight: float, placement: str) -> None:
     """torchvision's own loss when beta and the weight are torchvision's; else smooth L1 where ``placement`` says."""
-    if beta != TORCHVISION_SMOOTH_L1_BETA or loss_weight != 1.0:
-        _use_box_loss(model, "smooth_l1", beta=beta, loss_weight=loss_weight, placement=placement)
-
-
-def _use_balanced_l1(model: nn.Module, *, loss_weight: float, placement: str, **params: Any) -> None:
-    from balanced_l1.detection.box_loss import BoxLossConfig
-    from balanced_l1.detection.losses import use_box_loss_config
-
-    use_box_loss_config(model, BoxLossConfig(BalancedL1Params(**params), loss_weight), placement=placement)
+    if BoxLossConfig("smooth_l1", {"beta": beta}, loss_weight) != TORCHVISION_ROI_BOX_LOSS:
+        _use("smooth_l1")(model, beta=beta, loss_weight=loss_weight, placement=placement)
 
 
 BASELINE_ARM = "smooth_l1"
 
 register_arm(
-    Arm(
-        BASELINE_ARM,
-        "torchvision's box losses: smooth L1, beta 1/9, in the RPN and the RoI head (with parameters: smooth L1 "
-        "of that beta and weight where placement says)",
-        _smooth_l1,
-        (ArmParameter("beta", TORCHVISION_SMOOTH_L1_BETA, "smooth L1's beta"), _LOSS_WEIGHT, _PLACEMENT),
-        lambda **p: _check_box_loss("smooth_l1", **p),
+    box_loss_arm(
+        "smooth_l1",
+        description="torchvision's box losses: smooth L1, beta 1/9, in the RPN and the RoI head (with parameters: "
+        "smooth L1 of that beta and weight where placement says)",
+        configure=_smooth_l1,
     )
 )
 register_arm(
-    Arm(
+    box_loss_arm(
         "balanced_l1",
-        "Balanced L1 in the RoI head as the paper places it (alpha 0.5, gamma 1.5, beta 1); the RPN keeps smooth L1",
-        _use_balanced_l1,
-        _BALANCED_L1_PARAMETERS,
-        lambda **p: _check_box_loss("balanced_l1", **p),
+        description="Balanced L1 in the RoI head as the paper places it (alpha 0.5, gamma 1.5, beta 1); the RPN "
+        "keeps smooth L1",
     )
 )
 register_arm(
-    Arm(
-        "smooth_l1_beta1",
-        "smooth L1 with beta 1 in the RoI head (the paper's baseline, whose RPN keeps beta 1/9)",
-        lambda model, **p: _use_box_loss(model, "smooth_l1", beta=1.0, **p),
-        (_LOSS_WEIGHT, _PLACEMENT),
-        lambda **p: _check_box_loss("smooth_l1", **p),
+    box_loss_arm(
+        "smooth_l1",
+        name="smooth_l1_beta1",
+        description="smooth L1 with beta 1 in the RoI head (the paper's baseline, whose RPN keeps beta 1/9)",
+        fixed={"beta": 1.0},
     )
 )
-register_arm(
-    Arm(
-        "l1",
-        "L1 in the RoI head (placement=both: mmdetection's Faster R-CNN baseline)",
-        lambda model, **p: _use_box_loss(model, "l1", **p),
-        (_LOSS_WEIGHT, _PLACEMENT),
-        lambda **p: _check_box_loss("l1", **p),
-    )
-)
-
-
-def _register_iou_arms() -> None:
-    from balanced_l1.detection.iou_losses import IOU_LOSS_WEIGHTS, IOU_LOSSES
-
-    for loss in IOU_LOSSES:
-        register_arm(
-            Arm(
-                loss,
-                f"{loss.upper()} loss on decoded boxes in the RoI head, loss weight {IOU_LOSS_WEIGHTS[loss]:g} as "
-                "mmdetection's Faster R-CNN config; the RPN keeps smooth L1",
-                lambda model, _loss=loss, **p: _use_box_loss(model, _loss, **p),
-                (
-                    ArmParameter("loss_weight", IOU_LOSS_WEIGHTS[loss], "factor applied to the box loss"),
-                    ArmParameter("placement", "roi", "the RoI head only: the loss needs its proposals", ("roi",)),
-                ),
-                lambda _loss=loss, **p: _check_box_loss(_loss, **p),
-            )
-        )
-
-
-_register_iou_arms()
+register_arm(box_loss_arm("l1", description="L1 in the RoI head (placement=both: mmdetection's Faster R-CNN baseline)"))
+_add_box_loss_arms()  # the IoU losses
 
 
 def _use_iou_balanced_sampling(model: nn.Module) -> None:
@@ -302,8 +339,8 @@ register_arm(
         "libra",
         "Libra R-CNN as use_libra: the bfp, iou_sampling and balanced_l1 arms together (Balanced L1 in the RoI head)",
         _use_libra,
-        _BALANCED_L1_PARAMETERS,
-        lambda **p: _check_box_loss("balanced_l1", **p),
+        box_loss_parameters("balanced_l1"),
+        box_loss_check("balanced_l1"),
     )
 )
 

@@ -40,7 +40,6 @@ __all__ = [
     "SPLITS",
     "DataError",
     "DetectionDataset",
-    "DetectionSplit",
     "ImageReadError",
     "format_data_report",
     "load_coco_dataset",

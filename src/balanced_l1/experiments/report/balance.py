@@ -18,6 +18,7 @@ import numpy as np
 
 from balanced_l1._files import save_figure_atomically
 from balanced_l1.detection.gradient_balance import PAPER_INLIER_OUTLIER_RATIO, STATISTICS, second_half_means
+from balanced_l1.experiments.output_folder.layout import BALANCE_VS_AP_FIGURE, GRADIENT_BALANCE_FIGURE
 from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
 
 Series = list[dict[str, dict[str, float | None]]]
@@ -178,7 +179,7 @@ def save_balance_figure(series: dict[str, dict[int, Series]], out: str | Path) -
     Returns:
         The figure's path (written atomically).
     """
-    return save_figure_atomically(_figure(series), Path(out) / "gradient_balance.png")
+    return save_figure_atomically(_figure(series), Path(out) / GRADIENT_BALANCE_FIGURE)
 
 
 def format_balance_table(summary: dict[str, Any]) -> str:
@@ -261,4 +262,4 @@ def save_balance_vs_ap_figure(arms: dict[str, Any], out: str | Path) -> Path:
         fig.legend(handles, names, fontsize=8, loc="lower center", ncol=min(_LEGEND_COLUMNS, len(names)), frameon=False)
     fig.suptitle("AP against the gradient balance (dot and bar: mean and half-range over seeds; faint: each seed)")
     fig.tight_layout(rect=(0, legend_inches / (4.2 + legend_inches), 1, 1))
-    return save_figure_atomically(fig, Path(out) / "balance_vs_ap.png")
+    return save_figure_atomically(fig, Path(out) / BALANCE_VS_AP_FIGURE)

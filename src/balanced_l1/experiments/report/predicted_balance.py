@@ -14,6 +14,7 @@ Nothing in the output folder is executed: run records are JSON, samples are read
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,20 +24,17 @@ import torch
 
 from balanced_l1.detection.balance_prediction import (
     PREDICTED_STATISTICS,
+    alpha_search_range,
     predict_box_gradient_balance,
     solve_alpha,
     split_roi_sample,
 )
-from balanced_l1.detection.box_loss import BoxLossConfig
+from balanced_l1.detection.box_loss import FLOAT64, BoxLossConfig, get_box_loss
+from balanced_l1.experiments.output_folder.errors import RunsNotFoundError
+from balanced_l1.experiments.output_folder.files import finished_runs, read_sample
+from balanced_l1.experiments.output_folder.layout import RunFiles
 from balanced_l1.experiments.report._markdown import markdown_table, statistic_cell
 from balanced_l1.experiments.report.balance import mean_over_seeds, roi_statistic, run_summary
-from balanced_l1.experiments.run.checkpoint import CheckpointMismatchError
-from balanced_l1.experiments.run.runner import read_record, read_sample, sample_path
-from balanced_l1.params import BalancedL1Params
-
-
-class RunsNotFoundError(ValueError):
-    """The output folder has no finished run of the arm asked for; the message lists the arms it has."""
 
 
 @dataclass(frozen=True)
@@ -56,65 +54,91 @@ class ArmRuns:
     measured: dict[str, float | None]
 
 
-def _records(out: Path) -> list[tuple[Path, dict[str, Any]]]:
-    runs = out / "runs"
-    if not runs.is_dir() or runs.is_symlink():
-        raise RunsNotFoundError(f"{out}: no runs/ folder of balanced-l1 compare here")
-    found = []
-    for path in sorted(runs.glob("*.json")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        try:
-            found.append((path, read_record(path)))
-        except CheckpointMismatchError:
-            continue  # not a run record of balanced-l1 compare: no run of any arm
-    return found
-
-
 def load_arm_runs(out: str | Path, arm: str) -> ArmRuns:
     """The finished runs of ``arm`` (its canonical name) in the output folder ``out``.
 
     Raises:
         RunsNotFoundError: when ``out`` has no finished run of ``arm`` (the arms it has are listed).
-        CheckpointMismatchError: when a run's sample is missing, cannot be read or is not a finite ``(K, 12)``
-            float64 array (see :func:`~balanced_l1.experiments.run.runner.read_sample`).
+        UnreadableRunFileError: when a run's sample is missing, cannot be read or is not a finite ``(K, 12)``
+            float64 array (see :func:`~balanced_l1.experiments.output_folder.files.read_sample`).
     """
     folder = Path(out)
-    records = _records(folder)
+    records = finished_runs(folder, skip_unreadable=True)  # what is no run record is no run of any arm
     mine = [(p, r) for p, r in records if r["arm"] == arm]
     if not mine:
         arms = sorted({r["arm"] for _, r in records})
         have = f"it has runs of: {', '.join(arms)}" if arms else "it has no finished run"
         raise RunsNotFoundError(f"{folder}: no finished run of arm {arm!r}; {have}")
     mine.sort(key=lambda pair: pair[1]["seed"])
-    samples = [read_sample(sample_path(path), missing_ok=False) for path, _ in mine]
+    samples = [read_sample(RunFiles.of_record(path).roi_sample) for path, _ in mine]
     measured = mean_over_seeds({str(r["seed"]): run_summary(r["gradient_balance"]) for _, r in mine})
     seeds = tuple(int(r["seed"]) for _, r in mine)
     return ArmRuns(arm, seeds, torch.from_numpy(np.concatenate(samples)), measured["gradient_balance"] or {})
 
 
+#: The most losses one ``balance`` table predicts: each is a pass over every recorded positive (up to 4096 per seed).
+MAX_PREDICTIONS = 1000
+#: The most alphas one ``balance --target-ratio`` table solves for: each solve is about 100 predictions.
+MAX_SOLVES = 100
+
+
 def loss_grid(loss: str, values: dict[str, list[Any]]) -> list[tuple[str, BoxLossConfig]]:
     """Every combination of ``values`` (parameter -> list) as a labelled box loss, the first key varying slowest.
 
+    The parameters are the registered loss's own and ``loss_weight``; each combination is checked as the loss
+    will be computed, in float64 (:meth:`~balanced_l1.detection.box_loss.BoxLossConfig.check_fits`).
+
     Raises:
-        ValueError: for a parameter the loss does not take, or a value the loss refuses.
+        ValueError: for an unknown loss, a parameter the loss does not take, a grid of more than
+            :data:`MAX_PREDICTIONS` losses, or a value the loss refuses.
     """
-    takes = {
-        "balanced_l1": ("alpha", "gamma", "beta", "formulation", "loss_weight"),
-        "smooth_l1": ("beta", "loss_weight"),
-    }.get(loss, ("loss_weight",))
+    box_loss = get_box_loss(loss)
+    takes = [*(p.name for p in box_loss.parameters), "loss_weight"]
     extra = sorted(k for k, v in values.items() if v and k not in takes)
     if extra:
         raise ValueError(f"the {loss} loss takes {', '.join(takes)}; got {', '.join(extra)}")
     keys = [k for k in takes if values.get(k)]
+    size = math.prod(len(values[k]) for k in keys)
+    if size > MAX_PREDICTIONS:
+        raise ValueError(
+            f"the grid has {size} losses; at most {MAX_PREDICTIONS} (each is a pass over every recorded positive)"
+        )
     grid = []
     for combination in itertools.product(*(values[k] for k in keys)):
         chosen = dict(zip(keys, combination, strict=True))
-        weight = chosen.pop("loss_weight", 1.0)
-        params = BalancedL1Params(**chosen)
+        weight = chosen.pop("loss_weight", None)
+        config = BoxLossConfig(loss, chosen, weight)
+        config.check_fits(FLOAT64)
         label = f"{loss}({', '.join(f'{k}={v}' for k, v in zip(keys, combination, strict=True))})" if keys else loss
-        grid.append((label, BoxLossConfig(params, weight, loss)))
+        grid.append((label, config))
     return grid
+
+
+def check_solve_grid(gammas: list[float], betas: list[float], formulation: str) -> None:
+    """Check the gammas and betas ``balance`` solves alpha for, as the solver will use them.
+
+    Raises:
+        ValueError: for more than :data:`MAX_SOLVES` pairs, a gamma, beta or formulation Balanced L1 refuses, or a
+            pair whose loss cannot be computed in float64 at either end of the alphas searched
+            (:func:`~balanced_l1.detection.balance_prediction.alpha_search_range`).
+    """
+    if len(gammas) * len(betas) > MAX_SOLVES:
+        raise ValueError(
+            f"{len(gammas)} gammas x {len(betas)} betas are {len(gammas) * len(betas)} solves for alpha; at most "
+            f"{MAX_SOLVES} (each solve is about 100 predictions)"
+        )
+    for gamma, beta in itertools.product(gammas, betas):
+        fixed = {"gamma": gamma, "beta": beta, "formulation": formulation}
+        BoxLossConfig("balanced_l1", {**fixed, "alpha": gamma})  # each value on its own
+        low, high = alpha_search_range(gamma)
+        for alpha in (low, high):
+            try:
+                BoxLossConfig("balanced_l1", {**fixed, "alpha": alpha}).check_fits(FLOAT64)
+            except ValueError as err:
+                raise ValueError(
+                    f"gamma={gamma!r}, beta={beta!r}: the search for alpha from {low:.6g} to {high:.6g} reaches "
+                    f"alpha={alpha:.6g}, where {err}"
+                ) from None
 
 
 def predict_table(runs: ArmRuns, grid: list[tuple[str, BoxLossConfig]]) -> str:
@@ -139,7 +163,9 @@ def solve_alpha_table(
         if alpha is None:
             rows.append([f"{gamma:g}", f"{beta:g}", "none reaches it", "", ""])
             continue
-        config = BoxLossConfig(BalancedL1Params(alpha, gamma, beta, formulation))
+        config = BoxLossConfig(
+            "balanced_l1", {"alpha": alpha, "gamma": gamma, "beta": beta, "formulation": formulation}
+        )
         stats = predict_box_gradient_balance(pred, target, config)
         rows.append(
             [f"{gamma:g}", f"{beta:g}", f"{alpha:.4f}", statistic_cell(stats["inlier_outlier_gradient_ratio"]),

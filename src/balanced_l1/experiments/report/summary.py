@@ -1,4 +1,4 @@
-"""Statistics over seeds, the printed table, ``results.json`` and the figures of a comparison.
+"""Statistics over seeds, the printed table, and the figures of a comparison.
 
 With several seeds each arm gets the mean and the sample standard deviation (``ddof=1``; ``None``
 for a single seed) of every metric, and every other arm gets the paired difference to the baseline
@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from balanced_l1._files import save_figure_atomically, write_json_atomically
+from balanced_l1._files import save_figure_atomically
+from balanced_l1.experiments.metric_names import IOU_THRESHOLDS, METRICS
+from balanced_l1.experiments.output_folder.layout import AP_VS_IOU_FIGURE, LOSS_CURVES_FIGURE
 from balanced_l1.experiments.report._markdown import markdown_table
 from balanced_l1.experiments.report.balance import inlier_outlier_cell, mean_over_seeds
-from balanced_l1.experiments.run.evaluate import IOU_THRESHOLDS, METRICS
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -234,19 +235,6 @@ def save_figures(
     """
     root = Path(out)
     return [
-        save_figure_atomically(_loss_figure(histories), root / "loss_curves.png"),
-        save_figure_atomically(_ap_figure(summary), root / "ap_vs_iou.png"),
+        save_figure_atomically(_loss_figure(histories), root / LOSS_CURVES_FIGURE),
+        save_figure_atomically(_ap_figure(summary), root / AP_VS_IOU_FIGURE),
     ]
-
-
-def write_results(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Write ``results.json`` into ``out`` atomically.
-
-    Args:
-        results: the whole report (config, arms, paired differences).
-        out: the output folder.
-
-    Returns:
-        The file's path.
-    """
-    return write_json_atomically(results, Path(out) / "results.json")

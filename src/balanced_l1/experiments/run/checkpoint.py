@@ -7,45 +7,36 @@ the loss history and the run's fingerprint. :func:`load_checkpoint` reads it wit
 ``--resume``: anything but plain data is refused before it is used.
 
 A checkpoint whose fingerprint matches may still have been edited or damaged, so nothing in it is trusted:
-the file must be a regular file of at most :data:`MAX_CHECKPOINT_BYTES` (checked before it is opened), every key
-must be there with its type (:func:`load_checkpoint`), the iteration must agree with the history and the run's
-length, and the tensors must fit the model and optimizer they are loaded into (:func:`restore_checkpoint`).
-Run records (``runs/<arm>_seed<s>.json``) are checked the same way by :func:`run_record_problem`. Every refusal is
-a :class:`CheckpointMismatchError` naming the file and the reason.
+the file is read by :func:`~balanced_l1.experiments.output_folder.files.read_checkpoint_file` (a regular file of
+bounded size, checked before it is opened), every key must be there with its type (:func:`load_checkpoint`), the
+iteration must agree with the history and the run's length, and the tensors must fit the model and optimizer they
+are loaded into (:func:`restore_checkpoint`). Run records are checked the same way by
+:mod:`~balanced_l1.experiments.output_folder.schema`. Every refusal is a
+:class:`~balanced_l1.experiments.output_folder.errors.CheckpointMismatchError` naming the file and the reason.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 import random
-import zipfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from balanced_l1._files import UnreadableFileError, load_error_reason, open_regular_file, write_atomically
+from balanced_l1.experiments.output_folder.errors import CheckpointMismatchError
+from balanced_l1.experiments.output_folder.files import CHECKPOINT_ADVICE as _NEXT_STEP
+from balanced_l1.experiments.output_folder.files import read_checkpoint_file, write_checkpoint_file
+from balanced_l1.experiments.output_folder.schema import series_problem
+from balanced_l1.experiments.output_folder.schema import short_repr as _short
+from balanced_l1.experiments.output_folder.schema import stored_int as _stored_int
+from balanced_l1.experiments.output_folder.schema import stored_real as _stored_real
 
 CHECKPOINT_VERSION = 3
 
-MAX_CHECKPOINT_BYTES = 8 << 30
-"""The largest checkpoint read: 8 GiB. The largest detector here (``fasterrcnn_resnet50_fpn_v2``, 43 M parameters)
-writes about 0.35 GB with its SGD momentum; ``torch.load`` holds every tensor in memory."""
-
-MAX_RECORD_BYTES = 1 << 30
-"""The largest run record read: 1 GiB. A record holds one loss row and one gradient-balance row per iteration,
-under 1 KB each, so COCO's 1x schedule (90k iterations) writes well under 100 MB."""
-
-_NEXT_STEP = "Delete it (or use another --out) to start this run over."
 _NUMPY_KEYS = 624  # MT19937's state: 624 32-bit words and a position
 _PYTHON_STATE = 625  # random.getstate()'s internal tuple: 624 words and the position
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint or run record was written by a run with other settings, or cannot be read."""
 
 
 class Checkpoint(dict[str, Any]):
@@ -87,64 +78,10 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically (owner-only permissions: checkpoints may hold private weights)."""
-    write_atomically(path, partial(torch.save, {"version": CHECKPOINT_VERSION, **state}), owner_only=True)
+    write_checkpoint_file({"version": CHECKPOINT_VERSION, **state}, path)
 
 
-# --- what a well-formed checkpoint and run record hold -------------------------------------------------------------
-
-
-def _short(value: object, limit: int = 120) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {list(value.shape)}"
-    text = " ".join(repr(value).split())  # one line, even for a dictionary holding tensors
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
-
-
-def _stored_int(value: object) -> bool:
-    """Whether a value read back from a checkpoint or record has the exact type this package stores.
-
-    Not a number rule (those are ``params.check_number``'s): stored data are plain Python ints and floats,
-    so a bool, a NumPy scalar or a Fraction there means the file was not written by this package.
-    """
-    return type(value) is int
-
-
-def _stored_real(value: object) -> bool:
-    """Like :func:`_stored_int`, for a stored int or float."""
-    return type(value) in (int, float)
-
-
-def _stored_finite(value: object) -> bool:
-    """Whether a stored value is an int or float that converts to a finite float (no NaN, no infinity, no integer
-    of 309 digits or more, which no loss, metric or statistic of a run can be)."""
-    if not _stored_real(value):
-        return False
-    try:
-        return math.isfinite(value)  # type: ignore[arg-type]
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def tensor_problem(name: str, value: torch.Tensor, expected: torch.Tensor) -> str | None:
-    """Why a stored tensor cannot stand for ``expected`` (another dtype or shape), or ``None`` if it can.
-
-    A tensor of another dtype would be converted silently when it is loaded (a complex weight loses its imaginary
-    part, an int64 one its fractions), so the dtype must be the one the run holds, as the shape must.
-
-    Args:
-        name: what the tensor is, for the message (``"'model' 'head.weight'"``).
-        value: the stored tensor.
-        expected: the tensor it is loaded into.
-
-    Returns:
-        The reason as a phrase, or ``None``.
-    """
-    if value.dtype != expected.dtype or value.shape != expected.shape:
-        return (
-            f"{name} is a {value.dtype} tensor of shape {list(value.shape)}, where this run holds a "
-            f"{expected.dtype} tensor of shape {list(expected.shape)}"
-        )
-    return None
+# --- what a well-formed checkpoint holds -------------------------------------------------------------------------
 
 
 def _is_tensor(value: object, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> bool:
@@ -153,80 +90,6 @@ def _is_tensor(value: object, dtype: torch.dtype, shape: tuple[int, ...] | None 
         and value.dtype == dtype
         and (tuple(value.shape) == shape if shape is not None else value.dim() == 1)
     )
-
-
-def series_problem(history: object, balance: object) -> str | None:
-    """Why a loss history and a gradient-balance series are ill-formed, or ``None`` if they are well-formed.
-
-    Args:
-        history: one ``{"loss": total, <component>: value, ...}`` per iteration (numbers).
-        balance: one ``{stage: {statistic: number or None}}`` per iteration (or none at all).
-
-    Returns:
-        The reason as a phrase, or ``None``.
-    """
-    if not isinstance(history, list):
-        return f"'history' must be a list, got {type(history).__name__}"
-    for index, row in enumerate(history):
-        if not (
-            isinstance(row, dict)
-            and "loss" in row
-            and all(type(k) is str and _stored_finite(v) for k, v in row.items())
-        ):
-            return f"'history' entry #{index} must map 'loss' and other names to finite numbers, got {_short(row)}"
-    if not isinstance(balance, list):
-        return f"'gradient_balance' must be a list, got {type(balance).__name__}"
-    for index, row in enumerate(balance):
-        if not (
-            isinstance(row, dict)
-            and all(
-                type(stage) is str
-                and isinstance(stats, dict)
-                and all(type(k) is str and (v is None or _stored_finite(v)) for k, v in stats.items())
-                for stage, stats in row.items()
-            )
-        ):
-            return (
-                f"'gradient_balance' entry #{index} must map stages to {{statistic: finite number or null}}, "
-                f"got {_short(row)}"
-            )
-    return None
-
-
-def _metrics_problem(metrics: object) -> str | None:
-    from balanced_l1.experiments.run.evaluate import METRICS
-
-    if not isinstance(metrics, dict):
-        return f"'metrics' must be an object, got {type(metrics).__name__}"
-    for name in METRICS:
-        if not _stored_finite(metrics.get(name)):
-            return f"'metrics' needs {name!r} as a finite number, got {_short(metrics.get(name))}"
-    curve = metrics.get("ap_per_iou")
-    if not (isinstance(curve, list) and len(curve) == 10 and all(_stored_finite(v) for v in curve)):
-        return f"'metrics' needs 'ap_per_iou' as a list of 10 finite numbers, got {_short(curve)}"
-    return None
-
-
-def run_record_problem(record: object) -> str | None:
-    """Why a finished-run record (``runs/<arm>_seed<s>.json``) is ill-formed, or ``None`` if it is well-formed.
-
-    A record is an object with ``fingerprint`` (an object), ``metrics`` (``AP`` ... ``APl`` numbers and
-    ``ap_per_iou``, 10 numbers), ``history`` and ``gradient_balance`` (see :func:`series_problem`).
-
-    Args:
-        record: the parsed JSON.
-
-    Returns:
-        The reason as a phrase, or ``None``.
-    """
-    if not isinstance(record, dict):
-        return f"the top level must be an object, got {type(record).__name__}"
-    missing = [key for key in ("fingerprint", "metrics", "history", "gradient_balance") if key not in record]
-    if missing:
-        return f"it has no {', '.join(repr(key) for key in missing)}"
-    if not isinstance(record["fingerprint"], dict):
-        return f"'fingerprint' must be an object, got {type(record['fingerprint']).__name__}"
-    return _metrics_problem(record["metrics"]) or series_problem(record["history"], record["gradient_balance"])
 
 
 def _rng_problem(state: object) -> str | None:
@@ -343,37 +206,12 @@ def load_checkpoint(
         The checkpoint dictionary, with the ``path`` it was read from.
 
     Raises:
-        CheckpointMismatchError: if the file is not a regular file or over :data:`MAX_CHECKPOINT_BYTES` (refused
-            before it is opened), truncated, empty, not a checkpoint, holds anything but plain data (a pickle that
-            would run code), was written with other settings or another number of processes, or lacks a key or
-            holds one of the wrong type, an iteration out of range or a history of another length.
+        CheckpointMismatchError: if the file cannot be read (see
+            :func:`~balanced_l1.experiments.output_folder.files.read_checkpoint_file`), was written with other
+            settings or another number of processes, or lacks a key or holds one of the wrong type, an iteration
+            out of range or a history of another length.
     """
-    try:
-        handle = open_regular_file(
-            path,
-            MAX_CHECKPOINT_BYTES,
-            "checkpoint",
-            why="see balanced_l1.experiments.run.checkpoint.MAX_CHECKPOINT_BYTES",
-        )
-    except UnreadableFileError as err:
-        raise CheckpointMismatchError(f"{err}. {_NEXT_STEP}") from None
-    try:
-        with handle:
-            ckpt = torch.load(handle, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = load_error_reason(err)
-        if "GLOBAL" in reason or "global" in reason:
-            raise CheckpointMismatchError(
-                f"{path}: refused: it is not a plain-data checkpoint ({reason}); nothing in it was run. {_NEXT_STEP}"
-            ) from None
-        raise CheckpointMismatchError(
-            f"{path}: cannot read the checkpoint ({reason}); it is truncated or not a checkpoint. {_NEXT_STEP}"
-        ) from None
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointMismatchError(
-            f"{path}: cannot read the checkpoint ({load_error_reason(err)}); it is truncated or not a checkpoint. "
-            f"{_NEXT_STEP}"
-        ) from None
+    ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         version = ckpt.get("version") if isinstance(ckpt, dict) else None
         raise CheckpointMismatchError(
@@ -421,6 +259,28 @@ def state_dict_problem(saved: dict[str, torch.Tensor], model: torch.nn.Module, n
         problem = tensor_problem(f"{name} {key!r}", saved[key], tensor)
         if problem is not None:
             return problem
+    return None
+
+
+def tensor_problem(name: str, value: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """Why a stored tensor cannot stand for ``expected`` (another dtype or shape), or ``None`` if it can.
+
+    A tensor of another dtype would be converted silently when it is loaded (a complex weight loses its imaginary
+    part, an int64 one its fractions), so the dtype must be the one the run holds, as the shape must.
+
+    Args:
+        name: what the tensor is, for the message (``"'model' 'head.weight'"``).
+        value: the stored tensor.
+        expected: the tensor it is loaded into.
+
+    Returns:
+        The reason as a phrase, or ``None``.
+    """
+    if value.dtype != expected.dtype or value.shape != expected.shape:
+        return (
+            f"{name} is a {value.dtype} tensor of shape {list(value.shape)}, where this run holds a "
+            f"{expected.dtype} tensor of shape {list(expected.shape)}"
+        )
     return None
 
 

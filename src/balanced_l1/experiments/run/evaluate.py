@@ -21,10 +21,8 @@ from tqdm import tqdm
 
 from balanced_l1.experiments.data.loader import evaluation_loader, unpack
 from balanced_l1.experiments.data.split import DetectionSplit
+from balanced_l1.experiments.metric_names import METRICS
 from balanced_l1.experiments.run.distributed import DistContext, gather_objects
-
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
 def _coco_from_dict(doc: dict[str, Any]) -> COCO:

@@ -15,7 +15,8 @@ row is read back from the device once per iteration, as before), so it adds no h
 - **TensorBoard** (``--tensorboard``): one ``torch.utils.tensorboard.SummaryWriter`` per run under
   ``OUT/tensorboard/<arm>_seed<s>``, with ``loss/<name>``, ``lr`` and ``gradient_balance/<stage>/<statistic>``
   per iteration and ``val/<metric>`` per validation. The ``tensorboard`` package is an optional extra
-  (:data:`INSTALL_TENSORBOARD`); :func:`tensorboard_problem` says whether it is missing.
+  (:data:`~balanced_l1.experiments.config.checks.INSTALL_TENSORBOARD`); the settings refuse ``--tensorboard``
+  without it.
 """
 
 from __future__ import annotations
@@ -28,23 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from balanced_l1._files import WriteError
-
-LOG_NAME = "log.txt"
-TENSORBOARD_FOLDER = "tensorboard"
-#: How to install the optional ``tensorboard`` extra: version 0.1.0 is installed from a clone, not a package index.
-INSTALL_TENSORBOARD = (
-    "install the tensorboard extra in a clone of the balanced-l1 repository with: pip install -e '.[tensorboard]' "
-    "(version 0.1.0 is not on a package index)"
-)
-
-
-def tensorboard_problem() -> str | None:
-    """Why ``--tensorboard`` cannot be used here (the optional ``tensorboard`` package is missing), or ``None``."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError as err:
-        return f"--tensorboard needs the tensorboard package, which is not installed ({err}); {INSTALL_TENSORBOARD}"
-    return None
+from balanced_l1.experiments.metric_names import METRICS
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
@@ -136,8 +121,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         >>> format_metrics({"AP": 0.5, "AP50": 0.75, "AP75": 0.25, "APs": -1.0, "APm": 0.5, "APl": 0.5})
         'AP 50.0 AP50 75.0 AP75 25.0 APs n/a APm 50.0 APl 50.0'
     """
-    from balanced_l1.experiments.run.evaluate import METRICS
-
     return " ".join(f"{name} {100 * metrics[name]:.1f}" if metrics[name] >= 0 else f"{name} n/a" for name in METRICS)
 
 
@@ -202,8 +185,6 @@ class RunObserver:
 
     def validation(self, done: int, metrics: dict[str, Any]) -> None:
         """The held-out split was scored after iteration ``done``."""
-        from balanced_l1.experiments.run.evaluate import METRICS
-
         if self.writer is not None:
             for name in METRICS:
                 self.writer.add_scalar(f"val/{name}", metrics[name], done)

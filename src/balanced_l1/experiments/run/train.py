@@ -27,6 +27,8 @@ from tqdm import tqdm
 from balanced_l1.detection.gradient_balance import GradientBalanceMonitor
 from balanced_l1.experiments.data.loader import DataOrder, training_loader, unpack
 from balanced_l1.experiments.data.split import DetectionSplit
+from balanced_l1.experiments.metric_names import METRICS
+from balanced_l1.experiments.output_folder.files import ROI_SAMPLE_ROWS
 from balanced_l1.experiments.run.checkpoint import load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
 from balanced_l1.experiments.run.distributed import DistContext, barrier, gather_objects, mean_over_ranks
 from balanced_l1.experiments.run.schedule import lr_factor
@@ -37,11 +39,6 @@ if TYPE_CHECKING:
 
 class TrainingDivergedError(RuntimeError):
     """The training loss stopped being finite."""
-
-
-#: The most RoI-head positives a run keeps from the second half of its training (predicted deltas, target
-#: deltas, proposals), for :func:`balanced_l1.detection.predict_box_gradient_balance`.
-ROI_SAMPLE_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -354,8 +351,6 @@ def _validate(
     validate: Callable[[], dict[str, Any] | None], record: dict[str, float], done: int, observer: RunObserver | None
 ) -> None:
     """Score the model now; rank 0 keeps the metrics in this iteration's history row as ``val_<metric>``."""
-    from balanced_l1.experiments.run.evaluate import METRICS
-
     metrics = validate()
     if metrics is None:  # not rank 0
         return

@@ -12,6 +12,10 @@ are resolved in layers, each overriding the one before, as mmdetection's configs
 
 The training length is ``iters`` or ``epochs``, never both: a layer that sets one of them clears the
 other, so ``--recipe coco-1x --iters 200`` trains 200 iterations instead of the recipe's 12 epochs.
+
+This module is the schema (:class:`CompareConfig`, :func:`resolve`); the bounds and path checks are in
+:mod:`~balanced_l1.experiments.config.checks`, the recipes, config files and ``to_toml`` in
+:mod:`~balanced_l1.experiments.config.toml_files`.
 """
 
 from __future__ import annotations
@@ -19,186 +23,36 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import os
-import re
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from balanced_l1._files import is_within
 from balanced_l1.detection.models import DETECTORS
 from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, TooManyArmsError, expand_arms
-from balanced_l1.params import check_choice
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from balanced_l1.experiments.config.checks import (
+    INT_BOUNDS,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_RUNS,
+    MAX_SEED,
+    MAX_SEEDS,
+    MAX_SYNTHETIC_BYTES,
+    RUNS_WHY,
+    SEED_WHY,
+    ConfigError,
+    check_choice_setting,
+    check_int,
+    check_no_nul,
+    check_out_folder,
+    check_weights_file,
+    check_writable_in_toml,
+    tensorboard_problem,
+)
 
 MODELS = DETECTORS  # the one list of models: the detectors balanced_l1.detection.models builds
 LR_SCHEDULES = ("cosine", "step")
 LENGTH_KEYS = ("iters", "epochs")
 _COCO_KEYS = ("train_ann", "train_root", "val_ann", "val_root")
-_MAX_IMAGE_SIDE = 4096
-
-# Upper bounds of the settings that are sizes or counts. Each is far above any real run's value; it exists so that a
-# mistyped value is refused by validate() (exit 2, nothing written) instead of exhausting the machine's memory,
-# processes or threads, or failing deep inside a library with a traceback. The reason is part of the message.
-MAX_SEED = 2**32 - 1
-MAX_SEEDS = 1000
-MAX_RUNS = 1000
-_RUNS_WHY = (
-    "every run trains a detector from scratch and keeps its own checkpoint, record and weights; the limit is that of "
-    "one grid and of the seeds, for the whole comparison"
-)
-MAX_ITERS = 10**8
-MAX_EPOCHS = 10_000
-MAX_BATCH_SIZE = 4096
-MAX_THREADS = 1024
-MAX_WORKERS = 64
-MAX_JOBS = 64
-MAX_LR = 1000.0
-MAX_SYNTHETIC_BYTES = 4 << 30
-MAX_WEIGHTS_FILE_BYTES = 2 << 30
-_ITERS_WHY = "the COCO 1x schedule is 90000 iterations; 10**8 is over a thousand times that"
-_SEED_WHY = "every run seeds numpy's generator, which takes seeds below 2**32"
-# name: (smallest, largest, why the largest); every integer setting has an entry (a test checks it)
-INT_BOUNDS: dict[str, tuple[int, int, str]] = {
-    "iters": (1, MAX_ITERS, _ITERS_WHY),
-    "epochs": (1, MAX_EPOCHS, "COCO schedules train 12 to 36 epochs"),
-    "batch_size": (
-        1,
-        MAX_BATCH_SIZE,
-        "a global batch's images are listed and loaded together; detection papers use at most 256",
-    ),
-    "warmup_iters": (0, MAX_ITERS, _ITERS_WHY),
-    "checkpoint_every": (1, MAX_ITERS, _ITERS_WHY),
-    "balance_every": (1, MAX_ITERS, _ITERS_WHY),
-    "threads": (1, MAX_THREADS, "torch starts that many threads per process; far more fail to be allocated"),
-    "workers": (0, MAX_WORKERS, "each DataLoader worker is a separate process; more are forked than a machine holds"),
-    "jobs": (1, MAX_JOBS, "each job is a whole training process with its own model"),
-    "train_images": (1, 1_000_000, "COCO's training split has 118287 images"),
-    "val_images": (1, 1_000_000, "COCO's training split has 118287 images"),
-    "image_size": (64, _MAX_IMAGE_SIDE, "the synthetic images are held in memory"),
-    "min_size": (32, _MAX_IMAGE_SIDE, "torchvision resizes every image to it"),
-    "max_size": (32, _MAX_IMAGE_SIDE, "torchvision resizes every image to it"),
-    "data_seed": (0, MAX_SEED, "numpy's seeds, as the training seeds, are below 2**32"),
-    "eval_every": (0, MAX_ITERS, _ITERS_WHY),
-    "log_every": (1, MAX_ITERS, _ITERS_WHY),
-}
-
-
-def check_int_setting(name: str, value: int) -> None:
-    """Raise ConfigError unless ``value`` is within :data:`INT_BOUNDS` for ``name`` (the message names the setting,
-    the value, the bound and its reason); every command that takes such a count checks it here.
-
-    Args:
-        name: a key of :data:`INT_BOUNDS`, such as ``"threads"``.
-        value: the value given.
-
-    Raises:
-        ConfigError: for a value out of its bounds.
-    """
-    low, high, why = INT_BOUNDS[name]
-    if name in ("image_size", "min_size", "max_size") and not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high} pixels, got {value} ({why})")
-    if value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value}")
-    if value > high:
-        raise ConfigError(f"{name} must be <= {high}, got {value} ({why})")
-
-
-def _check_no_nul(name: str, path: str) -> None:
-    if "\0" in path:
-        raise ConfigError(f"{name} {path!r}: a path cannot hold a NUL character")
-
-
-def _path_limit(folder: str, which: str, fallback: int) -> int:
-    try:
-        return int(os.pathconf(folder, which))
-    except (AttributeError, OSError, ValueError):  # not POSIX, or a file system without the limit
-        return fallback
-
-
-def _check_path_fits(name: str, path: str, *, inside: int, names_below: int) -> None:
-    """Raise ConfigError unless every name in ``path`` that does not exist yet fits its file system's NAME_MAX, and the
-    whole path, with room for ``inside`` bytes and ``names_below`` longest names under it, fits PATH_MAX.
-
-    The limits are those of the nearest folder of ``path`` that exists (where the new names would be created).
-    """
-    shown = path if len(path) <= 80 else f"{path[:60]}...{path[-10:]}"
-    absolute = os.path.abspath(path)
-    existing = absolute
-    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    name_max = _path_limit(existing, "PC_NAME_MAX", 255)
-    new_part = os.path.relpath(absolute, existing) if absolute != existing else ""
-    for part in new_part.split(os.sep) if new_part not in ("", ".") else []:
-        if len(os.fsencode(part)) > name_max:
-            raise ConfigError(
-                f"{name} {shown!r}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes, longer than this file "
-                f"system allows ({name_max} bytes, PC_NAME_MAX of {existing})"
-            )
-    path_max = _path_limit(existing, "PC_PATH_MAX", 4096)
-    room = inside + names_below * (1 + name_max)
-    if len(os.fsencode(path)) + room >= path_max:
-        raise ConfigError(
-            f"{name} {shown!r}: the path is {len(os.fsencode(path))} bytes; with room for the files this run writes "
-            f"inside it ({room} bytes: a folder and a file name of up to {name_max} bytes each) it exceeds this file "
-            f"system's limit of {path_max} bytes (PC_PATH_MAX of {existing})"
-        )
-
-
-class ConfigError(ValueError):
-    """A comparison setting is out of range; the message names it, its value and what is allowed."""
-
-
-def check_out_folder(
-    name: str, path: str, data_folders: Iterable[str | None] = (), *, inside: int = 0, names_below: int = 1
-) -> None:
-    """Raise ConfigError unless ``path`` can be made an output folder, checked before anything is written.
-
-    The path holds no NUL, is not empty, fits its file system (see :func:`_check_path_fits`), is not a file and does
-    not lie under one, and is not inside a data folder (the data are only ever read: a run's files there would mix
-    with them, and a later run would read them as data).
-
-    Args:
-        name: the setting or flag, for the messages (``"out"``, ``"--out"``).
-        path: the folder.
-        data_folders: the data folders the program reads (``None`` entries are skipped).
-        inside: bytes of the longest relative path written inside the folder, beyond ``names_below`` names.
-        names_below: how many names (folders and a file) are written below it.
-
-    Raises:
-        ConfigError: naming the setting, the path and the reason.
-    """
-    _check_no_nul(name, path)
-    if not path:
-        raise ConfigError(f"{name} must name a folder, got ''")
-    _check_path_fits(name, path, inside=inside, names_below=names_below)
-    existing = os.path.abspath(path)
-    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if os.path.exists(existing) and not os.path.isdir(existing):
-        where = "exists and is not a folder" if existing == os.path.abspath(path) else f"lies under the file {existing}"
-        raise ConfigError(f"{name} {path} {where}; give a folder")
-    for folder in data_folders:
-        if folder is not None and is_within(path, folder):
-            raise ConfigError(
-                f"{name} {path} is inside the data folder {folder}; the data are only read, never written: give a "
-                "folder outside it"
-            )
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """:func:`~balanced_l1.params.check_choice`, raising :class:`ConfigError`."""
-    try:
-        check_choice(name, value, choices)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
 
 
 def import_arm_modules(modules: tuple[str, ...]) -> None:
@@ -328,7 +182,7 @@ class CompareConfig:
 
         Raises:
             ConfigError: for a module that cannot be imported, a bad arm spec, an arm named twice, or more arms than
-                make :data:`MAX_RUNS` runs with the seeds.
+                make :data:`~balanced_l1.experiments.config.checks.MAX_RUNS` runs with the seeds.
         """
         import_arm_modules(self.arm_modules)
         seeds = max(len(self.seeds), 1)
@@ -337,7 +191,7 @@ class CompareConfig:
         except TooManyArmsError:
             raise ConfigError(
                 f"arms x seeds: more than {MAX_RUNS // seeds} arms (grids expanded) x {len(self.seeds)} seed(s) "
-                f"come to more than {MAX_RUNS} runs, the limit ({_RUNS_WHY})"
+                f"come to more than {MAX_RUNS} runs, the limit ({RUNS_WHY})"
             ) from None
         except ArmSpecError as err:
             raise ConfigError(f"arms: {err}") from None
@@ -382,11 +236,12 @@ class CompareConfig:
         specs = self.arm_specs()
         self._validate_data()
         self._validate_schedule(world_size)
-        _choice("model", self.model, MODELS)
+        check_choice_setting("model", self.model, MODELS)
         min_size, max_size = self.resize()
         if max_size < min_size:
             raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
-        to_toml(self)  # every setting can be written to OUT/config.toml (and --print-config) and read back
+        for name in FIELDS:  # every setting can be written to OUT/config.toml (and --print-config) and read back
+            check_writable_in_toml(name, getattr(self, name))
         return specs
 
     def _validate_reporting(self) -> None:
@@ -396,8 +251,6 @@ class CompareConfig:
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if self.tensorboard:
-            from balanced_l1.experiments.run.runlog import tensorboard_problem
-
             problem = tensorboard_problem()
             if problem is not None:
                 raise ConfigError(problem)
@@ -412,11 +265,11 @@ class CompareConfig:
             raise ConfigError(f"seeds must be non-negative integers without repeats, got {list(self.seeds)}")
         too_large = [s for s in self.seeds if s > MAX_SEED]
         if too_large:
-            raise ConfigError(f"seeds must be <= {MAX_SEED}, got {too_large[0]} ({_SEED_WHY})")
+            raise ConfigError(f"seeds must be <= {MAX_SEED}, got {too_large[0]} ({SEED_WHY})")
         for name in INT_BOUNDS:
             value = getattr(self, name)
             if value is not None:
-                check_int_setting(name, value)
+                check_int(name, value)
         if any(step > MAX_EPOCHS for step in self.lr_steps):
             raise ConfigError(
                 f"lr_steps must be <= {MAX_EPOCHS} (epochs), got {max(self.lr_steps)} ({INT_BOUNDS['epochs'][2]})"
@@ -443,37 +296,15 @@ class CompareConfig:
                 f"weights_backbone {weights!r}: the small model is built from scratch and takes only 'none'; "
                 f"DEFAULT (torchvision's ImageNet weights) or a weights file is for the models {', '.join(MODELS[1:])}"
             )
-        if weights == "DEFAULT":
-            return
-        from balanced_l1._files import file_kind, format_size
-
-        _check_no_nul("weights_backbone", weights)
-        try:
-            info = os.stat(weights)
-        except FileNotFoundError:
-            raise ConfigError(
-                f"weights_backbone {weights!r}: no such file (give none, DEFAULT or the path of a local state_dict "
-                "file)"
-            ) from None
-        except (OSError, ValueError) as err:
-            reason = getattr(err, "strerror", None) or err
-            raise ConfigError(f"weights_backbone {weights!r}: cannot read it ({reason})") from None
-        kind = file_kind(info.st_mode)
-        if kind is not None:
-            raise ConfigError(f"weights_backbone {weights!r} is {kind}, not a regular file (a state_dict file)")
-        if info.st_size > MAX_WEIGHTS_FILE_BYTES:
-            raise ConfigError(
-                f"weights_backbone {weights!r} is {format_size(info.st_size)} ({info.st_size} bytes), over the limit "
-                f"of {format_size(MAX_WEIGHTS_FILE_BYTES)} for a backbone's weights (ResNet-50's are about 98 MiB; "
-                "the file is read into memory)"
-            )
+        if weights != "DEFAULT":
+            check_weights_file(weights)
 
     def _validate_paths(self) -> None:
         """No path holds a NUL; --out names a folder whose name fits the file system, outside the data folders."""
         for name in (*_COCO_KEYS, "data"):
             value = getattr(self, name)
             if value is not None:
-                _check_no_nul(name, value)
+                check_no_nul(name, value)
         check_out_folder(  # tensorboard/<run>/<events>
             "out", self.out, self.data_folders(), inside=len("/tensorboard"), names_below=2
         )
@@ -510,7 +341,7 @@ class CompareConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {value}")
         if not (math.isfinite(self.warmup_factor) and 0.0 < self.warmup_factor <= 1.0):
             raise ConfigError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice_setting("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if list(self.lr_steps) != sorted(set(self.lr_steps)) or any(s < 1 for s in self.lr_steps):
             raise ConfigError(f"lr_steps must be increasing positive integers, got {list(self.lr_steps)}")
         if self.lr_steps and self.lr_schedule != "step":
@@ -525,119 +356,6 @@ class CompareConfig:
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in fields(CompareConfig)}
 DEFAULTS = CompareConfig()
-
-
-def recipe_names() -> tuple[str, ...]:
-    """The recipes shipped in the package, by name.
-
-    Example:
-        >>> "coco-1x" in recipe_names()
-        True
-    """
-    folder = resources.files("balanced_l1.experiments") / "recipes"
-    return tuple(sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml")))
-
-
-def _too_long_integer(text: str, where: str) -> ConfigError:
-    """The error for a TOML text holding an integer of more digits than Python converts, naming its key."""
-    limit = sys.get_int_max_str_digits()
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        digits = max((len(run.replace("_", "")) for run in re.findall(r"[0-9_]+", value)), default=0)
-        if sep and digits > limit:
-            return ConfigError(
-                f"{where}: {key.strip()} holds an integer of {digits} digits, more than Python converts ({limit}); "
-                "no setting needs a number that long"
-            )
-    return ConfigError(f"{where}: not valid TOML (an integer of more than {limit} digits)")
-
-
-def _read_toml(text: str, where: str) -> dict[str, Any]:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{where}: not valid TOML ({err})") from None
-    except RecursionError:  # arrays or tables nested thousands deep: no setting is nested at all
-        raise ConfigError(f"{where}: not valid TOML (nested too deeply)") from None
-    except ValueError:  # tomllib's only other error: an integer past Python's integer-string conversion limit
-        raise _too_long_integer(text, where) from None
-    unknown = sorted(set(doc) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
-    return {key: _coerce(key, value, where) for key, value in doc.items()}
-
-
-def load_recipe(name: str) -> dict[str, Any]:
-    """The settings of a shipped recipe.
-
-    Args:
-        name: a name from :func:`recipe_names`.
-
-    Returns:
-        The settings the recipe sets.
-
-    Raises:
-        ConfigError: for an unknown name, listing the known ones.
-    """
-    if name not in recipe_names():
-        raise ConfigError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
-    resource = resources.files("balanced_l1.experiments") / "recipes" / f"{name}.toml"
-    return _read_toml(resource.read_text(encoding="utf-8"), f"recipe {name}")
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The settings of a user's TOML file (the keys of :class:`CompareConfig`).
-
-    The path is checked before it is opened (:func:`balanced_l1._files.read_regular_file`): a FIFO, a device or a
-    folder is refused by kind, and a file over 1 MiB by size (every setting written out is about 4 KiB).
-
-    Raises:
-        ConfigError: if the file is missing, not a regular file, over 1 MiB, unreadable, not UTF-8, not TOML (or
-            nested too deeply), or has an unknown key or a value of the wrong type.
-    """
-    from balanced_l1._files import UnreadableFileError, read_regular_file
-
-    where = Path(path)
-    if not where.exists():
-        raise ConfigError(f"{where}: cannot read the config file (no such file)")
-    try:
-        text = read_regular_file(where, 1 << 20, "config file", why="all the settings take about 4 KiB").decode()
-    except UnreadableFileError as err:
-        raise ConfigError(str(err)) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{where}: cannot read the config file ({err})") from None
-    return _read_toml(text, str(where))
-
-
-def _type_name(key: str) -> str:
-    kind = FIELDS[key].type
-    return str(kind).replace("tuple[int, ...]", "list of integers").replace("tuple[str, ...]", "list of strings")
-
-
-def _coerce(key: str, value: Any, where: str) -> Any:
-    """Check a TOML value against the field's type; lists become tuples, ints are accepted for floats."""
-    kind = str(FIELDS[key].type)
-    wrong = ConfigError(f"{where}: {key} must be {_type_name(key)}, got {value!r}")
-    if kind.startswith("tuple["):
-        item = int if "int" in kind else str
-        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-            raise wrong
-        return tuple(value)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if kind == "float":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise wrong
-        return float(value)
-    if kind.startswith("int"):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise wrong
-        return value
-    if not isinstance(value, str):
-        raise wrong
-    return value
 
 
 def resolve(layers: list[Mapping[str, Any]]) -> CompareConfig:
@@ -664,63 +382,6 @@ def resolve(layers: list[Mapping[str, Any]]) -> CompareConfig:
             merged.update(dict.fromkeys(LENGTH_KEYS))
         merged.update(layer)
     return dataclasses.replace(DEFAULTS, **merged)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + "".join(_toml_char(char) for char in value) + '"'
-    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-
-
-def _toml_char(char: str) -> str:
-    """One character inside a TOML basic string: quote, backslash and control characters escaped."""
-    if char in _TOML_ESCAPES:
-        return _TOML_ESCAPES[char]
-    code = ord(char)
-    if code < 0x20 or code == 0x7F:
-        return f"\\u{code:04X}"
-    if 0xD800 <= code <= 0xDFFF:  # a lone surrogate: a file name in another encoding, which TOML cannot hold
-        raise ValueError(
-            f"U+{code:04X} (a byte that is not UTF-8, in a file name) cannot be written in TOML, as --print-config "
-            "and OUT/config.toml write every setting: use a UTF-8 name"
-        )
-    return char
-
-
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def to_toml(config: CompareConfig) -> str:
-    """The settings as a TOML file that :func:`load_config_file` reads back (unset optional ones as comments).
-
-    Strings are TOML basic strings, with quotes, backslashes and control characters escaped, so any text reads back
-    equal.
-
-    Raises:
-        ConfigError: for a string that holds a lone surrogate (a file name that is not UTF-8), which TOML cannot hold.
-
-    Example:
-        >>> "lr = 0.04" in to_toml(CompareConfig())
-        True
-    """
-    lines = []
-    for name, spec in FIELDS.items():
-        value = getattr(config, name)
-        try:
-            line = f"# {name} =  (not set)" if value is None else f"{name} = {_toml_value(value)}"
-        except ValueError as err:
-            raise ConfigError(f"{name} {value!r}: {err}") from None
-        unset = (
-            f" (default: {spec.metadata['shown_default']})"
-            if value is None and "shown_default" in spec.metadata
-            else ""
-        )
-        lines.append(f"{line:<48} # {spec.metadata['help']}{unset}")
-    return "\n".join(lines) + "\n"
 
 
 def as_dict(config: CompareConfig) -> dict[str, Any]:

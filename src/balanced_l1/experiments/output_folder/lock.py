@@ -1,4 +1,4 @@
-"""The output folder of a comparison: what may be in it, and the lock that keeps two runs out of one folder."""
+"""The lock that keeps two runs out of one output folder, and the checks of the folder before a run writes to it."""
 
 from __future__ import annotations
 
@@ -8,21 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from balanced_l1._files import (
-    remove_stale_temp_files,
-)
-from balanced_l1.experiments.config import ConfigError
-
-_OUTPUT_FILES = (
-    "results.json", "loss_curves.png", "ap_vs_iou.png", "gradient_balance.png", "balance_vs_ap.png", "config.toml",
-    "log.txt", "detections.png", "ap_curve.png",
-)  # fmt: skip
-
-
-_OUTPUT_FOLDERS = ("runs", "checkpoints", "tensorboard", "evaluate")
-
-
-LOCK_NAME = ".balanced-l1.lock"
+from balanced_l1._files import is_within, remove_stale_temp_files
+from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.output_folder.layout import EVALUATE_FOLDER, LOCK_NAME, OUTPUT_FILES, OUTPUT_FOLDERS
 
 
 def check_outside_owned(out: Path, dest: Path, name: str = "--out") -> None:
@@ -40,13 +28,11 @@ def check_outside_owned(out: Path, dest: Path, name: str = "--out") -> None:
     Raises:
         ConfigError: naming both folders.
     """
-    from balanced_l1._files import is_within
-
-    owned = [out / entry for entry in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS) if entry != "evaluate"]
+    owned = [out / entry for entry in (*OUTPUT_FILES, *OUTPUT_FOLDERS) if entry != EVALUATE_FOLDER]
     if os.path.realpath(dest) == os.path.realpath(out) or any(is_within(dest, path) for path in owned):
         raise ConfigError(
             f"{name} {dest}: it would write over what the comparison keeps in {out} (its results, runs, checkpoints "
-            f"or logs); give a folder outside these, such as {out / 'evaluate'} (the default)"
+            f"or logs); give a folder outside these, such as {out / EVALUATE_FOLDER} (the default)"
         )
 
 
@@ -56,10 +42,10 @@ def _check_out(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"out {out}: cannot create the output folder ({err.strerror or err})") from None
-    for name in _OUTPUT_FILES:
+    for name in OUTPUT_FILES:
         if (out / name).is_dir():
             raise ConfigError(f"out {out}: {out / name} is a folder, where this run writes a file; move it away")
-    for name in _OUTPUT_FOLDERS:
+    for name in OUTPUT_FOLDERS:
         if (out / name).exists() and not (out / name).is_dir():
             raise ConfigError(f"out {out}: {out / name} is a file, where this run keeps a folder; move it away")
     _check_no_link_out(out)
@@ -75,8 +61,8 @@ def _check_no_link_out(out: Path) -> None:
     """
     from balanced_l1._files import link_leaving
 
-    entries = [out / name for name in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS)]
-    entries += [entry for name in _OUTPUT_FOLDERS if (out / name).is_dir() for entry in sorted((out / name).iterdir())]
+    entries = [out / name for name in (*OUTPUT_FILES, *OUTPUT_FOLDERS)]
+    entries += [entry for name in OUTPUT_FOLDERS if (out / name).is_dir() for entry in sorted((out / name).iterdir())]
     for entry in entries:
         target = link_leaving(out, entry)
         if target is not None:
@@ -117,7 +103,7 @@ def _open_lock(out: Path) -> Any:
 
 def _remove_stale_temporaries(out: Path) -> None:
     """Remove temporary files that a killed run left behind (called while holding the lock on ``out``)."""
-    for folder in (out, *(out / name for name in _OUTPUT_FOLDERS)):
+    for folder in (out, *(out / name for name in OUTPUT_FOLDERS)):
         remove_stale_temp_files(folder)
 
 

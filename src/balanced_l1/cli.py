@@ -455,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(subparsers)
     _add_balance_parser(subparsers)
     _add_evaluate_parser(subparsers)
+    from balanced_l1._cli_tune import add_tune_parser
+
+    add_tune_parser(subparsers)
     return parser
 
 

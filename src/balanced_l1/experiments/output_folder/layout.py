@@ -19,6 +19,7 @@
     tensorboard/<arm>_seed<s>/     TensorBoard event files of that run (only with --tensorboard)
     evaluate/           written by ``balanced-l1 evaluate`` only (its results.json, show/ pictures)
     .balanced-l1.lock   held by the run using the folder
+    tune.json, tune_history.png, tune_importance.png, study.db   written by ``balanced-l1 tune`` only
 
 ``<arm>`` is the arm's canonical name as a file name (:attr:`~balanced_l1.experiments.arm_specs.ArmSpec.file_stem`).
 """
@@ -41,6 +42,11 @@ GRADIENT_BALANCE_FIGURE = "gradient_balance.png"
 BALANCE_VS_AP_FIGURE = "balance_vs_ap.png"
 DETECTIONS_FIGURE = "detections.png"
 AP_CURVE_FIGURE = "ap_curve.png"
+#: ``balanced-l1 tune``'s files: every trial and the verdict, its figures, and its default study database.
+TUNE_NAME = "tune.json"
+TUNE_HISTORY_FIGURE = "tune_history.png"
+TUNE_IMPORTANCE_FIGURE = "tune_importance.png"
+STUDY_DATABASE = "study.db"
 
 RUNS_FOLDER = "runs"
 CHECKPOINTS_FOLDER = "checkpoints"
@@ -52,7 +58,8 @@ SHOW_FOLDER = "show"
 #: The files ``compare`` writes directly in ``OUT``.
 OUTPUT_FILES = (
     RESULTS_NAME, LOSS_CURVES_FIGURE, AP_VS_IOU_FIGURE, GRADIENT_BALANCE_FIGURE, BALANCE_VS_AP_FIGURE, CONFIG_NAME,
-    LOG_NAME, DETECTIONS_FIGURE, AP_CURVE_FIGURE,
+    LOG_NAME, DETECTIONS_FIGURE, AP_CURVE_FIGURE, TUNE_NAME, TUNE_HISTORY_FIGURE, TUNE_IMPORTANCE_FIGURE,
+    STUDY_DATABASE,
 )  # fmt: skip
 #: The folders ``compare`` and ``evaluate`` keep in ``OUT``.
 OUTPUT_FOLDERS = (RUNS_FOLDER, CHECKPOINTS_FOLDER, TENSORBOARD_FOLDER, EVALUATE_FOLDER)

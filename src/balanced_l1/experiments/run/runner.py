@@ -37,7 +37,7 @@ from balanced_l1.experiments.run.distributed import (
 )
 from balanced_l1.experiments.run.evaluate import evaluate_detector
 from balanced_l1.experiments.run.runlog import LogFile, RunObserver, is_terminal
-from balanced_l1.experiments.run.train import TrainConfig, TrainResult, train, validation_curve
+from balanced_l1.experiments.run.train import TrainConfig, TrainResult, ValidationHook, train, validation_curve
 
 # settings that do not change what a run computes, left out of its fingerprint
 _NOT_IN_FINGERPRINT = (
@@ -148,9 +148,25 @@ def run_one(
     seed: int,
     *,
     position: int = 0,
+    validation_split: DetectionSplit | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> dict[str, Any] | None:
     """Train and evaluate one run, write its files on rank 0 and return its record there (``None`` elsewhere);
-    with ``--resume``, a finished run's record is read instead."""
+    with ``--resume``, a finished run's record is read instead.
+
+    Args:
+        config: the settings.
+        ctx: this process's place in the job.
+        splits: the training and held-out splits.
+        tc: the optimisation settings.
+        arm: the arm and its parameters.
+        seed: the run's seed.
+        position: line of the progress bar.
+        validation_split: what the validations during training score (default: the whole held-out split); the
+            final AP is always the whole held-out split's.
+        on_validation: told each validation's AP during training; may stop the run (see
+            :data:`~balanced_l1.experiments.run.train.ValidationHook`).
+    """
     files = RunFiles.of(config.out, arm, seed)
     if config.resume and files.record.exists():
         return read_record(files.record)
@@ -162,7 +178,8 @@ def run_one(
     observer = _observer(config, files, f"{arm.name} seed {seed}") if ctx.is_main else None
 
     def validate() -> dict[str, Any] | None:
-        return evaluate_detector(model, splits["val"], ctx=ctx, workers=config.workers, show_progress=False)
+        held_out = splits["val"] if validation_split is None else validation_split
+        return evaluate_detector(model, held_out, ctx=ctx, workers=config.workers, show_progress=False)
 
     result = train(
         model,
@@ -179,6 +196,7 @@ def run_one(
         monitor=monitor,
         observer=observer,
         validate=validate if tc.eval_every else None,
+        on_validation=on_validation,
     )
     monitor.remove()
     metrics = evaluate_detector(

@@ -41,6 +41,20 @@ class TrainingDivergedError(RuntimeError):
     """The training loss stopped being finite."""
 
 
+class TrainingStoppedError(RuntimeError):
+    """A validation hook asked the run to stop (a pruner judged it behind); ``iteration`` is where it stopped."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"stopped after the validation at iteration {iteration}")
+        self.iteration = iteration
+
+
+#: Called on every rank after each validation during training with the iteration and rank 0's AP (``None`` on the
+#: other ranks); it must return the same answer on every rank: ``True`` stops the run with
+#: :class:`TrainingStoppedError`.
+ValidationHook = Callable[[int, float | None], bool]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings of one training run, resolved from :class:`~balanced_l1.experiments.config.CompareConfig`.
@@ -259,6 +273,7 @@ def train(
     monitor: GradientBalanceMonitor | None = None,
     observer: RunObserver | None = None,
     validate: Callable[[], dict[str, Any] | None] | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> TrainResult:
     """Train ``model`` in place, checkpointing every ``config.checkpoint_every`` iterations and at the end.
 
@@ -282,12 +297,14 @@ def train(
         validate: scores the model on the held-out split (every rank calls it; rank 0 gets the metrics), called
             after every ``config.eval_every`` iterations; the metrics of :data:`~balanced_l1.experiments.run.evaluate.
             METRICS` go into that iteration's history row as ``val_<metric>`` (so a checkpoint keeps them).
+        on_validation: told the iteration and AP after each validation (see :data:`ValidationHook`).
 
     Returns:
         The loss history and the gradient-balance series.
 
     Raises:
         TrainingDivergedError: if the loss becomes NaN or infinite.
+        TrainingStoppedError: if ``on_validation`` returned ``True``.
         CheckpointMismatchError: if the checkpoint to resume belongs to another run or cannot be read.
         ImageReadError: if a training image cannot be read (the last checkpoint is kept).
     """
@@ -335,7 +352,9 @@ def train(
                 balance = state.balance[-1] if monitor is not None else None
                 observer.iteration(done, record, config.lr * config.factor(iteration), balance)
             if validate is not None and config.eval_every and done % config.eval_every == 0:
-                _validate(validate, record, done, observer if ctx.is_main else None)
+                ap = _validate(validate, record, done, observer if ctx.is_main else None)
+                if on_validation is not None and on_validation(done, ap):
+                    raise TrainingStoppedError(done)
             if done % config.checkpoint_every == 0 or done == config.iters:
                 state.save(checkpoint_path, done, fingerprint, ctx)
     except BaseException:
@@ -349,14 +368,19 @@ def train(
 
 def _validate(
     validate: Callable[[], dict[str, Any] | None], record: dict[str, float], done: int, observer: RunObserver | None
-) -> None:
-    """Score the model now; rank 0 keeps the metrics in this iteration's history row as ``val_<metric>``."""
+) -> float | None:
+    """Score the model now; rank 0 keeps the metrics in this iteration's history row as ``val_<metric>``.
+
+    Returns:
+        The AP on rank 0, ``None`` on the other ranks.
+    """
     metrics = validate()
     if metrics is None:  # not rank 0
-        return
+        return None
     record.update({f"val_{name}": float(metrics[name]) for name in METRICS})
     if observer is not None:
         observer.validation(done, metrics)
+    return float(metrics["AP"])
 
 
 def validation_curve(history: list[dict[str, float]]) -> list[dict[str, float]]:

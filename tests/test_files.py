@@ -3,8 +3,11 @@ reads of regular files only, of a bounded size, refused by kind before they are 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,10 @@ import pytest
 from balanced_l1 import _files
 from balanced_l1._files import (
     UnreadableFileError,
+    WriteError,
     link_leaving,
+    load_error_reason,
+    loads_strict_json,
     open_regular_file,
     read_regular_file,
     remove_stale_temp_files,
@@ -77,9 +83,32 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path: 
         Path(tmp).write_text("half")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(WriteError, match=f"^{target}: cannot write it \\(disk full; .* free there\\)"):
         write_atomically(target, fail)
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_a_full_disk_is_named_with_the_file_and_the_reason_and_the_old_file_stays(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"the last good checkpoint")
+
+    def no_space(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(WriteError) as info:
+        write_atomically(target, no_space)
+    assert str(info.value).startswith(f"{target}: cannot write it (No space left on device; ")
+    assert str(info.value).endswith("the file that was there, if any, is left as it was")
+    assert target.read_bytes() == b"the last good checkpoint" and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_a_folder_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(
+        WriteError, match=f"^{tmp_path / 'file' / 'sub' / 'out.txt'}: cannot write it \\(Not a directory"
+    ):
+        write_atomically(tmp_path / "file" / "sub" / "out.txt", _write_text("x"))
 
 
 def test_long_but_valid_name_gets_a_valid_temporary_name(tmp_path: Path) -> None:
@@ -152,6 +181,36 @@ def test_a_regular_file_is_read_whole(tmp_path: Path) -> None:
         assert handle.read() == b"abc"
 
 
+_READ_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+from balanced_l1._files import read_regular_file
+with open("/proc/self/status") as status:
+    used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+limit = used + (256 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+print(read_regular_file(sys.argv[1], 4 << 30, "annotation file", why="w").decode())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads its address space from /proc")
+def test_a_small_file_is_read_under_a_memory_limit_far_below_the_bound(tmp_path: Path) -> None:
+    # A bound of 4 GiB must not mean a 4 GiB buffer: the read asks for what the file holds, in bounded chunks.
+    (tmp_path / "small.json").write_text("{}" * 512)
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_UNDER_A_MEMORY_LIMIT, str(tmp_path / "small.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (0, "", "{}" * 512 + "\n")
+
+
+def test_no_single_read_asks_for_more_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "f").write_bytes(b"ab" * (_files.READ_CHUNK_BYTES + 7))
+    monkeypatch.setattr(_files, "READ_CHUNK_BYTES", 1000)
+    assert read_regular_file(tmp_path / "f", 4 << 30, "f", why="w") == b"ab" * (1 << 20) + b"ab" * 7
+
+
 @pytest.mark.usefixtures("alarm")
 @pytest.mark.parametrize(("kind", "name"), [("fifo", "a FIFO"), ("device", "a character device"), ("dir", "a folder")])
 def test_other_kinds_are_refused_by_kind_before_they_are_opened(
@@ -218,3 +277,46 @@ def test_links_leaving_a_folder_are_told_apart_from_links_inside_it(tmp_path: Pa
     assert link_leaving(root, root / "inside" / "back_out") == (outside / "f.json").resolve()
     (tmp_path / "root_link").symlink_to(root)  # the folder itself may be a link
     assert link_leaving(tmp_path / "root_link", tmp_path / "root_link" / "inside") is None
+
+
+def test_torchs_advice_to_load_without_weights_only_is_never_repeated() -> None:
+    import pickle
+
+    refusal = pickle.UnpicklingError(
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, "
+        "but it can result in arbitrary code execution.\n\n\nTrying to load unsupported GLOBAL posix.system whose "
+        "module posix is blocked.\n\nCheck the documentation of torch.load to learn more about types accepted"
+    )
+    assert load_error_reason(refusal) == (
+        "UnpicklingError: Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+    )
+    assert load_error_reason(IndexError("list index out of range")) == "IndexError: list index out of range"
+    assert load_error_reason(RuntimeError("use weights_only=False")) == "RuntimeError: not plain data"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_json_is_written_standard_or_not_at_all(tmp_path: Path, value: float) -> None:
+    target = tmp_path / "results.json"
+    target.write_text("{}\n")
+    with pytest.raises(ValueError, match=f"^{target}: refused to write Out of range float values"):
+        write_json_atomically({"AP": value}, target)
+    assert target.read_text() == "{}\n" and os.listdir(tmp_path) == ["results.json"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": Infinity}', "Infinity is not a JSON number"),
+        ('{"a": 1e400}', "the number 1e400 is beyond a float's range"),
+        ('{"a": 9223372036854775808}', "the integer 9223372036854775808 is beyond 64 bits"),
+    ],
+)
+def test_strict_json_refuses_numbers_that_are_not_standard_or_bounded(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        loads_strict_json(text)
+
+
+def test_strict_json_reads_what_the_writer_writes(tmp_path: Path) -> None:
+    doc = {"AP": 0.5, "ids": [-(2**63), 2**63 - 1], "tiny": 5e-324, "none": None}
+    assert loads_strict_json(write_json_atomically(doc, tmp_path / "r.json").read_bytes()) == doc

@@ -15,8 +15,10 @@ until memory runs out and a FIFO does not hang the process), then open it with `
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 _NAME_MAX = 255  # longest file name on common file systems (ext4, xfs, btrfs, apfs, ntfs)
+READ_CHUNK_BYTES = 1 << 20
+"""The most :func:`read_regular_file` asks for in one read: memory follows the file's size, not its bound."""
 _TEMP_EXTRA = len("..") + 8 + len(".tmp")  # the dots around the name, mkstemp's 8 random characters, the suffix
 
 
@@ -58,6 +62,21 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+class WriteError(OSError):
+    """A file could not be written (a read-only folder, a full disk, a file system refusing the name); the message
+    names the file, the reason and the space left there. The file that was there before, if any, is left as it was.
+    """
+
+
+def _write_failure(target: Path, err: BaseException) -> WriteError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:300]
+    try:
+        free = f"; {format_size(shutil.disk_usage(target.parent if target.parent.exists() else '.').free)} free there"
+    except OSError:
+        free = ""
+    return WriteError(f"{target}: cannot write it ({reason}{free}); the file that was there, if any, is left as it was")
+
+
 def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None], *, owner_only: bool = False) -> Path:
     """Write ``path`` through a temporary file in the same folder, ``fsync`` and an atomic rename.
 
@@ -71,11 +90,16 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None],
         The file's path.
 
     Raises:
-        OSError: if the folder cannot be created or written, or the target is a folder.
+        WriteError: (an ``OSError``) naming the file and the reason, if the folder cannot be created or written,
+            the target is a folder, or the write fails (``OSError``, or the ``RuntimeError`` that ``torch.save``
+            raises on a full disk); the old file is left as it was and no temporary file stays.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise _write_failure(target, err) from None
     os.close(fd)
     try:
         write(tmp)
@@ -83,6 +107,8 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[str], None],
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as err:
+        raise _write_failure(target, err) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -117,7 +143,11 @@ def remove_stale_temp_files(folder: str | os.PathLike[str], name: str | None = N
 
 
 def write_json_atomically(doc: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``doc`` as indented JSON (UTF-8, trailing newline) with :func:`write_atomically`.
+    """Write ``doc`` as indented standard JSON (UTF-8, trailing newline) with :func:`write_atomically`.
+
+    Only standard JSON is written: a NaN or an infinity, which Python's ``json`` would write as the non-standard
+    ``NaN`` or ``Infinity`` that other readers refuse, is refused before anything is written (every number this
+    program records is finite, or ``null`` where it is undefined).
 
     Args:
         doc: a JSON-serialisable object.
@@ -125,14 +155,62 @@ def write_json_atomically(doc: Any, path: str | os.PathLike[str]) -> Path:
 
     Returns:
         The file's path.
+
+    Raises:
+        ValueError: naming the file, for a NaN or an infinity in ``doc``; the old file is left as it was.
+        WriteError: naming the file, if it cannot be written.
     """
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise ValueError(f"{path}: refused to write {err} (NaN or infinity); the old file is left as it was") from None
 
     def dump(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
 
     return write_atomically(path, dump)
+
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is beyond a float's range (at most about 1.8e308)")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not _INT64[0] <= value <= _INT64[1]:
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+        raise ValueError(f"the integer {shown} is beyond 64 bits")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number (NaN and Infinity are not standard JSON)")
+
+
+def loads_strict_json(text: str | bytes) -> Any:
+    """Parse standard JSON whose every number is finite and every integer fits in 64 bits.
+
+    What this program writes with :func:`write_json_atomically` always reads back; a file edited by hand or made
+    elsewhere with ``NaN``, ``Infinity``, ``1e400`` or ``10**4000`` is refused, so that no such number reaches the
+    arithmetic of a report (an ``OverflowError``, a NaN in a table).
+
+    Args:
+        text: the JSON text.
+
+    Returns:
+        The parsed document.
+
+    Raises:
+        ValueError: the reason (also for text that is not JSON, or not UTF-8); RecursionError for nesting too deep.
+    """
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_int64)
 
 
 def save_figure_atomically(fig: Any, out: str | os.PathLike[str]) -> Path:
@@ -252,22 +330,68 @@ def read_regular_file(
 ) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``, refused by kind or size before it is opened.
 
-    See :func:`open_regular_file` for the checks and the arguments. A file that grows past ``max_bytes`` while it
-    is read is refused too (at most ``max_bytes + 1`` bytes are read).
+    See :func:`open_regular_file` for the checks and the arguments. The file is read in chunks of at most
+    :data:`READ_CHUNK_BYTES`, so memory grows with what the file holds, never with ``max_bytes`` (a 1 KiB file read
+    under a 4 GiB bound asks for 1 KiB, not 4 GiB). A file that grows past ``max_bytes`` while it is read is
+    refused too (at most ``max_bytes + 1`` bytes are read).
 
     Raises:
         UnreadableFileError: naming the file and the reason.
     """
+    chunks: list[bytes] = []
+    size = 0
     with open_regular_file(path, max_bytes, what, why=why, follow_symlinks=follow_symlinks) as handle:
         try:
-            data = handle.read(max_bytes + 1)
+            while size <= max_bytes:
+                chunk = handle.read(min(READ_CHUNK_BYTES, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
         except OSError as err:
             raise UnreadableFileError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
-    if len(data) > max_bytes:
+    if size > max_bytes:
         raise UnreadableFileError(
             f"{path}: the {what} grew past the limit of {format_size(max_bytes)} for a {what} while it was read ({why})"
         )
-    return data
+    return b"".join(chunks)
+
+
+def load_error_reason(err: BaseException) -> str:
+    """``torch.load``'s error as one informative line, without torch's advice to load with ``weights_only=False``.
+
+    Torch wraps a refusal of ``weights_only=True`` in lines that suggest loading the file with ``weights_only=False``
+    ("will likely succeed"), which would run whatever code the file holds. For a file that was not made by this
+    program that advice must never be repeated, so every line that names ``weights_only`` or points to torch's
+    documentation is dropped; the line naming what was refused (``GLOBAL posix.system``) is kept.
+
+    Args:
+        err: what ``torch.load`` raised.
+
+    Returns:
+        ``"<type>: <reason>"``, e.g. ``"UnpicklingError: Trying to load unsupported GLOBAL posix.system ..."``.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    kept = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    refused = [line for line in kept if "GLOBAL" in line or line.startswith("Unsupported")]
+    return f"{type(err).__name__}: {(refused or kept or ['not plain data'])[0]}"
+
+
+def is_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, symbolic links resolved; neither need exist yet.
+
+    Args:
+        path: the path to place.
+        folder: the folder.
+
+    Returns:
+        ``True`` for ``folder`` itself and every path below it; ``False`` when either cannot name a file (a NUL).
+    """
+    try:
+        target, base = os.path.realpath(path), os.path.realpath(folder)
+    except ValueError:  # a NUL: no file has that path, and the caller refuses it where it opens it
+        return False
+    return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def link_leaving(folder: str | os.PathLike[str], entry: str | os.PathLike[str]) -> Path | None:

@@ -313,6 +313,8 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe, to_toml
     from balanced_l1.experiments.data.coco_data import DataError, ImageReadError
     from balanced_l1.experiments.output_folder.errors import OutputFolderError
+    from balanced_l1.experiments.output_folder.layout import CHECKPOINTS_FOLDER
+    from balanced_l1.experiments.run.parallel import RunFailedError
     from balanced_l1.experiments.run.train import TrainingDivergedError
 
     flags = {name: value for name, value in vars(args).items() if name in FIELDS}
@@ -337,11 +339,13 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     except ConfigError as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 2
-    except ImageReadError as err:
+    except (ImageReadError, OSError) as err:  # a broken image; a read-only folder or a full disk (path and reason)
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
-        print("the last checkpoint is kept: fix the file and run the same command with --resume", file=sys.stderr)
+        if any((Path(config.out) / CHECKPOINTS_FOLDER).glob("*.pt")):  # it failed after a checkpoint was written
+            fix = "the file" if isinstance(err, ImageReadError) else "the folder or free space"
+            print(f"the last checkpoint is kept: fix {fix} and run the same command with --resume", file=sys.stderr)
         return 1
-    except (DataError, OutputFolderError, TrainingDivergedError, BackboneWeightsError) as err:
+    except (DataError, OutputFolderError, TrainingDivergedError, BackboneWeightsError, RunFailedError) as err:
         print(f"balanced-l1 compare: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -393,7 +397,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from balanced_l1.experiments.config.checks import ConfigError
+    from balanced_l1.experiments.config.checks import ConfigError, check_int
     from balanced_l1.experiments.data.coco_data import DataError
     from balanced_l1.experiments.output_folder.errors import OutputFolderError, RunsNotFoundError
 
@@ -402,18 +406,21 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(f"OUT {str(out)!r} is not a folder")
     if (args.val_ann is None) != (args.val_root is None):
         parser.error("give --val-ann and --val-root together (the annotation file and its image folder)")
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        check_int("threads", args.threads)  # compare's bound and its reason
+    except ConfigError as err:
+        parser.error(f"--{err}")
     _check_device(args.device, parser)
     import torch
 
-    from balanced_l1.experiments.evaluate_out import evaluate_out
+    from balanced_l1.experiments.evaluate_out import check_destination, evaluate_out
     from balanced_l1.experiments.output_folder.files import saved_config
     from balanced_l1.experiments.output_folder.lock import exclusive_out
     from balanced_l1.experiments.run.runlog import is_terminal
 
-    try:
-        saved_config(out, args.arm_modules)
+    try:  # the settings and where to write, before the lock on OUT and any work
+        config = saved_config(out, args.arm_modules)
+        check_destination(out, Path(args.dest) if args.dest is not None else out / "evaluate", config, args.val_root)
     except ConfigError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)

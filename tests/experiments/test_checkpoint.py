@@ -132,7 +132,14 @@ def _rng(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]],
         (_set("iteration", True), "'iteration' must be a int, got bool"),
         (_set("iteration", 2), "'iteration' is 2 but 'history' has 3 entries"),
         (_set("history", None), "'history' must be a list, got NoneType"),
-        (_set("history", [{"loss": "1.0"}] * 3), "'history' entry #0 must map 'loss' and other names to numbers"),
+        (_set("history", [{"loss": "1.0"}] * 3), "'history' entry #0 must map 'loss' and other names to finite"),
+        (_set("history", [{"loss": float("nan")}] * 3), "'history' entry #0 must map 'loss' .* finite numbers"),
+        (_set("history", [{"loss": float("inf")}] * 3), "'history' entry #0 must map 'loss' .* finite numbers"),
+        (_set("history", [{"loss": 10**400}] * 3), "'history' entry #0 must map 'loss' .* finite numbers"),
+        (
+            _set("gradient_balance", [{"roi_heads": {"inlier_fraction": float("-inf")}}] * 3),
+            "'gradient_balance' entry #0 must map stages to {statistic: finite number or null}",
+        ),
         (_set("gradient_balance", {"a": 1}), "'gradient_balance' must be a list, got dict"),
         (_set("gradient_balance", [[1]] * 3), "'gradient_balance' entry #0 must map stages"),
         (_set("rng", ["state"]), "the random state of rank 0: must be a dictionary, got str"),
@@ -154,7 +161,10 @@ def _rng(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]],
             "the random state of rank 0: 'python' must be Python's random state",
         ),
         (_rng(lambda s: s.__setitem__("cuda", "x")), "the random state of rank 0: 'cuda' must be a list"),
-        (_set("roi_sample", torch.zeros(2, 5)), "'roi_sample' must be a floating-point tensor of 12 columns"),
+        (_set("roi_sample", torch.zeros(2, 5, dtype=torch.float64)), "'roi_sample' must be a float64 tensor of 12"),
+        (_set("roi_sample", torch.zeros(2, 12, dtype=torch.complex128)), "'roi_sample' must be a float64 tensor"),
+        (_set("roi_sample", torch.full((2, 12), float("nan"), dtype=torch.float64)), "'roi_sample' holds NaN"),
+        (_set("roi_sample", torch.full((2, 12), float("inf"), dtype=torch.float64)), "'roi_sample' holds NaN"),
     ],
 )
 def test_an_edited_checkpoint_with_the_right_fingerprint_is_refused_naming_the_problem(
@@ -196,10 +206,35 @@ def _state_of_no_parameter(ckpt: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("tamper", "reason"),
     [
-        (_bigger_weight, r"'model' 'weight' has shape \[4, 2\], this model's has \[3, 2\]"),
+        (
+            _bigger_weight,
+            r"'model' 'weight' is a torch.float32 tensor of shape \[4, 2\], where this run holds a "
+            r"torch.float32 tensor of shape \[3, 2\]",
+        ),
+        (
+            lambda c: c["model"].__setitem__("weight", torch.zeros(3, 2, dtype=torch.complex64)),
+            r"'model' 'weight' is a torch.complex64 tensor of shape \[3, 2\], where this run holds a torch.float32",
+        ),
+        (
+            lambda c: c["model"].__setitem__("bias", torch.zeros(3, dtype=torch.int64)),
+            r"'model' 'bias' is a torch.int64 tensor of shape \[3\], where this run holds a torch.float32",
+        ),
         (lambda c: c["model"].pop("bias"), "'model' has no 'bias'"),
         (lambda c: c["model"].__setitem__("extra", torch.zeros(1)), "'model' has 'extra', which this model has not"),
-        (_momentum_of_another_shape, r"'optimizer' momentum_buffer of parameter 0 has shape \[7\]"),
+        (
+            _momentum_of_another_shape,
+            r"'optimizer' momentum_buffer of parameter 0 is a torch.float32 tensor of "
+            r"shape \[7\], where this run holds a torch.float32 tensor of shape \[3, 2\]",
+        ),
+        (
+            lambda c: c["optimizer"]["state"][0].__setitem__("momentum_buffer", torch.tensor(0.0)),
+            r"'optimizer' momentum_buffer of parameter 0 is a torch.float32 tensor of shape \[\], where this run holds "
+            r"a torch.float32 tensor of shape \[3, 2\]",
+        ),
+        (
+            lambda c: c["optimizer"]["state"][1].__setitem__("momentum_buffer", torch.zeros(3, dtype=torch.complex64)),
+            r"'optimizer' momentum_buffer of parameter 1 is a torch.complex64 tensor of shape \[3\], where this run",
+        ),
         (_momentum_as_text, "'optimizer' parameter group 0 has momentum = '0.9', this run's is 0.9"),
         (_state_of_no_parameter, "'optimizer' holds a state for 9, which is no parameter of this run"),
         (

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from balanced_l1.experiments.data.coco_annotations import MAX_BOXES_PER_IMAGE
 from balanced_l1.experiments.data.coco_data import (
     DataError,
     DetectionDataset,
@@ -19,6 +20,7 @@ from balanced_l1.experiments.data.coco_data import (
     load_coco_split,
     save_coco_folder,
 )
+from balanced_l1.experiments.data.images import MAX_IMAGE_PIXELS
 from balanced_l1.experiments.data.synthetic import make_synthetic_dataset
 
 
@@ -220,7 +222,33 @@ def test_deeply_nested_json_is_named_without_recursion_error(folder: Path) -> No
 @pytest.mark.parametrize("file_name", ["/etc/passwd", "../../../../etc/passwd", "sub/../../x.png", "C:\\x.png", ""])
 def test_file_name_outside_the_image_folder_is_refused_at_load(folder: Path, file_name: str) -> None:
     _edit(folder, "train", lambda doc: doc["images"][0].update(file_name=file_name))
-    with pytest.raises(ImageReadError, match=r"train\.json: image 1 has file_name .* that (is|has)"):
+    with pytest.raises(DataError, match=r"train\.json: image 1 has file_name .* that (is|has)") as info:
+        load_coco_folder(folder)
+    assert not isinstance(info.value, ImageReadError)  # no image was read: an annotation error, not an image's
+
+
+def test_an_image_with_more_boxes_than_the_bound_is_refused_naming_it_and_why(folder: Path) -> None:
+    def crowd(doc: dict[str, Any]) -> None:
+        box = {"image_id": 1, "category_id": doc["categories"][0]["id"], "bbox": [1, 1, 5, 5]}
+        doc["annotations"] = [dict(box) for _ in range(MAX_BOXES_PER_IMAGE + 1)]
+
+    _edit(folder, "train", crowd)
+    with pytest.raises(DataError, match=rf"train\.json: image 1 has more than {MAX_BOXES_PER_IMAGE} boxes .* anchor"):
+        load_coco_folder(folder)
+
+
+def test_an_image_of_as_many_boxes_as_the_bound_is_accepted(folder: Path) -> None:
+    def crowd(doc: dict[str, Any]) -> None:
+        box = {"image_id": 1, "category_id": doc["categories"][0]["id"], "bbox": [1, 1, 5, 5]}
+        doc["annotations"] = [dict(box) for _ in range(MAX_BOXES_PER_IMAGE)]
+
+    _edit(folder, "train", crowd)
+    assert len(load_coco_folder(folder)["train"].coco["annotations"]) == MAX_BOXES_PER_IMAGE
+
+
+def test_an_image_declared_over_the_pixel_bound_is_refused_at_load(folder: Path) -> None:
+    _edit(folder, "train", lambda doc: doc["images"][0].update(width=1 << 20, height=1 << 20))
+    with pytest.raises(DataError, match=rf"train\.json: image 1 declares 1048576x1048576 .* {MAX_IMAGE_PIXELS} pixels"):
         load_coco_folder(folder)
 
 

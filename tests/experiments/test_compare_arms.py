@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from balanced_l1.cli import main
-from balanced_l1.experiments.run.loop_state import ROI_SAMPLE_ROWS
+from balanced_l1.experiments.output_folder.files import ROI_SAMPLE_ROWS
 
 TINY = ["--iters", "4", "--batch-size", "2", "--train-images", "4", "--val-images", "3", "--image-size", "64"]
 ARMS = "smooth_l1,balanced_l1(alpha=0.3,gamma=1.0),l1(loss_weight=1.5)"
@@ -129,11 +129,30 @@ def test_a_tampered_sample_exits_1_naming_the_file(
     np.save(sample, np.array([[1.0, 2.0]]), allow_pickle=False)
     assert main(["balance", str(copy), "--arm", "smooth_l1"]) == 1
     err = capsys.readouterr().err
-    assert str(sample) in err and "not a RoI sample" in err
+    assert str(sample) in err and "its header declares a float64 array of shape (1, 2)" in err
     with sample.open("wb") as handle:
         np.save(handle, np.array([object()], dtype=object), allow_pickle=True)
     assert main(["balance", str(copy), "--arm", "smooth_l1"]) == 1
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_sample_header_declaring_a_billion_rows_is_refused_before_anything_is_allocated(
+    finished: tuple[Path, dict[str, Any], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    out, _, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "runs", copy / "runs")
+    sample = copy / "runs" / "smooth_l1_seed0_roi_sample.npy"
+    with sample.open("wb") as handle:  # 89 GiB declared, a few bytes written
+        header = {"descr": "<f8", "fortran_order": False, "shape": (10**9, 12)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(b"\0" * 96)
+    assert main(["balance", str(copy), "--arm", "smooth_l1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{sample}: cannot read this run's RoI sample (its header declares a float64 array of shape " in err
+    assert "(1000000000, 12); a run writes float64 (K, 12) with K <= 4096" in err and "Traceback" not in err
 
 
 def test_the_balance_sentence_says_which_way_an_arm_moves_the_ratio() -> None:

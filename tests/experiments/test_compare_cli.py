@@ -178,9 +178,10 @@ def test_a_broken_held_out_image_exits_1_naming_the_file(tmp_path: Path, capsys:
 
 
 def test_missing_annotation_file_exits_1_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["compare", *TINY, "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    (tmp_path / "data").mkdir()
+    code = main(["compare", *TINY, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
     assert code == 1
-    assert f"{tmp_path / 'annotations' / 'train.json'}: annotation file not found" in capsys.readouterr().err
+    assert f"{tmp_path / 'data' / 'annotations' / 'train.json'}: annotation file not found" in capsys.readouterr().err
     _assert_refused_before_training(tmp_path / "out")
 
 

@@ -9,7 +9,9 @@ No case trains: each is refused before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -64,16 +66,35 @@ def _file_cases(tmp: Path) -> list[tuple[list[str], list[str]]]:
     big = tmp / "big.pth"
     with big.open("wb") as handle:  # sparse: takes no disk space
         handle.truncate(MAX_WEIGHTS_FILE_BYTES + 1)
+    huge = tmp / "huge.toml"
+    huge.write_text("iters = " + "9" * 5000 + "\n")
+    huge_seeds = tmp / "huge_seeds.toml"
+    huge_seeds.write_text("seeds = [0, " + "1_" * 4400 + "1]\n")
     long_name = str(tmp / ("x" * 300))
     long_path = str(tmp / "/".join(["d" * 200] * 25))
     return [
         (["--config", str(nul)], ["out 'a\\x00b'", "cannot hold a NUL character"]),  # its own --out
+        (
+            ["--data", str(tmp / "d"), "--out", str(tmp / "d" / "o")],
+            [f"out {tmp / 'd' / 'o'} is inside the data folder"],
+        ),
+        (
+            ["--train-ann", "a", "--train-root", str(tmp), "--val-ann", "b", "--val-root", "c"],
+            ["inside the data folder"],
+        ),
+        (["--config", str(huge)], [f"{huge}: iters holds an integer of 5000 digits, more than Python converts (4300)"]),
+        (["--config", str(huge_seeds)], [f"{huge_seeds}: seeds holds an integer of 4401 digits"]),
         (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", str(tmp)], ["weights_backbone", "is a folder"]),
         (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", str(big)], ["2147483649 bytes), over the limit"]),
         (["--out", long_name], ["out", "is 300 bytes, longer than this file system allows (255 bytes"]),
         (["--out", long_path], ["out", "PC_PATH_MAX"]),
     ]
 
+
+_GRID_OF_1000 = "balanced_l1(alpha=" + "|".join(f"{0.1 + 0.0001 * i:.4f}" for i in range(1000)) + ")"
+_GRID_OF_600 = "balanced_l1(alpha=" + "|".join(f"{0.1 + 0.0001 * i:.4f}" for i in range(600)) + ")"
+_GAMMA_GRID_OF_600 = "balanced_l1(gamma=" + "|".join(f"{1 + 0.001 * i:.3f}" for i in range(600)) + ")"
+_SEEDS_1000 = ",".join(map(str, range(1000)))
 
 EXAMPLES: list[tuple[list[str], list[str]]] = [
     # the probe's examples
@@ -91,6 +112,17 @@ EXAMPLES: list[tuple[list[str], list[str]]] = [
     (["--train-images", "1000000"], ["train_images 1000000", "over the limit of 4 GiB"]),
     (["--weights-backbone", "DEFAULT"], ["weights_backbone 'DEFAULT': the small model", "fasterrcnn_resnet50_fpn"]),
     (["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", "no/such.pth"], ["'no/such.pth': no such file"]),
+    # one bound on the number of runs, arms (grids expanded, over all specs) x seeds
+    (
+        ["--arms", ",".join([_GRID_OF_1000] * 20), "--seeds", _SEEDS_1000],
+        ["more than 1000 runs, the limit", "for the whole comparison"],
+    ),
+    (
+        ["--arms", _GRID_OF_1000, "--seeds", "0,1,2,3,4,5,6,7,8,9,10"],
+        ["more than 90 arms (grids expanded) x 11 seed(s)", "more than 1000 runs"],
+    ),
+    (["--print-config", "--arms", _GRID_OF_1000, "--seeds", "0,1,2,3,4,5,6,7,8,9,10"], ["more than 1000 runs"]),
+    (["--arms", f"{_GRID_OF_600},{_GAMMA_GRID_OF_600}", "--seeds", "0"], ["more than 1000 arms", "1000 runs"]),
     # --print-config validates as a run does
     (["--print-config", "--lr", "nan", "--iters", "-5", "--arms", "foo,foo"], ["iters must be >= 1, got -5"]),
     (["--print-config", "--lr", "nan"], ["lr must be finite and > 0, got nan"]),
@@ -108,6 +140,48 @@ EXAMPLES: list[tuple[list[str], list[str]]] = [
     (["--data", "d", "--train-ann", "a.json"], ["give either data (a folder) or the annotation files", "--train-ann"]),
     (["--iters", "5", "--epochs", "5"], ["give iters or epochs, not both"]),
 ]
+
+
+# evaluate: (OUT/config.toml, arguments, what the message says); {OUT} and {TMP} stand for the folders
+EVALUATE_EXAMPLES: list[tuple[str, list[str], list[str]]] = [
+    # compare's bounds, and OUT/config.toml checked as a --config file is
+    ("", ["--threads", "2147483648"], ["--threads must be <= 1024, got 2147483648", "torch starts that many"]),
+    ("", ["--threads", "100000"], ["--threads must be <= 1024, got 100000"]),
+    ("", ["--threads", "0"], ["--threads must be >= 1, got 0"]),
+    ("workers = 65\n", [], ["{OUT}/config.toml: workers must be <= 64, got 65", "separate process"]),
+    ("lr = nan\n", [], ["{OUT}/config.toml: lr must be finite and > 0, got nan"]),
+    ("iters = " + "9" * 5000 + "\n", [], ["{OUT}/config.toml: iters holds an integer of 5000 digits"]),
+    ("arms = ['" + _GRID_OF_1000 + "']\nseeds = [0, 1]\n", [], ["{OUT}/config.toml: arms x seeds", "1000 runs"]),
+    # --out: never over what the comparison keeps, never in a data folder, a folder that can be made
+    ("", ["--out", "{OUT}"], ["--out {OUT}: it would write over what the comparison keeps in {OUT}"]),
+    ("", ["--out", "{OUT}/runs"], ["--out {OUT}/runs: it would write over"]),
+    ("", ["--out", "{OUT}/checkpoints/x"], ["--out {OUT}/checkpoints/x: it would write over"]),
+    ('data = "{TMP}/data"\n', ["--out", "{TMP}/data/scores"], ["--out {TMP}/data/scores is inside the data folder"]),
+    ("", ["--val-ann", "{TMP}/v.json", "--val-root", "{TMP}/img", "--out", "{TMP}/img"], ["inside the data folder"]),
+    ("", ["--out", "{TMP}/file"], ["--out {TMP}/file exists and is not a folder"]),
+    ("", ["--out", "{TMP}/file/sub"], ["--out {TMP}/file/sub lies under the file {TMP}/file"]),
+    ("", ["--out", "{TMP}/" + "x" * 300], ["bytes, longer than this file system allows"]),
+]
+
+
+@pytest.mark.parametrize(("config", "args", "expected"), EVALUATE_EXAMPLES, ids=lambda v: repr(v)[:50])
+def test_every_hostile_evaluate_argument_exits_2_naming_it_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str, args: list[str], expected: list[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.toml").write_text(config.replace("{TMP}", str(tmp_path)))
+    (tmp_path / "file").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    argv = [a.replace("{OUT}", str(out)).replace("{TMP}", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(out), *argv])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2, captured.err
+    assert "Traceback" not in captured.err and "usage: balanced-l1 evaluate" in captured.err
+    for text in expected:
+        assert text.replace("{OUT}", str(out)).replace("{TMP}", str(tmp_path)) in captured.err, captured.err
+    assert captured.out == "" and sorted(tmp_path.rglob("*")) == before  # no lock, no results, nothing
 
 
 def _run(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -237,9 +311,44 @@ def test_an_arm_that_does_not_fit_the_model_exits_2_before_out_is_touched(
     assert not out.exists()
 
 
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch pwned_by_backbone_weights",))
+
+
+@pytest.mark.parametrize("kind", ["pickle payload", "text file", "other state_dict", "DEFAULT offline"])
+def test_backbone_weights_that_cannot_be_had_exit_1_before_out_is_touched_without_torchs_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    import torch
+    import torchvision.models._api
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "backbone.pth"
+    if kind == "pickle payload":
+        torch.save({"conv.weight": _Payload()}, weights)
+    elif kind == "text file":
+        weights.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif kind == "other state_dict":
+        torch.save({"fc.weight": torch.zeros(2, 2), "x": torch.zeros(1)}, weights)
+    source = "DEFAULT" if kind == "DEFAULT offline" else str(weights)
+    out = tmp_path / "out"
+    argv = ["compare", *TINY_DATA, "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights-backbone", source]
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("backbone" in err or str(weights) in err), err
+    assert "weights_only=False" not in err and "weights_only` set to `False`" not in err and "likely succeed" not in err
+    assert not out.exists() and not (tmp_path / "pwned_by_backbone_weights").exists()
+
+
 def test_bad_data_exits_1_before_out_is_touched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    assert main(["compare", "--data", str(tmp_path), "--out", str(out)]) == 1
+    (tmp_path / "data").mkdir()
+    assert main(["compare", "--data", str(tmp_path / "data"), "--out", str(out)]) == 1
     assert "annotation file not found" in capsys.readouterr().err
     assert not out.exists()
 

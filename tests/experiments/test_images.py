@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from balanced_l1.experiments.data import images
 from balanced_l1.experiments.data.data_errors import ImageReadError
-from balanced_l1.experiments.data.images import FileImages, file_name_problem, read_image
+from balanced_l1.experiments.data.images import FileImages, file_name_problem, max_image_bytes, read_image
 
 
 @pytest.fixture
@@ -147,6 +148,24 @@ def test_size_other_than_declared_is_named(root: Path) -> None:
 def test_decompression_bomb_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(ImageReadError, match=rf"a\.png: refused as a possible decompression bomb, .* {limit} pixels"):
+        read_image(root, "a.png", (16, 12))
+
+
+def test_an_image_file_larger_than_its_declared_size_allows_is_refused_before_it_is_read(root: Path) -> None:
+    with (root / "a.png").open("r+b") as handle:  # sparse: a PNG followed by a GiB of nothing
+        handle.truncate(1 << 30)
+    with pytest.raises(
+        ImageReadError,
+        match=r"a\.png: the image file is 1 GiB .* over the limit of 16.0 MiB .* refused without reading it",
+    ):
+        read_image(root, "a.png", (16, 12))
+    assert max_image_bytes((16, 12)) == 16 * 12 * 8 + (16 << 20)
+
+
+def test_the_pixel_bound_holds_when_pillows_check_is_turned_off(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageReadError, match=r"a\.png: image is 16x12, over the limit of 100 pixels"):
         read_image(root, "a.png", (16, 12))
 
 

@@ -38,9 +38,11 @@ def test_a_second_run_into_a_locked_folder_exits_2_naming_it(
 def test_an_out_under_a_file_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "out"
-    assert _quiet(["--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # refused with the other settings, before the data are read
+        _quiet(["--out", str(out)])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert str(out) in err and "cannot create the output folder" in err
+    assert f"out {out} lies under the file {tmp_path / 'file'}; give a folder" in err
 
 
 def test_a_folder_where_a_figure_goes_is_refused_before_training(
@@ -93,6 +95,52 @@ def test_a_corrupt_run_record_on_resume_exits_1_naming_it(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert f"{record}: cannot read this finished-run record" in err and "delete it to train the run again" in err
     assert not (out / "results.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_full_disk_at_a_checkpoint_exits_1_naming_it_and_the_last_checkpoint_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from balanced_l1.experiments.run.checkpoint import load_checkpoint
+
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--arms", "smooth_l1", "--iters", "2", "--checkpoint-every", "1"]
+    real_save = torch.save
+    saved: list[object] = []
+
+    def full_after_one_checkpoint(obj: object, path: object, *a: object, **kw: object) -> None:
+        if isinstance(obj, dict) and "optimizer" in obj:
+            saved.append(path)
+            if len(saved) > 1:  # what torch.save raises when the disk fills up mid-write
+                real_save(obj, path, *a, **kw)
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 490")
+        real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full_after_one_checkpoint)
+    assert _quiet(args) == 1
+    err = capsys.readouterr().err
+    checkpoint = out / "checkpoints" / "smooth_l1_seed0.pt"
+    assert f"{checkpoint}: cannot write it (" in err and "unexpected pos 576 vs 490" in err and "free there" in err
+    assert "Traceback" not in err and "the last checkpoint is kept" in err and "--resume" in err
+    assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]  # no temporary file left
+    fingerprint = torch.load(checkpoint, weights_only=True)["fingerprint"]
+    assert load_checkpoint(checkpoint, fingerprint, 1)["iteration"] == 1  # the last checkpoint is whole
+    monkeypatch.setattr(torch, "save", real_save)
+    assert _quiet([*args, "--resume"]) == 0
+
+
+def test_tensorboard_events_that_cannot_be_written_exit_1_naming_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "out"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "smooth_l1_seed0").write_text("a file where the run's events folder goes")
+    assert _quiet(["--out", str(out), "--arms", "smooth_l1", "--tensorboard"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'tensorboard' / 'smooth_l1_seed0'}: cannot write TensorBoard events there (" in err
+    assert "Traceback" not in err
 
 
 def _names_written_outside_the_owner() -> list[str]:

@@ -102,9 +102,9 @@ def test_an_edited_checkpoint_exits_1_naming_it_and_the_problem(
     ("field", "value", "reason"),
     [
         ("metrics", "AP 0.5", "'metrics' must be an object, got str"),
-        ("metrics", {"AP": "high"}, "'metrics' needs 'AP' as a number, got 'high'"),
+        ("metrics", {"AP": "high"}, "'metrics' needs 'AP' as a finite number, got 'high'"),
         ("history", None, "'history' must be a list, got NoneType"),
-        ("history", [{"loss": None}], "'history' entry #0 must map 'loss' and other names to numbers"),
+        ("history", [{"loss": None}], "'history' entry #0 must map 'loss' and other names to finite numbers"),
         ("gradient_balance", [{"roi_heads": 3}], "'gradient_balance' entry #0 must map stages"),
         ("fingerprint", None, "it has no 'fingerprint'"),
     ],
@@ -122,6 +122,28 @@ def test_an_edited_run_record_exits_1_naming_it_and_the_problem(
     code, err = _resume(out)
     assert code == 1
     assert f"{out / RECORD}: not a run record of balanced-l1 compare ({reason}" in err
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('"AP": NaN', "NaN is not a JSON number (NaN and Infinity are not standard JSON)"),
+        ('"AP": -Infinity', "-Infinity is not a JSON number"),
+        ('"AP": 1e400', "the number 1e400 is beyond a float's range"),
+        ('"AP": ' + "9" * 4000, "the integer 99999999999999999999... (4000 digits) is beyond 64 bits"),
+    ],
+)
+def test_a_run_record_with_a_number_that_is_not_standard_or_not_bounded_exits_1_naming_it(
+    finished: Path, tmp_path: Path, text: str, reason: str
+) -> None:
+    out = _copy(finished, tmp_path, keep_record=True)
+    record = (out / RECORD).read_text()
+    start = record.index('"AP": ')
+    (out / RECORD).write_text(record[:start] + text + record[record.index(",", start) :])
+    code, err = _resume(out)
+    assert code == 1 and "Traceback" not in err
+    assert f"{out / RECORD}: cannot read this finished-run record (ValueError: {reason}" in err
     assert not (out / "results.json").exists()
 
 

@@ -210,6 +210,41 @@ def test_evaluate_refuses_a_run_without_saved_weights(finished: Finished, tmp_pa
 
 
 @pytest.mark.parametrize(
+    ("num_classes", "reason"),
+    [(10**6, "names 1000000 classes, over the limit of 10000"), (10**30, "is beyond 64 bits")],
+)
+def test_evaluate_refuses_a_record_naming_too_many_classes_before_building_a_model(
+    finished: Finished, tmp_path: Path, capsys: pytest.CaptureFixture[str], num_classes: int, reason: str
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    path = out / "runs" / "balanced_l1_seed0.json"
+    record = json.loads(path.read_text())
+    record["num_classes"] = num_classes
+    path.write_text(json.dumps(record))
+    assert main(["evaluate", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and reason in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64])
+def test_evaluate_refuses_weights_of_another_dtype_naming_the_tensor(
+    finished: Finished, tmp_path: Path, capsys: pytest.CaptureFixture[str], dtype: torch.dtype
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    weights = out / "runs" / "balanced_l1_seed0_model.pt"
+    state = torch.load(weights, weights_only=True)
+    name = next(k for k, v in state.items() if v.dtype == torch.float32)
+    state[name] = state[name].to(dtype)
+    torch.save(state, weights)
+    assert main(["evaluate", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{weights}: does not fit the run's model: the weights {name!r} is a {dtype} tensor" in err
+    assert "Traceback" not in err and not (out / "evaluate" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--show", "-1"], "argument --show: expected an integer >= 0, got '-1'"),
@@ -235,6 +270,8 @@ def test_evaluate_needs_a_compare_folder_with_config_and_runs(
     assert "no finished run (no runs/*.json)" in _exit_2(["evaluate", str(tmp_path)], capsys)
     (tmp_path / "config.toml").write_text("iters = 'two'\n")
     assert "iters must be" in _exit_2(["evaluate", str(tmp_path)], capsys)
+    (tmp_path / "config.toml").write_text("iters = " + "9" * 5000 + "\n")
+    assert "config.toml: iters holds an integer of 5000 digits" in _exit_2(["evaluate", str(tmp_path)], capsys)
 
 
 # --- validation during training ------------------------------------------------------------------------------------

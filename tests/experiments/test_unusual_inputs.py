@@ -215,14 +215,27 @@ def test_a_5000_digit_number_exits_1_naming_the_file(tmp_path: Path, data: Path)
     assert f"{path}: not a readable JSON file (Exceeds the limit" in err
 
 
-def test_a_file_name_with_a_lone_surrogate_exits_1_naming_the_file(tmp_path: Path, data: Path) -> None:
-    path = _edit(data, lambda doc: doc["images"][0].update(file_name="\ud800.png"))
-    assert "\\ud800" in path.read_text()  # as JSON writes it
-    with pytest.raises(ImageReadError, match="cannot be encoded as a file name on this system"):
+@pytest.mark.parametrize(
+    ("file_name", "reason"),
+    [
+        ("\ud800.png", "cannot be encoded as a file name on this system"),
+        ("../x.png", "has a '..' component that escapes the image folder"),
+        ("/etc/passwd", "is an absolute path"),
+        ("a\u0000.png", "contains a NUL character"),
+    ],
+)
+def test_a_bad_file_name_exits_1_naming_the_file_the_image_and_why_and_promises_no_checkpoint(
+    tmp_path: Path, data: Path, file_name: str, reason: str
+) -> None:
+    path = _edit(data, lambda doc: doc["images"][0].update(file_name=file_name))
+    image_id = json.loads(path.read_text())["images"][0]["id"]
+    with pytest.raises(DataError, match=reason) as info:
         load_coco_folder(data)
+    assert not isinstance(info.value, ImageReadError)
     code, err = _run(["--data", str(data), "--out", str(tmp_path / "out")])
-    assert code == 1
-    assert f"{path}: image " in err and "has file_name '\\ud800.png' that cannot be encoded" in err
+    assert code == 1 and "Traceback" not in err
+    assert f"{path}: image {image_id} has file_name {file_name!r} that {reason}" in err
+    assert "checkpoint" not in err and "--resume" not in err and not (tmp_path / "out").exists()
 
 
 def test_a_config_file_nested_100000_deep_exits_2(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from balanced_l1._files import load_error_reason
 from balanced_l1.params import check_number
 
 _STAGE_CHANNELS = (16, 32, 64, 96)
@@ -225,9 +226,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; each becomes one clear error
-        raise BackboneWeightsError(
-            f"{path}: not a readable plain-data state_dict ({type(err).__name__}: {err})"
-        ) from None
+        raise BackboneWeightsError(f"{path}: not a readable plain-data state_dict ({load_error_reason(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -28,7 +28,15 @@ from torch import nn
 
 from balanced_l1.experiments.arms import Arm, get_arm
 
-__all__ = ["MAX_SPEC_CHARS", "ArmSpec", "ArmSpecError", "expand_arms", "parse_arm", "split_arm_list"]
+__all__ = [
+    "MAX_SPEC_CHARS",
+    "ArmSpec",
+    "ArmSpecError",
+    "TooManyArmsError",
+    "expand_arms",
+    "parse_arm",
+    "split_arm_list",
+]
 
 _MAX_GRID = 1000
 #: The longest arm spec: a grid of 1000 arms with their values fits in far less.
@@ -38,6 +46,10 @@ _NOT_IN_A_NAME = frozenset("(),=|")
 
 class ArmSpecError(ValueError):
     """An arm spec cannot be read; the message names the spec, the arm and the key."""
+
+
+class TooManyArmsError(ArmSpecError):
+    """Arm specs that name more arms in all than a bound allows."""
 
 
 def split_arm_list(text: str) -> tuple[str, ...]:
@@ -206,18 +218,26 @@ def parse_arm(spec: str) -> list[ArmSpec]:
     return specs
 
 
-def expand_arms(specs: Iterable[str]) -> list[ArmSpec]:
+def expand_arms(specs: Iterable[str], *, max_arms: int | None = None) -> list[ArmSpec]:
     """Every arm a list of specs names, grids expanded, in order.
+
+    Args:
+        specs: the specs.
+        max_arms: the most arms accepted in all; the expansion stops as soon as it is passed.
 
     Raises:
         ArmSpecError: for a bad spec (see :func:`parse_arm`), an arm named twice (by canonical name), or two arms
             whose names differ only in case (their files would collide on macOS or Windows).
+        TooManyArmsError: (an ``ArmSpecError``) when the specs name more than ``max_arms`` arms.
     """
     arms: list[ArmSpec] = []
     seen: dict[str, str] = {}
     stems: dict[str, str] = {}
     for spec in specs:
-        for arm in parse_arm(spec):
+        expanded = parse_arm(spec)
+        if max_arms is not None and len(arms) + len(expanded) > max_arms:
+            raise TooManyArmsError(f"the arms come to more than {max_arms} once grids are expanded")
+        for arm in expanded:
             if arm.name in seen:
                 raise ArmSpecError(
                     f"arm {spec!r} names {arm.name!r}, which {seen[arm.name]!r} already names; each arm once"

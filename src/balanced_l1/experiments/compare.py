@@ -22,6 +22,7 @@ import torch
 
 from balanced_l1.detection.balance_prediction import roi_box_loss
 from balanced_l1.detection.box_loss import BoxLossConfig
+from balanced_l1.detection.models import build_detector
 from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.config import CompareConfig, as_dict
 from balanced_l1.experiments.config.checks import ConfigError
@@ -102,6 +103,22 @@ def _check_arms_fit_model(
         torch.set_rng_state(state)
 
 
+def _check_backbone_weights(config: CompareConfig, num_classes: int) -> None:
+    """Build the detector once with the backbone weights the runs will start from, so that a file that is not a
+    plain-data state_dict of the backbone, or DEFAULT weights that cannot be downloaded, are refused
+    (:class:`~balanced_l1.detection.models.BackboneWeightsError`) before ``config.out`` is touched."""
+    if config.weights_backbone == "none":
+        return
+    min_size, max_size = config.resize()
+    state = torch.get_rng_state()
+    try:
+        build_detector(
+            config.model, num_classes, weights_backbone=config.weights_backbone, min_size=min_size, max_size=max_size
+        )
+    finally:
+        torch.set_rng_state(state)
+
+
 def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Run the comparison described by ``config``; validate everything that can be before any training.
 
@@ -118,7 +135,8 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             ``ValueError``).
         balanced_l1.experiments.output_folder.errors.OutputFolderError: when ``--resume`` finds another run's
             checkpoint or run record, or one that cannot be read.
-        balanced_l1.detection.models.BackboneWeightsError: when backbone weights cannot be had.
+        balanced_l1.detection.models.BackboneWeightsError: when backbone weights cannot be had (before ``config.out``
+            is touched).
         balanced_l1.experiments.run.train.TrainingDivergedError: when a run's loss stops being finite.
     """
     started = time.perf_counter()
@@ -129,6 +147,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
         # arm configured on the model once, the schedule's length in iterations. Every rank checks, as it validates.
         splits = load_data(config)
         box_losses = _check_arms_fit_model(config, specs, len(splits["train"].category_ids))
+        _check_backbone_weights(config, len(splits["train"].category_ids))
         tc = train_config(config, len(splits["train"]))
         with contextlib.ExitStack() as stack:
             error = None

@@ -18,12 +18,13 @@ from torch import nn
 
 from balanced_l1.experiments.arm_specs import ArmSpec
 from balanced_l1.experiments.config import CompareConfig, arm_spec, as_dict
-from balanced_l1.experiments.config.checks import ConfigError
+from balanced_l1.experiments.config.checks import ConfigError, check_out_folder
 from balanced_l1.experiments.data.coco_data import DataError
 from balanced_l1.experiments.data.split import DetectionSplit
 from balanced_l1.experiments.output_folder.errors import RunsNotFoundError, UnreadableRunFileError
 from balanced_l1.experiments.output_folder.files import finished_runs, read_weights, saved_config, write_results
 from balanced_l1.experiments.output_folder.layout import EVALUATE_FOLDER, SHOW_FOLDER, RunFiles
+from balanced_l1.experiments.output_folder.lock import check_outside_owned
 from balanced_l1.experiments.report.balance import format_balance_table, run_summary
 from balanced_l1.experiments.report.summary import ap_points, format_table, summarize
 from balanced_l1.experiments.report.verdict import compare_to_baseline, verdict_lines
@@ -136,6 +137,24 @@ def _write(
     return written
 
 
+def check_destination(out: Path, dest: Path, config: CompareConfig, val_root: str | None = None) -> None:
+    """Raise ConfigError unless ``evaluate`` may write into ``dest``: a folder (or one it can create) with a name
+    that fits, outside the data folders (the runs' and ``val_root``) and outside what the comparison keeps in
+    ``out`` (see :func:`~balanced_l1.experiments.output_folder.lock.check_outside_owned`).
+
+    Args:
+        out: the comparison's output folder.
+        dest: where ``evaluate`` writes.
+        config: the comparison's settings (for its data folders).
+        val_root: another held-out split's image folder, if one is given.
+
+    Raises:
+        ConfigError: naming ``--out`` and the reason.
+    """
+    check_out_folder("--out", str(dest), (*config.data_folders(), val_root), inside=len("/" + SHOW_FOLDER))
+    check_outside_owned(out, dest)
+
+
 def evaluate_out(
     out: str | os.PathLike[str],
     *,
@@ -172,7 +191,9 @@ def evaluate_out(
         The content of ``dest/results.json``.
 
     Raises:
-        ConfigError: for a missing or bad ``config.toml``, or one naming arm modules not in ``arm_modules``.
+        ConfigError: for a missing or bad ``config.toml``, or one naming arm modules not in ``arm_modules``; for a
+            ``dest`` that is a file, lies under one, has too long a name, lies inside a data folder, is ``out`` itself
+            or lies among the comparison's own files (checked before any work).
         RunsNotFoundError: when ``OUT`` holds no finished run.
         RunMismatchError: for a run of other settings or data.
         UnreadableRunFileError: for a run whose record or weights cannot be read.
@@ -181,6 +202,7 @@ def evaluate_out(
     root = Path(out)
     target = Path(dest) if dest is not None else root / EVALUATE_FOLDER
     config = saved_config(root, arm_modules)
+    check_destination(root, target, config, val_root)
     records = finished_runs(root)
     if not records:
         raise RunsNotFoundError(f"{root}: no finished run (no runs/*.json); train with balanced-l1 compare first")

@@ -23,26 +23,27 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from balanced_l1.detection.models import DETECTORS
-from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, expand_arms
+from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, TooManyArmsError, expand_arms
 from balanced_l1.experiments.config.checks import (
     INT_BOUNDS,
     MAX_EPOCHS,
     MAX_LR,
+    MAX_RUNS,
     MAX_SEED,
     MAX_SEEDS,
     MAX_SYNTHETIC_BYTES,
+    RUNS_WHY,
     SEED_WHY,
     ConfigError,
     check_choice_setting,
     check_int,
     check_no_nul,
-    check_path_fits,
+    check_out_folder,
     check_weights_file,
     check_writable_in_toml,
     tensorboard_problem,
@@ -196,11 +197,18 @@ class CompareConfig:
         """The arms to train, grids expanded, after importing :attr:`arm_modules`.
 
         Raises:
-            ConfigError: for a module that cannot be imported, a bad arm spec or an arm named twice.
+            ConfigError: for a module that cannot be imported, a bad arm spec, an arm named twice, or more arms than
+                make :data:`~balanced_l1.experiments.config.checks.MAX_RUNS` runs with the seeds.
         """
         import_arm_modules(self.arm_modules)
+        seeds = max(len(self.seeds), 1)
         try:
-            return expand_arms(self.arms)
+            return expand_arms(self.arms, max_arms=MAX_RUNS // seeds)
+        except TooManyArmsError:
+            raise ConfigError(
+                f"arms x seeds: more than {MAX_RUNS // seeds} arms (grids expanded) x {len(self.seeds)} seed(s) "
+                f"come to more than {MAX_RUNS} runs, the limit ({RUNS_WHY})"
+            ) from None
         except ArmSpecError as err:
             raise ConfigError(f"arms: {err}") from None
 
@@ -216,25 +224,42 @@ class CompareConfig:
         Raises:
             ConfigError: naming the setting, its value and what is allowed.
         """
-        if not self.arms:
-            raise ConfigError("arms must be a non-empty list, got []")
-        self._validate_sizes()
-        specs = self.arm_specs()
+        specs = self.validate_settings(world_size)
         in_script = [s.name for s in specs if getattr(s.arm.configure, "__module__", None) == "__main__"]
         if in_script and self.jobs > 1 and len(specs) * len(self.seeds) > 1:
             raise ConfigError(
                 f"arms {', '.join(in_script)} are registered in the script being run, which worker processes cannot "
                 "import: register them in a module named in arm_modules (--arm-modules), or use --jobs 1"
             )
+        self._validate_weights()
+        self._validate_paths()
+        self._validate_reporting()
+        return specs
+
+    def validate_settings(self, world_size: int = 1) -> list[ArmSpec]:
+        """Check the settings by themselves, as a run's (``OUT/config.toml``) are checked before they are used again:
+        every bound, the arms, the data keys, the schedule and the model, but not what :meth:`validate` adds for a new
+        run (the backbone file, ``out`` and the machine's packages).
+
+        Args:
+            world_size: number of processes the global batch is split over.
+
+        Returns:
+            The arms, grids expanded.
+
+        Raises:
+            ConfigError: naming the setting, its value and what is allowed.
+        """
+        if not self.arms:
+            raise ConfigError("arms must be a non-empty list, got []")
+        self._validate_sizes()
+        specs = self.arm_specs()
         self._validate_data()
         self._validate_schedule(world_size)
         check_choice_setting("model", self.model, MODELS)
         min_size, max_size = self.resize()
         if max_size < min_size:
             raise ConfigError(f"max_size {max_size} must be >= min_size {min_size}")
-        self._validate_weights()
-        self._validate_paths()
-        self._validate_reporting()
         for name in FIELDS:  # every setting can be written to OUT/config.toml (and --print-config) and read back
             check_writable_in_toml(name, getattr(self, name))
         return specs
@@ -295,16 +320,19 @@ class CompareConfig:
             check_weights_file(weights)
 
     def _validate_paths(self) -> None:
-        """No path holds a NUL; --out names a folder whose name fits the file system."""
-        for name in (*_COCO_KEYS, "data", "out"):
+        """No path holds a NUL; --out names a folder whose name fits the file system, outside the data folders."""
+        for name in (*_COCO_KEYS, "data"):
             value = getattr(self, name)
             if value is not None:
                 check_no_nul(name, value)
-        if not self.out:
-            raise ConfigError("out must name a folder, got ''")
-        check_path_fits("out", self.out, inside=len("/tensorboard"), names_below=2)  # tensorboard/<run>/<events>
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise ConfigError(f"out {self.out} exists and is not a folder")
+        check_out_folder(  # tensorboard/<run>/<events>
+            "out", self.out, self.data_folders(), inside=len("/tensorboard"), names_below=2
+        )
+
+    def data_folders(self) -> tuple[str, ...]:
+        """The folders the data are read from: ``data``, or the image roots of the COCO files (none for the
+        synthetic data)."""
+        return tuple(f for f in (self.data, self.train_root, self.val_root) if f is not None)
 
     def _validate_data(self) -> None:
         given = [key for key in _COCO_KEYS if getattr(self, key) is not None]

@@ -7,7 +7,9 @@ naming the setting, its value and what is allowed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
+from balanced_l1._files import is_within
 from balanced_l1.params import check_choice
 
 
@@ -46,6 +48,11 @@ MAX_IMAGE_SIDE = 4096
 # processes or threads, or failing deep inside a library with a traceback. The reason is part of the message.
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1000
+MAX_RUNS = 1000
+RUNS_WHY = (
+    "every run trains a detector from scratch and keeps its own checkpoint, record and weights; the limit is that of "
+    "one grid and of the seeds, for the whole comparison"
+)
 MAX_ITERS = 10**8
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 4096
@@ -134,6 +141,43 @@ def check_path_fits(name: str, path: str, *, inside: int, names_below: int) -> N
             f"inside it ({room} bytes: a folder and a file name of up to {name_max} bytes each) it exceeds this file "
             f"system's limit of {path_max} bytes (PC_PATH_MAX of {existing})"
         )
+
+
+def check_out_folder(
+    name: str, path: str, data_folders: Iterable[str | None] = (), *, inside: int = 0, names_below: int = 1
+) -> None:
+    """Raise ConfigError unless ``path`` can be made an output folder, checked before anything is written.
+
+    The path holds no NUL, is not empty, fits its file system (see :func:`check_path_fits`), is not a file and does
+    not lie under one, and is not inside a data folder (the data are only ever read: a run's files there would mix
+    with them, and a later run would read them as data).
+
+    Args:
+        name: the setting or flag, for the messages (``"out"``, ``"--out"``).
+        path: the folder.
+        data_folders: the data folders the program reads (``None`` entries are skipped).
+        inside: bytes of the longest relative path written inside the folder, beyond ``names_below`` names.
+        names_below: how many names (folders and a file) are written below it.
+
+    Raises:
+        ConfigError: naming the setting, the path and the reason.
+    """
+    check_no_nul(name, path)
+    if not path:
+        raise ConfigError(f"{name} must name a folder, got ''")
+    check_path_fits(name, path, inside=inside, names_below=names_below)
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if os.path.exists(existing) and not os.path.isdir(existing):
+        where = "exists and is not a folder" if existing == os.path.abspath(path) else f"lies under the file {existing}"
+        raise ConfigError(f"{name} {path} {where}; give a folder")
+    for folder in data_folders:
+        if folder is not None and is_within(path, folder):
+            raise ConfigError(
+                f"{name} {path} is inside the data folder {folder}; the data are only read, never written: give a "
+                "folder outside it"
+            )
 
 
 def check_weights_file(weights: str) -> None:

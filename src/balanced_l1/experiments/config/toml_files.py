@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,20 @@ def recipe_names() -> tuple[str, ...]:
     return tuple(sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml")))
 
 
+def _too_long_integer(text: str, where: str) -> ConfigError:
+    """The error for a TOML text holding an integer of more digits than Python converts, naming its key."""
+    limit = sys.get_int_max_str_digits()
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        digits = max((len(run.replace("_", "")) for run in re.findall(r"[0-9_]+", value)), default=0)
+        if sep and digits > limit:
+            return ConfigError(
+                f"{where}: {key.strip()} holds an integer of {digits} digits, more than Python converts ({limit}); "
+                "no setting needs a number that long"
+            )
+    return ConfigError(f"{where}: not valid TOML (an integer of more than {limit} digits)")
+
+
 def _read_toml(text: str, where: str) -> dict[str, Any]:
     try:
         doc = tomllib.loads(text)
@@ -35,6 +50,8 @@ def _read_toml(text: str, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: not valid TOML ({err})") from None
     except RecursionError:  # arrays or tables nested thousands deep: no setting is nested at all
         raise ConfigError(f"{where}: not valid TOML (nested too deeply)") from None
+    except ValueError:  # tomllib's only other error: an integer past Python's integer-string conversion limit
+        raise _too_long_integer(text, where) from None
     unknown = sorted(set(doc) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")

@@ -6,7 +6,9 @@ JSON, nested too deep, holding an integer of more digits than Python converts, o
 relative ``file_name`` that a file system can name, integer ``width`` and ``height`` in ``[1, MAX_IMAGE_SIDE]``),
 ``categories`` (integer ``id``, string ``name``) or ``annotations`` (known ``image_id`` and ``category_id``,
 ``bbox`` of four finite numbers with width and height >= 0, optional positive integer ``id``, finite ``area`` >= 0,
-``iscrowd`` 0 or 1) are ill-formed. Every id must fit in a signed 64-bit integer (the ``int64`` arrays and
+``iscrowd`` 0 or 1) are ill-formed, that declares an image of more than
+:data:`~balanced_l1.experiments.data.images.MAX_IMAGE_PIXELS` pixels, or that keeps more than
+:data:`MAX_BOXES_PER_IMAGE` boxes on one image. Every id must fit in a signed 64-bit integer (the ``int64`` arrays and
 tensors that carry them), as COCO's do. Cleaning then does what torchvision's detection references and mmdetection do
 with real COCO, and counts it:
 
@@ -32,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from balanced_l1._files import UnreadableFileError, format_size, read_regular_file
-from balanced_l1.experiments.data.data_errors import DataError, ImageReadError
-from balanced_l1.experiments.data.images import file_name_problem
+from balanced_l1.experiments.data.data_errors import DataError
+from balanced_l1.experiments.data.images import MAX_IMAGE_PIXELS, file_name_problem
 from balanced_l1.params import check_number
 
 _KEPT_FIELDS = frozenset(("id", "image_id", "category_id", "bbox", "area", "iscrowd"))
@@ -46,6 +48,12 @@ machine before it were read, and is much more likely a wrong path (an archive, a
 MAX_IMAGE_SIDE = 1 << 20
 """The largest ``width`` or ``height`` accepted: 1048576 pixels. JPEG's largest side is 65535; a side of 2**20 is
 already over Pillow's decompression-bomb limit (about 89 million pixels) for any image over 85 pixels across."""
+
+MAX_BOXES_PER_IMAGE = 1000
+"""The most boxes kept on one image: 1000. COCO's images hold about a hundred boxes at most; training compares
+every box with every anchor and proposal of its image (an IoU matrix of boxes x anchors, about 200 000 anchors for
+an 800 x 1333 image with a feature pyramid), so 1000 boxes already take about 800 MB there, and the 300 000 boxes of
+one malformed image would take hundreds of GB."""
 
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _WHY_LIMIT = f"COCO's train2017 annotations are {format_size(448 * 10**6)}; see MAX_ANNOTATION_BYTES"
@@ -125,11 +133,17 @@ def _check_images(images: list[Any], where: Path) -> dict[int, dict[str, Any]]:
                     f"{where}: image {info['file_name']!r} needs a positive integer {key!r} (at most "
                     f"{MAX_IMAGE_SIDE} pixels), got {_short(info.get(key))}"
                 )
+        if info["width"] * info["height"] > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"{where}: image {info['id']} declares {info['width']}x{info['height']} = "
+                f"{info['width'] * info['height']} pixels, over the limit of {MAX_IMAGE_PIXELS} pixels (Pillow's "
+                "decompression-bomb limit: an image that large decodes to over 256 MiB)"
+            )
         if info["id"] in by_id:
             raise DataError(f"{where}: image id {info['id']} appears twice")
         problem = file_name_problem(info["file_name"])
         if problem is not None:
-            raise ImageReadError(f"{where}: image {info['id']} has file_name {info['file_name']!r} that {problem}")
+            raise DataError(f"{where}: image {info['id']} has file_name {info['file_name']!r} that {problem}")
         by_id[info["id"]] = {k: info[k] for k in ("id", "file_name", "width", "height")}
     return by_id
 
@@ -189,6 +203,18 @@ def _parse(data: bytes, where: Path) -> dict[str, Any]:
     return doc
 
 
+def _check_boxes_per_image(kept: list[tuple[dict[str, Any], list[float]]], where: Path) -> None:
+    per_image: dict[int, int] = {}
+    for ann, _ in kept:
+        count = per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
+        if count > MAX_BOXES_PER_IMAGE:
+            raise DataError(
+                f"{where}: image {ann['image_id']} has more than {MAX_BOXES_PER_IMAGE} boxes (the limit per image: "
+                "training compares every box with every anchor of its image, so memory grows with boxes x anchors; "
+                "see MAX_BOXES_PER_IMAGE)"
+            )
+
+
 def _clean(
     raw: list[Any], images: dict[int, dict[str, Any]], cats: set[int], where: Path
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -213,6 +239,7 @@ def _clean(
         if clipped is not bbox:
             counts["boxes_clipped"] += 1
         kept.append((ann, clipped))
+    _check_boxes_per_image(kept, where)
     next_id = max(given_ids, default=0) + 1
     annotations = []
     for ann, bbox in kept:  # reuse the parsed dictionaries: a COCO-sized file is then held about once
@@ -240,9 +267,9 @@ def read_coco_annotations(path: str | os.PathLike[str]) -> CleanAnnotations:
 
     Raises:
         DataError: naming the file and the reason, for a missing, unreadable or malformed file or field, a path
-            that is not a regular file (refused before it is opened) or a file over :data:`MAX_ANNOTATION_BYTES`.
-        ImageReadError: (a ``DataError``) for an image ``file_name`` that is absolute, escapes with ``..`` or cannot
-            be encoded as a file name.
+            that is not a regular file (refused before it is opened) or a file over :data:`MAX_ANNOTATION_BYTES`, an
+            image ``file_name`` that is absolute, escapes with ``..`` or cannot be encoded as a file name, an image
+            over the pixel limit or an image with too many boxes.
     """
     where = Path(path)
     try:

@@ -4,12 +4,15 @@ An image path is ``root / file_name``. It is refused (:class:`ImageReadError` na
 ``file_name`` is absolute, has ``..`` components or a character no file name can hold (a lone surrogate such as
 ``"\ud800"``, which JSON allows), when an entry on the way is a symbolic link (unless
 ``follow_symlinks``), and when the file is not a regular file: the file is opened non-blocking and checked with
-``fstat`` before a byte is read, so a FIFO can never hang a run. Decoding follows Pillow, with these rules:
+``fstat`` before a byte is read, so a FIFO can never hang a run, and when the file is larger than an image of its
+declared size can be (:func:`max_image_bytes`), refused by size before it is read. Decoding follows Pillow, with
+these rules:
 
 * grayscale, palette, RGBA, LA/PA, CMYK and YCbCr images become RGB through ``Image.convert`` (alpha dropped);
 * 16-bit grayscale (``I;16`` and friends, or ``I`` with values in ``[0, 65535]``) is scaled to 8 bits,
   ``round(v / 257)``, so 65535 stays white and nothing is clipped; other ``I`` or ``F`` images are refused;
-* an image over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is refused;
+* an image of more than :data:`MAX_IMAGE_PIXELS` pixels is refused from its header, before it is decoded, and so
+  is one over Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) if it was set lower;
 * the decoded size must equal the size the annotation file declares; EXIF orientation is not applied (COCO's
   boxes refer to the stored pixels).
 """
@@ -26,10 +29,34 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image
 
-from balanced_l1._files import file_kind
+from balanced_l1._files import file_kind, format_size
 from balanced_l1.experiments.data.data_errors import ImageReadError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+"""The most pixels an image may have: 89478485, Pillow's default decompression-bomb limit (an RGB image of 256 MiB).
+Checked by this package whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to, so turning Pillow's check off does not
+turn this one off."""
+
+_BYTES_PER_PIXEL = 8  # the largest uncompressed pixel read: 16-bit RGBA
+_METADATA_BYTES = 16 << 20  # room for headers, colour profiles, EXIF and thumbnails
+
+
+def max_image_bytes(size: tuple[int, int]) -> int:
+    """The largest image file accepted for an image of ``size`` pixels: its pixels uncompressed, plus metadata.
+
+    An uncompressed 16-bit RGBA image takes 8 bytes a pixel, the most any format Pillow reads stores; a file larger
+    than that plus 16 MiB of headers, colour profiles and thumbnails is not an image of that size, so it is refused
+    before it is read (a 1 GiB file declared as 640x480 is never loaded into memory).
+
+    Args:
+        size: the declared ``(width, height)``.
+
+    Returns:
+        The bound in bytes.
+    """
+    return size[0] * size[1] * _BYTES_PER_PIXEL + _METADATA_BYTES
 
 
 def file_name_problem(file_name: str) -> str | None:
@@ -70,7 +97,7 @@ def _check_no_symlinks(root: Path, file_name: str) -> None:
             raise ImageReadError(f"{root / file_name}: image file not found (no folder {entry})") from None
 
 
-def _read_bytes(root: Path, file_name: str, follow_symlinks: bool) -> bytes:
+def _read_bytes(root: Path, file_name: str, follow_symlinks: bool, max_bytes: int) -> bytes:
     problem = file_name_problem(file_name)
     if problem is not None:
         raise ImageReadError(f"{root}: image file_name {file_name!r} {problem}")
@@ -91,15 +118,27 @@ def _read_bytes(root: Path, file_name: str, follow_symlinks: bool) -> bytes:
         raise ImageReadError(f"{path}: image file not found") from None
     except OSError as err:
         raise ImageReadError(f"{path}: cannot open the image ({err.strerror or err})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ImageReadError(f"{path}: the image is {file_kind(mode)}, not a regular file")
+        raise ImageReadError(f"{path}: the image is {file_kind(info.st_mode)}, not a regular file")
+    if info.st_size > max_bytes:
+        os.close(fd)
+        raise ImageReadError(
+            f"{path}: the image file is {format_size(info.st_size)} ({info.st_size} bytes), over the limit of "
+            f"{format_size(max_bytes)} for an image of its declared size (its pixels uncompressed at 8 bytes each, "
+            "plus 16 MiB of metadata); refused without reading it"
+        )
     with os.fdopen(fd, "rb") as handle:
         try:
-            return handle.read()
+            data = handle.read(max_bytes + 1)
         except OSError as err:
             raise ImageReadError(f"{path}: cannot read the image ({err.strerror or err})") from None
+    if len(data) > max_bytes:
+        raise ImageReadError(
+            f"{path}: the image file grew past the limit of {format_size(max_bytes)} while it was read"
+        )
+    return data
 
 
 def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
@@ -132,12 +171,17 @@ def read_image(root: Path, file_name: str, size: tuple[int, int], *, follow_syml
     Raises:
         ImageReadError: naming the file, for every refusal listed in the module docstring.
     """
-    data = _read_bytes(root, file_name, follow_symlinks)
+    data = _read_bytes(root, file_name, follow_symlinks, max_image_bytes(size))
     path = root / file_name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:
+                    raise ImageReadError(
+                        f"{path}: image is {image.size[0]}x{image.size[1]}, over the limit of {MAX_IMAGE_PIXELS} "
+                        "pixels (Pillow's default decompression-bomb limit); refused before it is decoded"
+                    )
                 if image.size != tuple(size):
                     raise ImageReadError(
                         f"{path}: image is {image.size[0]}x{image.size[1]} but its annotation file declares "

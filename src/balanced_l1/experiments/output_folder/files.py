@@ -9,7 +9,6 @@ file of bounded size, checked before it is opened; a file that cannot be used ra
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import zipfile
@@ -24,6 +23,8 @@ from torch import nn
 
 from balanced_l1._files import (
     UnreadableFileError,
+    load_error_reason,
+    loads_strict_json,
     open_regular_file,
     read_regular_file,
     write_atomically,
@@ -51,6 +52,11 @@ under 1 KB each, so COCO's 1x schedule (90k iterations) writes well under 100 MB
 MAX_SAMPLE_BYTES = 64 << 20
 """The largest RoI sample read: 64 MiB (a run keeps at most 4096 rows of 12 float64)."""
 
+ROI_SAMPLE_ROWS = 4096
+"""The most RoI-head positives a run keeps from the second half of its training (predicted deltas, target deltas,
+proposals), for :func:`balanced_l1.detection.predict_box_gradient_balance`; a sample's ``.npy`` header declaring more
+rows is refused before the data are read."""
+
 #: What to do with a checkpoint that cannot be used.
 CHECKPOINT_ADVICE = "Delete it (or use another --out) to start this run over."
 
@@ -61,14 +67,15 @@ _WHY = "see balanced_l1.experiments.output_folder.files."
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    """A finished run's record, checked (a regular file of bounded size, every field of its type).
+    """A finished run's record, checked (a regular file of bounded size, standard JSON with finite numbers and 64-bit
+    integers, every field of its type).
 
     Raises:
         UnreadableRunFileError: naming the file, if it cannot be read or is not a run record.
     """
     try:
         text = read_regular_file(path, MAX_RECORD_BYTES, "finished-run record", why=_WHY + "MAX_RECORD_BYTES")
-        record = json.loads(text.decode())
+        record = loads_strict_json(text)
     except UnreadableFileError as err:
         raise UnreadableRunFileError(f"{err}; delete it to train the run again") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
@@ -118,6 +125,23 @@ def finished_runs(out: str | os.PathLike[str], *, skip_unreadable: bool = False)
 # --- RoI samples ---------------------------------------------------------------------------------------------------
 
 
+def _check_sample_header(handle: Any) -> None:
+    """Raise ValueError unless the ``.npy`` header declares what a run writes: float64, C order, ``(K, 12)`` with
+    ``K`` <= :data:`ROI_SAMPLE_ROWS`; read before the data, so a header declaring 10**9 rows allocates nothing.
+    Leaves ``handle`` at its start."""
+    version = np.lib.format.read_magic(handle)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version}; a run writes 1.0")
+    shape, fortran_order, dtype = readers[version](handle)
+    if len(shape) != 2 or shape[1] != 12 or shape[0] > ROI_SAMPLE_ROWS or dtype != np.float64 or fortran_order:
+        raise ValueError(
+            f"its header declares a {dtype} array of shape {shape}; a run writes float64 (K, 12) with K <= "
+            f"{ROI_SAMPLE_ROWS}"
+        )
+    handle.seek(0)
+
+
 def read_sample(path: Path) -> np.ndarray:
     """A finished run's RoI sample, checked: a regular file (not a link) holding a finite ``(K, 12)`` float64 array.
 
@@ -128,6 +152,7 @@ def read_sample(path: Path) -> np.ndarray:
         with open_regular_file(
             path, MAX_SAMPLE_BYTES, "RoI sample", why="a run keeps at most 4096 rows", follow_symlinks=False
         ) as handle:
+            _check_sample_header(handle)
             array = np.load(handle, allow_pickle=False)
     except (UnreadableFileError, OSError, ValueError) as err:
         raise UnreadableRunFileError(
@@ -170,7 +195,7 @@ def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, to
     except UnreadableFileError as err:
         raise UnreadableRunFileError(str(err)) from None
     except Exception as err:  # torch raises many types for a damaged or crafted file; each becomes one error
-        raise UnreadableRunFileError(f"{path}: not a readable state_dict ({type(err).__name__}: {err})") from None
+        raise UnreadableRunFileError(f"{path}: not a readable state_dict ({load_error_reason(err)})") from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -182,15 +207,6 @@ def write_weights(model: nn.Module, path: Path) -> Path:
     """Write ``model``'s ``state_dict`` (tensors moved to the CPU) atomically, owner-only as checkpoints are."""
     state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
     return write_atomically(path, partial(torch.save, state), owner_only=True)
-
-
-def _unpickling_reason(message: str) -> str:
-    """The one informative line of torch's weights-only refusal (it wraps it in several lines of advice)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in lines:
-        if "GLOBAL" in line or line.startswith("Unsupported"):
-            return line
-    return lines[-1] if lines else "unreadable pickle"
 
 
 def read_checkpoint_file(path: Path) -> Any:
@@ -209,7 +225,7 @@ def read_checkpoint_file(path: Path) -> Any:
         with handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = _unpickling_reason(str(err))
+        reason = load_error_reason(err)
         if "GLOBAL" in reason or "global" in reason:
             raise CheckpointMismatchError(
                 f"{path}: refused: it is not a plain-data checkpoint ({reason}); nothing in it was run. "
@@ -220,7 +236,7 @@ def read_checkpoint_file(path: Path) -> Any:
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointMismatchError(
-            f"{path}: cannot read the checkpoint ({type(err).__name__}: {err}); it is truncated or not a checkpoint. "
+            f"{path}: cannot read the checkpoint ({load_error_reason(err)}); it is truncated or not a checkpoint. "
             f"{CHECKPOINT_ADVICE}"
         ) from None
 
@@ -247,7 +263,9 @@ def saved_config(out: str | os.PathLike[str], arm_modules: tuple[str, ...] = ())
         The settings, with ``arm_modules`` set to the caller's.
 
     Raises:
-        ConfigError: if the file is missing or is not a settings file, or a given module fails to import.
+        ConfigError: if the file is missing or is not a settings file, a setting is out of its bounds (the checks of
+            :meth:`~balanced_l1.experiments.config.CompareConfig.validate_settings`), or a given module fails to
+            import.
         ArmModulesNotGivenError: if the file names arm modules that ``arm_modules`` does not include.
     """
     path = Path(out) / CONFIG_NAME
@@ -265,7 +283,12 @@ def saved_config(out: str | os.PathLike[str], arm_modules: tuple[str, ...] = ())
             f"folder names is imported. If you trust them, give them: --arm-modules {names}"
         )
     import_arm_modules(arm_modules)
-    return replace(config, arm_modules=tuple(arm_modules))
+    config = replace(config, arm_modules=tuple(arm_modules))
+    try:
+        config.validate_settings()  # the checks a --config file's settings get, before any is used
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config
 
 
 def _write_text(text: str, path: str) -> None:

@@ -8,11 +8,32 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from balanced_l1._files import (
-    remove_stale_temp_files,
-)
+from balanced_l1._files import is_within, remove_stale_temp_files
 from balanced_l1.experiments.config.checks import ConfigError
-from balanced_l1.experiments.output_folder.layout import LOCK_NAME, OUTPUT_FILES, OUTPUT_FOLDERS
+from balanced_l1.experiments.output_folder.layout import EVALUATE_FOLDER, LOCK_NAME, OUTPUT_FILES, OUTPUT_FOLDERS
+
+
+def check_outside_owned(out: Path, dest: Path, name: str = "--out") -> None:
+    """Raise ConfigError if writing into ``dest`` could overwrite or mix with what a comparison keeps in ``out``.
+
+    ``dest`` may not be ``out`` itself, one of its output files, nor inside ``runs/``, ``checkpoints/`` or
+    ``tensorboard/`` (a ``results.json`` there would replace the comparison's, or be read as a run); ``out/evaluate``
+    (``evaluate``'s default) and other new folders inside ``out`` are allowed.
+
+    Args:
+        out: the comparison's output folder.
+        dest: where another command writes.
+        name: the flag, for the message.
+
+    Raises:
+        ConfigError: naming both folders.
+    """
+    owned = [out / entry for entry in (*OUTPUT_FILES, *OUTPUT_FOLDERS) if entry != EVALUATE_FOLDER]
+    if os.path.realpath(dest) == os.path.realpath(out) or any(is_within(dest, path) for path in owned):
+        raise ConfigError(
+            f"{name} {dest}: it would write over what the comparison keeps in {out} (its results, runs, checkpoints "
+            f"or logs); give a folder outside these, such as {out / EVALUATE_FOLDER} (the default)"
+        )
 
 
 def _check_out(out: Path) -> None:

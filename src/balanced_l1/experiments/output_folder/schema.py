@@ -8,6 +8,8 @@ belongs, a NumPy scalar or a Fraction means the file was not written by this pac
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from balanced_l1.experiments.metric_names import METRICS
@@ -35,6 +37,17 @@ def stored_real(value: object) -> bool:
     return type(value) in (int, float)
 
 
+def stored_finite(value: object) -> bool:
+    """Whether a stored value is an int or float that converts to a finite float (no NaN, no infinity, no integer
+    of 309 digits or more, which no loss, metric or statistic of a run can be)."""
+    if not stored_real(value):
+        return False
+    try:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def series_problem(history: object, balance: object) -> str | None:
     """Why a loss history and a gradient-balance series are ill-formed, or ``None`` if they are well-formed.
 
@@ -49,9 +62,9 @@ def series_problem(history: object, balance: object) -> str | None:
         return f"'history' must be a list, got {type(history).__name__}"
     for index, row in enumerate(history):
         if not (
-            isinstance(row, dict) and "loss" in row and all(type(k) is str and stored_real(v) for k, v in row.items())
+            isinstance(row, dict) and "loss" in row and all(type(k) is str and stored_finite(v) for k, v in row.items())
         ):
-            return f"'history' entry #{index} must map 'loss' and other names to numbers, got {short_repr(row)}"
+            return f"'history' entry #{index} must map 'loss' and other names to finite numbers, got {short_repr(row)}"
     if not isinstance(balance, list):
         return f"'gradient_balance' must be a list, got {type(balance).__name__}"
     for index, row in enumerate(balance):
@@ -60,12 +73,12 @@ def series_problem(history: object, balance: object) -> str | None:
             and all(
                 type(stage) is str
                 and isinstance(stats, dict)
-                and all(type(k) is str and (v is None or stored_real(v)) for k, v in stats.items())
+                and all(type(k) is str and (v is None or stored_finite(v)) for k, v in stats.items())
                 for stage, stats in row.items()
             )
         ):
             return (
-                f"'gradient_balance' entry #{index} must map stages to {{statistic: number or null}}, "
+                f"'gradient_balance' entry #{index} must map stages to {{statistic: finite number or null}}, "
                 f"got {short_repr(row)}"
             )
     return None
@@ -75,11 +88,11 @@ def _metrics_problem(metrics: object) -> str | None:
     if not isinstance(metrics, dict):
         return f"'metrics' must be an object, got {type(metrics).__name__}"
     for name in METRICS:
-        if not stored_real(metrics.get(name)):
-            return f"'metrics' needs {name!r} as a number, got {short_repr(metrics.get(name))}"
+        if not stored_finite(metrics.get(name)):
+            return f"'metrics' needs {name!r} as a finite number, got {short_repr(metrics.get(name))}"
     curve = metrics.get("ap_per_iou")
-    if not (isinstance(curve, list) and len(curve) == 10 and all(stored_real(v) for v in curve)):
-        return f"'metrics' needs 'ap_per_iou' as a list of 10 numbers, got {short_repr(curve)}"
+    if not (isinstance(curve, list) and len(curve) == 10 and all(stored_finite(v) for v in curve)):
+        return f"'metrics' needs 'ap_per_iou' as a list of 10 finite numbers, got {short_repr(curve)}"
     return None
 
 

@@ -164,9 +164,14 @@ def _structure_problem(ckpt: dict[str, Any], world_size: int, iters: int | None)
         return problem
     sample = ckpt.get("roi_sample")  # optional: the RoI head's positives kept so far, one row of 12 numbers each
     if sample is not None and not (
-        isinstance(sample, torch.Tensor) and sample.is_floating_point() and sample.dim() == 2 and sample.shape[1] == 12
+        isinstance(sample, torch.Tensor)
+        and sample.dtype == torch.float64
+        and sample.dim() == 2
+        and sample.shape[1] == 12
     ):
-        return f"'roi_sample' must be a floating-point tensor of 12 columns, got {_short(sample)}"
+        return f"'roi_sample' must be a float64 tensor of 12 columns, got {_short(sample)}"
+    if sample is not None and not bool(torch.isfinite(sample).all()):
+        return "'roi_sample' holds NaN or infinite numbers; a run keeps only finite boxes"
     iteration = ckpt["iteration"]
     if iteration < 0 or (iters is not None and iteration > iters):
         bound = f"0 to {iters}" if iters is not None else ">= 0"
@@ -231,17 +236,51 @@ def load_checkpoint(
 # --- loading it into a run ------------------------------------------------------------------------------------------
 
 
-def _model_problem(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> str | None:
+def state_dict_problem(saved: dict[str, torch.Tensor], model: torch.nn.Module, name: str = "'model'") -> str | None:
+    """Why stored weights do not fit ``model``, or ``None`` if they do: every name of the model's ``state_dict``
+    and no other, each tensor of its dtype and shape (see :func:`tensor_problem`).
+
+    Args:
+        saved: the stored ``state_dict``.
+        model: the model it is loaded into.
+        name: what the weights are, for the message.
+
+    Returns:
+        The reason as a phrase, or ``None``.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in saved]
     if missing:
-        return f"'model' has no {missing[0]!r}" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+        return f"{name} has no {missing[0]!r}" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
     unexpected = [k for k in saved if k not in expected]
     if unexpected:
-        return f"'model' has {unexpected[0]!r}, which this model has not"
+        return f"{name} has {unexpected[0]!r}, which this model has not"
     for key, tensor in expected.items():
-        if saved[key].shape != tensor.shape:
-            return f"'model' {key!r} has shape {list(saved[key].shape)}, this model's has {list(tensor.shape)}"
+        problem = tensor_problem(f"{name} {key!r}", saved[key], tensor)
+        if problem is not None:
+            return problem
+    return None
+
+
+def tensor_problem(name: str, value: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """Why a stored tensor cannot stand for ``expected`` (another dtype or shape), or ``None`` if it can.
+
+    A tensor of another dtype would be converted silently when it is loaded (a complex weight loses its imaginary
+    part, an int64 one its fractions), so the dtype must be the one the run holds, as the shape must.
+
+    Args:
+        name: what the tensor is, for the message (``"'model' 'head.weight'"``).
+        value: the stored tensor.
+        expected: the tensor it is loaded into.
+
+    Returns:
+        The reason as a phrase, or ``None``.
+    """
+    if value.dtype != expected.dtype or value.shape != expected.shape:
+        return (
+            f"{name} is a {value.dtype} tensor of shape {list(value.shape)}, where this run holds a "
+            f"{expected.dtype} tensor of shape {list(expected.shape)}"
+        )
     return None
 
 
@@ -254,7 +293,7 @@ def _optimizer_problem(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
     groups = saved["param_groups"]
     if len(groups) != len(fresh):
         return f"'optimizer' has {len(groups)} parameter group(s), this run's has {len(fresh)}"
-    shapes: dict[int, torch.Size] = {}
+    parameters: dict[int, torch.Tensor] = {}
     for index, (group, mine) in enumerate(zip(groups, fresh, strict=True)):
         if not isinstance(group, dict) or not _same(group.get("params"), mine["params"]):
             return f"'optimizer' parameter group {index} is not this run's ({_short(group)})"
@@ -265,16 +304,18 @@ def _optimizer_problem(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
             if key not in ("lr", "params") and key in mine and not _same(value, mine[key]):
                 return f"'optimizer' parameter group {index} has {key} = {_short(value)}, this run's is {mine[key]!r}"
         params = [p for p in optimizer.param_groups[index]["params"]]
-        shapes.update((i, p.shape) for i, p in zip(mine["params"], params, strict=True))
+        parameters.update(zip(mine["params"], params, strict=True))
     for key, state in saved["state"].items():
-        if key not in shapes or not isinstance(state, dict):
+        if key not in parameters or not isinstance(state, dict):
             return f"'optimizer' holds a state for {_short(key)}, which is no parameter of this run"
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape != shapes[key]:
-                return (
-                    f"'optimizer' {name} of parameter {key} has shape {list(value.shape)}, "
-                    f"the parameter's is {list(shapes[key])}"
-                )
+        for name, value in state.items():  # SGD's one tensor, momentum_buffer, has its parameter's shape and dtype
+            problem = (
+                tensor_problem(f"'optimizer' {name} of parameter {key}", value, parameters[key])
+                if isinstance(value, torch.Tensor)
+                else None
+            )
+            if problem is not None:
+                return problem
             if not (value is None or isinstance(value, torch.Tensor) or _stored_real(value)):
                 return f"'optimizer' {name} of parameter {key} is {_short(value)}"
     return None
@@ -302,9 +343,9 @@ def restore_checkpoint(
 ) -> None:
     """Load a checkpoint from :func:`load_checkpoint` into a run: weights, optimizer, grad scaler, random states.
 
-    Each part is checked against what it is loaded into before anything is loaded (the model's parameter names
-    and shapes, the optimizer's groups, hyperparameters and state shapes, the scaler's keys); an error while
-    loading is reported the same way.
+    Each part is checked against what it is loaded into before anything is loaded (the model's parameter names,
+    dtypes and shapes, the optimizer's groups, hyperparameters and state dtypes and shapes, the scaler's keys);
+    an error while loading is reported the same way.
 
     Args:
         ckpt: the checkpoint (its ``path``, when it has one, names it in messages).
@@ -319,7 +360,7 @@ def restore_checkpoint(
     """
     path = getattr(ckpt, "path", "checkpoint")
     problem = (
-        _model_problem(ckpt["model"], model)
+        state_dict_problem(ckpt["model"], model)
         or _optimizer_problem(ckpt["optimizer"], optimizer)
         or _scaler_problem(ckpt["scaler"], scaler)
     )

@@ -17,12 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from balanced_l1.experiments.output_folder.files import ROI_SAMPLE_ROWS
 from balanced_l1.experiments.run.checkpoint import restore_checkpoint, rng_state, save_checkpoint
 from balanced_l1.experiments.run.distributed import DistContext, barrier, gather_objects
-
-#: The most RoI-head positives a run keeps from the second half of its training (predicted deltas, target
-#: deltas, proposals), for :func:`balanced_l1.detection.predict_box_gradient_balance`.
-ROI_SAMPLE_ROWS = 4096
 
 
 @dataclass

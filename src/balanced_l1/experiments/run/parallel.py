@@ -5,7 +5,8 @@ own order and writes its own checkpoint and run record. So running ``N`` of them
 fresh (spawned) process with ``--threads`` threads, gives exactly the results of running them one
 after another, in about ``1/N`` of the time on a machine with ``N`` idle cores. The parent process
 holds the lock on ``--out``, waits, and reads the run records back. The first run that fails stops the
-others and its error is raised in the parent, with its own type and message.
+others and its error is raised in the parent, with its own type and message; a process that dies without a report
+(killed, or stopped while Python started it) becomes a :class:`RunFailedError` naming the run and what to do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
 import traceback
@@ -22,7 +24,8 @@ from balanced_l1.experiments.config import CompareConfig
 
 
 class RunFailedError(RuntimeError):
-    """A run in a child process failed with an error that is not one of the documented ones."""
+    """A run in a child process died without a report, or failed with an error that cannot be sent back whole;
+    the message names the run (arm and seed), how it ended and what to do."""
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -49,7 +52,8 @@ def _child(config: CompareConfig, arm: str, seed: int, position: int, errors: An
         try:
             errors.put((arm, seed, err))
         except Exception:  # an exception that does not pickle: send its text
-            errors.put((arm, seed, RunFailedError("".join(traceback.format_exception(err)))))
+            text = "".join(traceback.format_exception_only(err)).strip()
+            errors.put((arm, seed, RunFailedError(f"the run {arm} seed {seed} failed: {text}")))
         raise SystemExit(1) from None
 
 
@@ -98,9 +102,23 @@ def run_in_processes(config: CompareConfig, tasks: list[tuple[str, int]], jobs: 
         errors.close()
 
 
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"stopped with exit code {exitcode}"
+
+
 def _reported_error(errors: Any, arm: str, seed: int, exitcode: int | None) -> BaseException:
     try:
         _, _, err = errors.get(timeout=10)
     except Exception:
-        return RunFailedError(f"the run {arm} seed {seed} stopped with exit code {exitcode} and no report")
+        return RunFailedError(
+            f"the run {arm} seed {seed} {_how_it_ended(exitcode)} before it could report why; the checkpoints "
+            "written so far are kept: run the same command with --resume to go on (if you start compare from a "
+            'Python script, guard its code with `if __name__ == "__main__":`, since each run of --jobs N starts a '
+            "fresh Python process that imports the script again)"
+        )
     return err if isinstance(err, BaseException) else RunFailedError(str(err))

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from balanced_l1._files import WriteError
 from balanced_l1.experiments.metric_names import METRICS
 
 
@@ -155,7 +156,12 @@ class RunObserver:
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run drops the events a killed one wrote after its last checkpoint
-            self.writer = SummaryWriter(str(self.tensorboard), purge_step=start + 1 if start else None)
+            try:
+                self.writer = SummaryWriter(str(self.tensorboard), purge_step=start + 1 if start else None)
+            except OSError as err:  # a read-only or full OUT/tensorboard
+                raise WriteError(
+                    f"{self.tensorboard}: cannot write TensorBoard events there ({err.strerror or err})"
+                ) from None
         self.log.line(f"[{self.label}] {'resumed at' if start else 'started:'} iter {start}/{total}")
 
     def iteration(

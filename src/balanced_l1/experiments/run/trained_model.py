@@ -27,13 +27,24 @@ from balanced_l1.experiments.config import CompareConfig, arm_spec
 from balanced_l1.experiments.output_folder.errors import RunMismatchError, RunsNotFoundError, UnreadableRunFileError
 from balanced_l1.experiments.output_folder.files import read_record, read_weights, saved_config
 from balanced_l1.experiments.output_folder.layout import CONFIG_NAME, RunFiles
+from balanced_l1.experiments.run.checkpoint import state_dict_problem
 from balanced_l1.experiments.run.runner import build_arm_model, run_fingerprint
+
+MAX_CLASSES = 10_000
+"""The most object classes a run record may name: a model of them is built before its weights are read. LVIS,
+among the largest detection vocabularies, has 1203; a Faster R-CNN box head for 10 000 classes already holds
+51 M parameters (1024 x 5 per class)."""
 
 
 def _num_classes(record: dict[str, Any], path: Path) -> int:
     value = record.get("num_classes")
     if type(value) is not int or value < 1:
         raise UnreadableRunFileError(f"{path}: the record names no number of classes; delete it to train the run again")
+    if value > MAX_CLASSES:
+        raise UnreadableRunFileError(
+            f"{path}: the record names {value} classes, over the limit of {MAX_CLASSES} (a model of them is built "
+            "before its weights are read; see MAX_CLASSES); delete the record to train the run again"
+        )
     return value
 
 
@@ -92,8 +103,12 @@ def load_run_model(
     finally:
         torch.set_rng_state(state)
     weights = RunFiles.of_record(record_path).model
+    saved = read_weights(weights, "cpu")
+    problem = state_dict_problem(saved, model, "the weights")
+    if problem is not None:
+        raise UnreadableRunFileError(f"{weights}: does not fit the run's model: {problem}")
     try:
-        model.load_state_dict(read_weights(weights, "cpu"))
+        model.load_state_dict(saved)
     except RuntimeError as err:
         first = " ".join(str(err).split())[:300]
         raise UnreadableRunFileError(f"{weights}: does not fit the run's model ({first})") from None

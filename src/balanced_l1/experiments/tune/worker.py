@@ -109,12 +109,12 @@ def run_tune(
     started = time.monotonic()
     ctx = setup_distributed(config.device)
     try:
-        config.validate(ctx.world_size)
+        specs = config.validate(ctx.world_size)
         settings.validate(config)
         splits = load_data(config)
         baseline = settings.baseline_spec()
         space = None if settings.sampler == "grid" else settings.search_space()
-        grid_specs = config.arm_specs() if space is None else []
+        grid_specs = specs if space is None else []
         if space is None and baseline.name not in [s.name for s in grid_specs]:
             grid_specs.insert(0, baseline)
         checked = [baseline, *grid_specs, *(ArmSpec(get_arm(a.arm)) for a in (space.arms if space else ()))]

@@ -9,7 +9,7 @@ import is still a dependency). The layers, lowest first (the design page's "Wher
     balanced_l1, jax, keras, plots  the package's front, the other frameworks, the figure
     detection, mmdet                torchvision adapters, the mmdetection plugin
     experiments                     the comparison
-    cli                             the command line
+    cli                             the command line (cli, _cli_args: argument types, _cli_tune: the tune command)
 
 Inside ``experiments`` the folders follow the flow, and none imports a later one:
 
@@ -40,6 +40,8 @@ LAYERS = {
     "balanced_l1.mmdet": 5,
     "balanced_l1.experiments": 6,
     "balanced_l1.cli": 7,
+    "balanced_l1._cli_args": 7,
+    "balanced_l1._cli_tune": 7,
 }
 
 

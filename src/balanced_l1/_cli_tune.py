@@ -8,7 +8,7 @@ import importlib.util
 import os
 import sys
 
-from balanced_l1.cli import _add_setting, _check_device, _int_list, _integer, _number
+from balanced_l1._cli_args import add_setting, check_device, int_list, integer, number
 
 
 def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -42,15 +42,15 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         default=defaults.sampler,
         help="tpe, or grid: --arms (a|b makes a grid) crossed with --seeds (default tpe)",
     )
-    tune.add_argument("--sampler-seed", type=_integer, default=defaults.sampler_seed, help="the TPE sampler's seed")
+    tune.add_argument("--sampler-seed", type=integer, default=defaults.sampler_seed, help="the TPE sampler's seed")
     tune.add_argument(
         "--pruner",
         choices=PRUNERS,
         default=defaults.pruner,
         help="on the AP at each --eval-every point (default successive-halving)",
     )
-    tune.add_argument("--trials", type=_integer, default=None, help="search trials (besides baseline, confirmation)")
-    tune.add_argument("--timeout", type=_number, default=None, help="seconds after which no search trial starts")
+    tune.add_argument("--trials", type=integer, default=None, help="search trials (besides baseline, confirmation)")
+    tune.add_argument("--timeout", type=number, default=None, help="seconds after which no search trial starts")
     tune.add_argument(
         "--storage",
         default=None,
@@ -61,30 +61,30 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     tune.add_argument("--baseline", default=defaults.baseline, help="the baseline arm (default smooth_l1)")
     tune.add_argument(
         "--confirm",
-        type=_integer,
+        type=integer,
         default=defaults.confirm,
         help="rerun this many best settings and the baseline on --confirm-seeds; 0 skips (default 2)",
     )
     tune.add_argument(
         "--confirm-seeds",
-        type=_int_list,
+        type=int_list,
         default=defaults.confirm_seeds,
         help="seeds of the confirmation (default 1,2)",
     )
     tune.add_argument(
         "--heartbeat",
-        type=_integer,
+        type=integer,
         default=defaults.heartbeat,
         help="seconds between a trial's heartbeats; a trial silent twice as long is retried (default 60)",
     )
     tune.add_argument(
         "--validation-images",
-        type=_integer,
+        type=integer,
         default=defaults.validation_images,
         help="held-out images scored at each --eval-every point (the final AP uses all; default 50)",
     )
     for name in FIELDS:
-        _add_setting(tune, name)
+        add_setting(tune, name)
     tune.set_defaults(handler=run_tune, command_parser=tune)  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         settings.validate(config)
     except ConfigError as err:
         parser.error(str(err))
-    _check_device(config.device, parser)
+    check_device(config.device, parser)
     needed = ("optuna", "sqlalchemy", *(("optuna_integration",) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ()))
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:

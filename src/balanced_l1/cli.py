@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from balanced_l1._cli_args import add_setting, check_device, count, grid_of, integer, name_list, number
 from balanced_l1.params import FORMULATIONS, BalancedL1Params
 
 
@@ -69,45 +70,6 @@ def _run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.split(",")] if text.strip() else []
-    if not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers such as 0,1,2, got {text!r}")
-    values = tuple(int(p) for p in parts)
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"values must not repeat, got {text!r}")
-    return values
-
-
-def _name_list(text: str) -> tuple[str, ...]:
-    from balanced_l1.experiments.arm_specs import ArmSpecError, split_arm_list
-
-    try:
-        return split_arm_list(text)
-    except ArmSpecError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _grid(kind: type) -> object:
-    """A flag value of one or more alternatives, ``a|b|c``, each of ``kind``."""
-
-    def parse(text: str) -> list[object]:
-        values = []
-        for part in text.split("|"):
-            try:
-                value = kind(part.strip())
-            except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"expected {kind.__name__} values separated by |, got {text!r}"
-                ) from None
-            if isinstance(value, float) and not (value == value and abs(value) != float("inf")):
-                raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
-            values.append(value)
-        return values
-
-    return parse
-
-
 def _balance_flags() -> dict[str, tuple[type, str]]:
     """Every parameter of every registered box loss, and ``loss_weight``: its type and its help, with each loss that
     takes it and its default there (one ``balance`` flag each, derived from the registry)."""
@@ -147,9 +109,9 @@ def _add_balance_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     )
     for key, (kind, help_text) in _balance_flags().items():
         flag, shown = "--" + key.replace("_", "-"), help_text.replace("%", "%%")
-        balance.add_argument(flag, type=_grid(kind), default=None, help=f"{shown}, one value or a grid a|b|c")
+        balance.add_argument(flag, type=grid_of(kind), default=None, help=f"{shown}, one value or a grid a|b|c")
     target = balance.add_mutually_exclusive_group()
-    target.add_argument("--target-ratio", type=_number, default=None, help="solve for alpha reaching this ratio")
+    target.add_argument("--target-ratio", type=number, default=None, help="solve for alpha reaching this ratio")
     target.add_argument("--target-arm", default=None, help="solve for alpha reaching this arm's measured ratio")
     balance.set_defaults(handler=_run_balance, command_parser=balance)
 
@@ -221,48 +183,6 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
-    """One flag per field of CompareConfig, with its help and default taken from there (never repeated here)."""
-    from balanced_l1.experiments.config import DEFAULTS, FIELDS
-
-    spec = FIELDS[name]
-    kind = str(spec.type)
-    default = getattr(DEFAULTS, name)
-    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    choices = spec.metadata.get("choices")
-    one_of = f"; one of {', '.join(choices)}" if choices else ""
-    help_text = f"{spec.metadata['help']}{one_of} (default: {spec.metadata.get('shown_default', shown)})"
-    help_text = help_text.replace("%", "%%")
-    flag = "--" + name.replace("_", "-")
-    if kind == "bool":
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        return
-    parse = {
-        "tuple[int, ...]": _int_list,
-        "tuple[str, ...]": _name_list,
-        "float": _number,
-        "int": _integer,
-        "int | None": _integer,
-    }.get(kind, str)
-    parser.add_argument(
-        flag, type=parse, choices=choices, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text
-    )
-
-
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     from balanced_l1.experiments.config import FIELDS
     from balanced_l1.experiments.config.toml_files import recipe_names
@@ -281,28 +201,8 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     compare.add_argument("--config", default=None, metavar="FILE", help="your own TOML settings file")
     compare.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
     for name in FIELDS:
-        _add_setting(compare, name)
+        add_setting(compare, name)
     compare.set_defaults(handler=_run_compare, command_parser=compare)
-
-
-def _check_device(device: str, parser: argparse.ArgumentParser, *, here: bool = True) -> None:
-    """Exit 2 unless ``device`` names a cpu or cuda device (and, with ``here``, one this machine has)."""
-    import torch
-
-    try:
-        target = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        parser.error(f"--device {device!r}: {err}")
-    if target.type == "cpu":
-        return
-    if target.type != "cuda":
-        parser.error(f"--device {device!r}: training needs cpu or cuda[:N], got a {target.type!r} device")
-    if not here:
-        return
-    if not torch.cuda.is_available():
-        parser.error(f"--device {device!r}: CUDA is not available here; use --device cpu")
-    if target.index is not None and target.index >= torch.cuda.device_count():
-        parser.error(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -325,12 +225,12 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         config = resolve([*layers, flags])
         config.validate()
         if args.print_config:  # checked as a run would be, but not against this machine's CUDA devices
-            _check_device(config.device, parser, here=False)
+            check_device(config.device, parser, here=False)
             print(to_toml(config), end="")
             return 0
     except ConfigError as err:
         parser.error(str(err))
-    _check_device(config.device, parser)
+    check_device(config.device, parser)
     import torch
 
     torch.set_num_threads(config.threads)
@@ -351,13 +251,6 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
-def _count(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -374,7 +267,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
     evaluate.add_argument("--val-root", default=None, metavar="DIR", help="that split's image folder")
     evaluate.add_argument(
         "--show",
-        type=_count,
+        type=count,
         default=0,
         metavar="N",
         help="draw the first N images with the ground truth and each arm's detections (its lowest seed), one PNG "
@@ -384,10 +277,10 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
         "--out", dest="dest", default=None, metavar="DIR", help="where to write (default OUT/evaluate)"
     )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    evaluate.add_argument("--threads", type=_integer, default=1, help="torch CPU threads (default 1)")
+    evaluate.add_argument("--threads", type=integer, default=1, help="torch CPU threads (default 1)")
     evaluate.add_argument(
         "--arm-modules",
-        type=_name_list,
+        type=name_list,
         default=(),
         metavar="MODULES",
         help="comma-separated Python modules that register the runs' own arms; OUT/config.toml may name them, but "
@@ -410,7 +303,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         check_int("threads", args.threads)  # compare's bound and its reason
     except ConfigError as err:
         parser.error(f"--{err}")
-    _check_device(args.device, parser)
+    check_device(args.device, parser)
     import torch
 
     from balanced_l1.experiments.evaluate_out import check_destination, evaluate_out

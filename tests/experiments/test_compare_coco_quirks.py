@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.experiments.coco_fixture import write_coco_quirks
+from tests.experiments.data.coco_fixture import write_coco_quirks
 
 from balanced_l1.cli import main
 from balanced_l1.experiments.arms import arm_names

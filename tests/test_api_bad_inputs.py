@@ -1,4 +1,4 @@
-"""Issue 22, second pass: bad inputs of the Python API found by a hostile probe, each refused clearly."""
+"""Bad inputs of the Python API (the loss, its parameters, the detection helpers), each refused clearly."""
 
 from __future__ import annotations
 

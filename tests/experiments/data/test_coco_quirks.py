@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.experiments.coco_fixture import CATEGORIES, MODES, write_coco_quirks
+from tests.experiments.data.coco_fixture import CATEGORIES, MODES, write_coco_quirks
 
 from balanced_l1.experiments.data import images as images_module
 from balanced_l1.experiments.data.coco_data import (

@@ -4,9 +4,9 @@ The data order (:mod:`balanced_l1.experiments.data.loader`) and the learning rat
 (:mod:`balanced_l1.experiments.run.schedule`) are pure functions of the seed and the iteration; the model,
 optimizer, grad scaler and random states are in the checkpoint (:mod:`balanced_l1.experiments.run.checkpoint`;
 what a run carries into it is :mod:`balanced_l1.experiments.run.loop_state`'s), written atomically by rank 0 every
-``checkpoint_every`` iterations and at the end. Resuming from one
-continues exactly where the run stopped. An image that cannot be read stops the run with
-:class:`~balanced_l1.experiments.data.coco_data.ImageReadError`; the last checkpoint stays intact.
+``checkpoint_every`` iterations and at the end. Resuming from one continues exactly where the run stopped. An image
+that cannot be read stops the run with :class:`~balanced_l1.experiments.data.coco_data.ImageReadError`; the last
+checkpoint stays intact.
 """
 
 from __future__ import annotations
@@ -215,8 +215,9 @@ class _Loop:
         record = self._step(iteration, batch)
         done = iteration + 1
         self._report(done, record)
-        if self.observers.validate is not None and self.config.eval_every and done % self.config.eval_every == 0:
-            self._validation_point(done, record)
+        validate = self.observers.validate
+        if validate is not None and self.config.eval_every and done % self.config.eval_every == 0:
+            self._validation_point(validate, done, record)
         if done % self.config.checkpoint_every == 0 or done == self.config.iters:
             self.state.save(self.run.checkpoint, done, self.run.fingerprint, self.ctx)
 
@@ -266,14 +267,15 @@ class _Loop:
             balance = self.state.balance[-1] if self.observers.monitor is not None else None
             observer.iteration(done, record, self.config.lr * self.config.factor(done - 1), balance)
 
-    def _validation_point(self, done: int, record: dict[str, float]) -> None:
+    def _validation_point(
+        self, validate: Callable[[], dict[str, Any] | None], done: int, record: dict[str, float]
+    ) -> None:
         """Score the model now; rank 0 keeps the metrics in this iteration's history row as ``val_<metric>``.
 
         Raises:
             TrainingStoppedError: if the validation hook says stop.
         """
-        assert self.observers.validate is not None  # iteration() calls this only with a validation
-        metrics = self.observers.validate()
+        metrics = validate()
         ap = None
         if metrics is not None:  # rank 0
             record.update({f"val_{name}": float(metrics[name]) for name in METRICS})

@@ -40,14 +40,14 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "--sampler",
         choices=SAMPLERS,
         default=defaults.sampler,
-        help="tpe, or grid: --arms (a|b makes a grid) crossed with --seeds (default tpe)",
+        help="tpe, or grid: --arms (a|b makes a grid) crossed with --seeds (default %(default)s)",
     )
     tune.add_argument("--sampler-seed", type=integer, default=defaults.sampler_seed, help="the TPE sampler's seed")
     tune.add_argument(
         "--pruner",
         choices=PRUNERS,
         default=defaults.pruner,
-        help="on the AP at each --eval-every point (default successive-halving)",
+        help="on the AP at each --eval-every point (default %(default)s)",
     )
     tune.add_argument("--trials", type=integer, default=None, help="search trials (besides baseline, confirmation)")
     tune.add_argument("--timeout", type=number, default=None, help="seconds after which no search trial starts")
@@ -57,31 +57,31 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         metavar="URL",
         help="database URL shared by workers (postgresql://user:password@host/db); default: SQLite in OUT/study.db",
     )
-    tune.add_argument("--study", default=defaults.study, help=f"the study's name (default {defaults.study})")
-    tune.add_argument("--baseline", default=defaults.baseline, help="the baseline arm (default smooth_l1)")
+    tune.add_argument("--study", default=defaults.study, help="the study's name (default %(default)s)")
+    tune.add_argument("--baseline", default=defaults.baseline, help="the baseline arm (default %(default)s)")
     tune.add_argument(
         "--confirm",
         type=integer,
         default=defaults.confirm,
-        help="rerun this many best settings and the baseline on --confirm-seeds; 0 skips (default 2)",
+        help="rerun this many best settings and the baseline on --confirm-seeds; 0 skips (default %(default)s)",
     )
     tune.add_argument(
         "--confirm-seeds",
         type=int_list,
         default=defaults.confirm_seeds,
-        help="seeds of the confirmation (default 1,2)",
+        help=f"seeds of the confirmation (default {','.join(map(str, defaults.confirm_seeds))})",
     )
     tune.add_argument(
         "--heartbeat",
         type=integer,
         default=defaults.heartbeat,
-        help="seconds between a trial's heartbeats; a trial silent twice as long is retried (default 60)",
+        help="seconds between a trial's heartbeats; a trial silent twice as long is retried (default %(default)s)",
     )
     tune.add_argument(
         "--validation-images",
         type=integer,
         default=defaults.validation_images,
-        help="held-out images scored at each --eval-every point (the final AP uses all; default 50)",
+        help="held-out images scored at each --eval-every point (the final AP uses all; default %(default)s)",
     )
     for name in FIELDS:
         add_setting(tune, name)

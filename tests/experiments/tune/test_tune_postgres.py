@@ -92,3 +92,5 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_the_other_and_the_bu
     retry = next(t for t in complete if t["retry_of"] == failed[0]["number"])
     assert retry["number"] in _finished_here(tmp_path / "b") and retry["params"] == failed[0]["params"]
     assert len(trials) == 6 and len({t["number"] for t in trials}) == 6
+    searched = [json.dumps(t["params"], sort_keys=True) for t in complete if t["role"] == "search"]
+    assert len(set(searched)) == 4  # two workers draw different settings, not one seed's same first draws

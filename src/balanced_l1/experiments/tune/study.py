@@ -296,3 +296,8 @@ def heartbeat(study: optuna.Study, trial_id: int, interval: float) -> Iterator[N
     finally:
         stop.set()
         thread.join()
+
+
+def trial_number(study: optuna.Study, trial_id: int) -> int:
+    """The number (0, 1, ...) of the study's trial with storage id ``trial_id``."""
+    return int(study._storage.get_trial_number_from_id(trial_id))

@@ -71,8 +71,11 @@ def _fingerprint(
     return {"settings": run["settings"], "data": run["data"], "design": design}
 
 
-def _sampler(settings: TuneSettings) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=settings.sampler_seed)
+def _sampler(settings: TuneSettings, trial_number: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE seeded by ``--sampler-seed`` and the trial's number: workers that each hold a sampler draw different
+    settings for different trials (one seed for all would give every worker the same first draws), and the draws of
+    a trial are the same whichever worker claims it, given the same finished trials."""
+    return optuna.samplers.TPESampler(seed=(settings.sampler_seed + trial_number) % 2**32)
 
 
 def _pruner(settings: TuneSettings, first_point: int, iters: int) -> optuna.pruners.BasePruner:
@@ -203,7 +206,10 @@ class _Worker:
                 return
             if job == "wait":
                 continue
-            trial = optuna.Trial(self.study, job.trial_id) if self.study is not None else None
+            trial = None
+            if self.study is not None:
+                self.study.sampler = _sampler(self.settings, studies.trial_number(self.study, job.trial_id))
+                trial = optuna.Trial(self.study, job.trial_id)
             begun = time.monotonic()
             with (
                 studies.heartbeat(self.study, job.trial_id, self.settings.heartbeat)

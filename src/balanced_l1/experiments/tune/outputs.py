@@ -95,12 +95,10 @@ def write_outputs(
 
 
 def _history_figure(trials: list[FrozenTrial], baseline: str, path: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     for state, marker, label in ((TrialState.COMPLETE, "o", "complete"), (TrialState.PRUNED, "x", "pruned (last AP)")):
         chosen = [t for t in trials if t.state == state and _finite(t.value) is not None]
         ax.scatter([t.number for t in chosen], [float(t.value or 0.0) for t in chosen], marker=marker, label=label)
@@ -113,17 +111,13 @@ def _history_figure(trials: list[FrozenTrial], baseline: str, path: Path) -> Pat
     ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def _importance_figure(trials: list[FrozenTrial], path: Path) -> Path | str:
-    """Importances and slices of the search trials' parameters, or why they cannot be drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as views
+    """Importances (Optuna's evaluator) and slices (AP against each parameter) of the complete search trials, or
+    why they cannot be drawn. Drawn on a :class:`~matplotlib.figure.Figure`: no pyplot state, no backend set."""
+    from matplotlib.figure import Figure
 
     searched = [t for t in trials if t.user_attrs.get("role") in (SEARCH, GRID) and t.state == TrialState.COMPLETE]
     if len(searched) < 2 or not any(t.params for t in searched):
@@ -131,20 +125,32 @@ def _importance_figure(trials: list[FrozenTrial], path: Path) -> Path | str:
     study = optuna.create_study(direction="maximize")
     study.add_trials(searched)
     try:
-        with warnings.catch_warnings():  # experimental-API and degenerate-axis notes: the figure says it all
+        with warnings.catch_warnings():  # experimental-API notes
             warnings.simplefilter("ignore")
-            importance = views.plot_param_importances(study).figure
-            slices = views.plot_slice(study)
+            importances = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as err:
         return str(err)
-    slice_figure = slices.flat[0].figure if hasattr(slices, "flat") else slices.figure
-    fig, axes = plt.subplots(2, 1, figsize=(10, 9))
-    for ax, source in zip(axes, (importance, slice_figure), strict=True):
-        source.canvas.draw()
-        ax.imshow(source.canvas.buffer_rgba())  # type: ignore[union-attr]
-        ax.axis("off")
+    names = sorted({name for t in searched for name in t.params})
+    columns = min(4, len(names))
+    rows = 1 + math.ceil(len(names) / columns)
+    fig = Figure(figsize=(3.2 * columns, 2.8 * rows))
+    grid = fig.add_gridspec(rows, columns)
+    bars = fig.add_subplot(grid[0, :])
+    shown = list(importances.items())[::-1]
+    bars.barh([name for name, _ in shown], [value for _, value in shown])
+    bars.set_xlabel("importance (Optuna's evaluator)")
+    bars.set_title("parameter importances")
+    for index, name in enumerate(names):
+        ax = fig.add_subplot(grid[1 + index // columns, index % columns])
+        having = [t for t in searched if name in t.params]
+        xs = [t.params[name] for t in having]
+        ax.scatter([str(x) if isinstance(x, str) else x for x in xs], [float(t.value or 0.0) for t in having], s=12)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if any(isinstance(x, str) for x in xs):
+            ax.tick_params(axis="x", labelrotation=45)
+        if index % columns == 0:
+            ax.set_ylabel("AP", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    for figure in (fig, importance, slice_figure):
-        plt.close(figure)  # type: ignore[arg-type]
     return path

@@ -44,7 +44,8 @@ def test_the_pattern_catches_the_hints_it_is_for() -> None:
 def test_the_mmdet_plugin_without_mmdetection_says_to_install_the_extra_from_a_clone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "mmdet", None)  # the import fails as it does without the package
+    for name in ("mmdet", "mmdet.registry"):  # the import fails as it does without the package, even after an
+        monkeypatch.setitem(sys.modules, name, None)  # earlier test imported mmdetection in this process
     monkeypatch.delitem(sys.modules, "balanced_l1.mmdet", raising=False)
     with pytest.raises(ImportError) as error:
         importlib.import_module("balanced_l1.mmdet")

@@ -7,6 +7,7 @@ allowed; argparse then exits 2 with the flag's name.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -115,3 +116,36 @@ def count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
+
+
+def add_settings_sources(parser: argparse.ArgumentParser) -> None:
+    """``--recipe`` and ``--config``: the settings files a command's flags override."""
+    from balanced_l1.experiments.config.toml_files import recipe_names
+
+    parser.add_argument(
+        "--recipe", choices=recipe_names(), default=None, help="a settings file shipped with the package"
+    )
+    parser.add_argument("--config", default=None, metavar="FILE", help="your own TOML settings file")
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of :class:`~balanced_l1.experiments.config.CompareConfig` (see :func:`add_setting`)."""
+    from balanced_l1.experiments.config import FIELDS
+
+    for name in FIELDS:
+        add_setting(parser, name)
+
+
+def resolve_settings(args: argparse.Namespace) -> Any:
+    """The settings of ``args``: defaults < ``--recipe`` < ``--config`` < flags, resolved (not yet validated).
+
+    Raises:
+        ConfigError: for a bad settings file or flag value.
+    """
+    from balanced_l1.experiments.config import FIELDS, resolve
+    from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe
+
+    layers = [load_recipe(args.recipe)] if args.recipe else []
+    if args.config:
+        layers.append(load_config_file(args.config))
+    return resolve([*layers, {name: value for name, value in vars(args).items() if name in FIELDS}])

@@ -8,13 +8,19 @@ import importlib.util
 import os
 import sys
 
-from balanced_l1._cli_args import add_setting, check_device, int_list, integer, number
+from balanced_l1._cli_args import (
+    add_settings,
+    add_settings_sources,
+    check_device,
+    int_list,
+    integer,
+    number,
+    resolve_settings,
+)
 
 
 def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add the ``tune`` subcommand to ``subparsers``."""
-    from balanced_l1.experiments.config import FIELDS
-    from balanced_l1.experiments.config.toml_files import recipe_names
     from balanced_l1.experiments.tune.settings import PRUNERS, SAMPLERS, TuneSettings
 
     defaults = TuneSettings()
@@ -28,8 +34,7 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "0 on success, 2 for bad arguments or a study of other settings, 1 for an unreachable database, bad data "
         "or a run of other settings in --out.",
     )
-    tune.add_argument("--recipe", choices=recipe_names(), default=None, help="a settings file shipped with the package")
-    tune.add_argument("--config", default=None, metavar="FILE", help="your own TOML settings file")
+    add_settings_sources(tune)
     tune.add_argument(
         "--space",
         default=None,
@@ -83,22 +88,18 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         default=defaults.validation_images,
         help="held-out images scored at each --eval-every point (the final AP uses all; default %(default)s)",
     )
-    for name in FIELDS:
-        add_setting(tune, name)
+    add_settings(tune)
     tune.set_defaults(handler=run_tune, command_parser=tune)  # fmt: skip
 
 
 def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``balanced-l1 tune``; return the exit status (2: bad arguments, 1: a runtime failure)."""
     from balanced_l1.detection.models import BackboneWeightsError
-    from balanced_l1.experiments.config import FIELDS, resolve
     from balanced_l1.experiments.config.checks import ConfigError
-    from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe
     from balanced_l1.experiments.data.coco_data import DataError
     from balanced_l1.experiments.output_folder.errors import OutputFolderError
     from balanced_l1.experiments.tune.settings import TuneSettings
 
-    flags = {name: value for name, value in vars(args).items() if name in FIELDS}
     settings = TuneSettings(
         space=args.space, sampler=args.sampler, sampler_seed=args.sampler_seed, pruner=args.pruner,
         trials=args.trials, timeout=args.timeout, storage=args.storage, study=args.study, baseline=args.baseline,
@@ -106,10 +107,7 @@ def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         validation_images=args.validation_images,
     )  # fmt: skip
     try:
-        layers = [load_recipe(args.recipe)] if args.recipe else []
-        if args.config:
-            layers.append(load_config_file(args.config))
-        config = resolve([*layers, flags])
+        config = resolve_settings(args)
         config.validate()
         settings.validate(config)
     except ConfigError as err:

@@ -8,7 +8,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from balanced_l1._cli_args import add_setting, check_device, count, grid_of, integer, name_list, number
+from balanced_l1._cli_args import (
+    add_settings,
+    add_settings_sources,
+    check_device,
+    count,
+    grid_of,
+    integer,
+    name_list,
+    number,
+    resolve_settings,
+)
 from balanced_l1.params import FORMULATIONS, BalancedL1Params
 
 
@@ -184,8 +194,6 @@ def _run_balance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
-    from balanced_l1.experiments.config import FIELDS
-    from balanced_l1.experiments.config.toml_files import recipe_names
 
     compare = subparsers.add_parser(
         "compare",
@@ -195,34 +203,25 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:  # type
         "Settings resolve as: defaults < --recipe < --config < flags. Exit status: 0 on success, 2 for bad "
         "arguments, 1 for bad data, an unreadable image, a checkpoint of another run or a diverged training loss.",
     )
-    compare.add_argument(
-        "--recipe", choices=recipe_names(), default=None, help="a settings file shipped with the package"
-    )
-    compare.add_argument("--config", default=None, metavar="FILE", help="your own TOML settings file")
+    add_settings_sources(compare)
     compare.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
-    for name in FIELDS:
-        add_setting(compare, name)
+    add_settings(compare)
     compare.set_defaults(handler=_run_compare, command_parser=compare)
 
 
 def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from balanced_l1.detection.models import BackboneWeightsError
     from balanced_l1.experiments.compare import run_compare
-    from balanced_l1.experiments.config import FIELDS, resolve
     from balanced_l1.experiments.config.checks import ConfigError
-    from balanced_l1.experiments.config.toml_files import load_config_file, load_recipe, to_toml
+    from balanced_l1.experiments.config.toml_files import to_toml
     from balanced_l1.experiments.data.coco_data import DataError, ImageReadError
     from balanced_l1.experiments.output_folder.errors import OutputFolderError
     from balanced_l1.experiments.output_folder.layout import CHECKPOINTS_FOLDER
     from balanced_l1.experiments.run.parallel import RunFailedError
     from balanced_l1.experiments.run.train import TrainingDivergedError
 
-    flags = {name: value for name, value in vars(args).items() if name in FIELDS}
     try:
-        layers = [load_recipe(args.recipe)] if args.recipe else []
-        if args.config:
-            layers.append(load_config_file(args.config))
-        config = resolve([*layers, flags])
+        config = resolve_settings(args)
         config.validate()
         if args.print_config:  # checked as a run would be, but not against this machine's CUDA devices
             check_device(config.device, parser, here=False)

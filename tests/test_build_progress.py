@@ -5,33 +5,25 @@ Tested with fast fake commands; the real build (tools/build_mmcv.py, 15 to 40 mi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests._build_mmcv_tool import load_build_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SLEEP = [sys.executable, "-c", "import time; time.sleep(0.6)"]
 
 
-def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_balanced_l1_build_mmcv", ROOT / "tools" / "build_mmcv.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_long_command_is_reported_every_interval_while_it_runs(tmp_path: Path) -> None:
     lines: list[str] = []
     log = tmp_path / "build.log"
-    _tool().run_logged(SLEEP, log, doing="building fake", report=lines.append, every=0.15)
+    load_build_tool().run_logged(SLEEP, log, doing="building fake", report=lines.append, every=0.15)
     assert len(lines) >= 2
     expected = rf"building fake: still running after \d+ min \(log: {re.escape(str(log))}\)"
     assert all(re.fullmatch(expected, line) for line in lines), lines
@@ -40,18 +32,20 @@ def test_a_long_command_is_reported_every_interval_while_it_runs(tmp_path: Path)
 
 def test_a_command_that_finishes_first_is_not_reported(tmp_path: Path) -> None:
     lines: list[str] = []
-    _tool().run_logged([sys.executable, "-c", "pass"], tmp_path / "log", doing="quick", report=lines.append, every=30)
+    load_build_tool().run_logged(
+        [sys.executable, "-c", "pass"], tmp_path / "log", doing="quick", report=lines.append, every=30
+    )
     assert lines == []
 
 
 def test_a_failing_command_raises_with_the_log_tail(tmp_path: Path) -> None:
     failing = [sys.executable, "-c", "import sys; print('compiler said no'); sys.exit(3)"]
     with pytest.raises(RuntimeError, match=r"(?s)failed \(3\); log .*\ncompiler said no\n"):
-        _tool().run_logged(failing, tmp_path / "log", doing="building fake", report=None)
+        load_build_tool().run_logged(failing, tmp_path / "log", doing="building fake", report=None)
 
 
 def test_a_cached_wheel_is_returned_without_a_word(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tool = _tool()
+    tool = load_build_tool()
     monkeypatch.setenv("BALANCED_L1_CACHE", str(tmp_path))
     wheel = tool.build_dir() / f"mmcv-{tool.MMCV_VERSION}-cp311-cp311-linux_x86_64.whl"
     wheel.parent.mkdir(parents=True)
@@ -62,21 +56,16 @@ def test_a_cached_wheel_is_returned_without_a_word(tmp_path: Path, monkeypatch: 
 
 INNER_TEST = """
     import sys
-    import importlib.util
-    from pathlib import Path
 
     import pytest
 
+    from tests._build_mmcv_tool import load_build_tool
     from tests._terminal import terminal_line
-
-    ROOT = Path({root!r})
 
 
     @pytest.fixture
     def built(request, tmp_path):
-        spec = importlib.util.spec_from_file_location("tool", ROOT / "tools" / "build_mmcv.py")
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
+        tool = load_build_tool()
         write = terminal_line(request.config)
         write("before the fake build")
         command = [sys.executable, "-c", "import time; time.sleep(0.6)"]
@@ -90,7 +79,7 @@ INNER_TEST = """
 
 
 def test_the_lines_reach_pytests_terminal_while_output_is_captured(tmp_path: Path) -> None:
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER_TEST.format(root=str(ROOT))))
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER_TEST))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "test_inner.py"],

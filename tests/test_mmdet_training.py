@@ -30,18 +30,17 @@ and the first iteration's parameter gradients.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests._build_mmcv_tool import load_build_tool
 from tests._terminal import terminal_line
 
 pytest.importorskip("mmdet", reason="the mmdet extra is not installed")
@@ -75,20 +74,12 @@ GRAD_SCALE_RTOL = 1e-4
 GRAD_ATOL = 1e-9
 
 
-def _build_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_balanced_l1_build_mmcv", ROOT / "tools" / "build_mmcv.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def mmcv_site(request: pytest.FixtureRequest) -> Path:
     """A directory holding mmcv 2.1.0 with its compiled ops (built once per machine, saying so on the terminal)."""
     if os.environ.get("BALANCED_L1_MMCV_BUILD") == "0":
         pytest.skip("BALANCED_L1_MMCV_BUILD=0: not building mmcv, so mmdetection cannot train here")
-    tool = _build_tool()
+    tool = load_build_tool()
     write = terminal_line(request.config)
     if tool.cached_wheel() is None:
         write(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +118,17 @@ def test_balance_on_a_folder_that_is_not_one_exits_2(tmp_path: Path, capsys: pyt
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
 
 
+def _runs_with_smooth_l1_sample(out: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``out/runs`` to tamper with, and the path of its smooth_l1 RoI sample."""
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "runs", copy / "runs")
+    return copy, copy / "runs" / "smooth_l1_seed0_roi_sample.npy"
+
+
 def test_a_tampered_sample_exits_1_naming_the_file(
     finished: tuple[Path, dict[str, Any], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import shutil
-
-    out, _, _ = finished
-    copy = tmp_path / "copy"
-    shutil.copytree(out / "runs", copy / "runs")
-    sample = copy / "runs" / "smooth_l1_seed0_roi_sample.npy"
+    copy, sample = _runs_with_smooth_l1_sample(finished[0], tmp_path)
     np.save(sample, np.array([[1.0, 2.0]]), allow_pickle=False)
     assert main(["balance", str(copy), "--arm", "smooth_l1"]) == 1
     err = capsys.readouterr().err
@@ -139,12 +142,7 @@ def test_a_tampered_sample_exits_1_naming_the_file(
 def test_a_sample_header_declaring_a_billion_rows_is_refused_before_anything_is_allocated(
     finished: tuple[Path, dict[str, Any], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import shutil
-
-    out, _, _ = finished
-    copy = tmp_path / "copy"
-    shutil.copytree(out / "runs", copy / "runs")
-    sample = copy / "runs" / "smooth_l1_seed0_roi_sample.npy"
+    copy, sample = _runs_with_smooth_l1_sample(finished[0], tmp_path)
     with sample.open("wb") as handle:  # 89 GiB declared, a few bytes written
         header = {"descr": "<f8", "fortran_order": False, "shape": (10**9, 12)}
         np.lib.format.write_array_header_1_0(handle, header)

@@ -167,6 +167,42 @@ def _name_and_body(spec: str) -> tuple[str, str | None]:
     return name, body
 
 
+def parameter_items(where: str, arm: Arm, body: str, expected: str, *, value_required: bool = False) -> dict[str, str]:
+    """The ``key=value`` items between an arm's parentheses, in the order given, each value's text as written.
+
+    Shared by the arm specs of ``compare`` and the search spaces of ``tune``: every key is one of the arm's
+    parameters, and none is given twice.
+
+    Args:
+        where: what the messages name first, e.g. ``"arm 'l1(loss_weight=2)'"``.
+        arm: the arm whose parameters the keys must be.
+        body: the text between the parentheses.
+        expected: the form an item should have, for the message about one without ``=``.
+        value_required: refuse an empty value with that message too.
+
+    Returns:
+        ``{key: value text}``.
+
+    Raises:
+        ArmSpecError: for an item without ``=`` (or an empty value, with ``value_required``), an unknown key or a
+            repeated one.
+    """
+    keys = [p.name for p in arm.parameters]
+    items: dict[str, str] = {}
+    for item in split_arm_list(body) if body.strip() else ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or (value_required and not text.strip()):
+            raise ArmSpecError(f"{where}: expected {expected}, got {item!r}")
+        if key not in keys:
+            known = f"its parameters: {', '.join(keys)}" if keys else "it takes no parameters"
+            raise ArmSpecError(f"{where}: unknown key {key!r} for arm {arm.name!r}; {known}")
+        if key in items:
+            raise ArmSpecError(f"{where}: key {key!r} is given twice")
+        items[key] = text
+    return items
+
+
 def parse_arm(spec: str) -> list[ArmSpec]:
     """The arms one spec names: one, or a grid's product (the first key varying slowest).
 
@@ -187,16 +223,7 @@ def parse_arm(spec: str) -> list[ArmSpec]:
         raise ArmSpecError(f"arm {spec!r}: {err}") from None
     keys = [p.name for p in arm.parameters]
     choices: dict[str, list[float | str]] = {}
-    for item in split_arm_list(body) if body is not None and body.strip() else ():
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ArmSpecError(f"arm {spec!r}: expected key=value, got {item!r}")
-        if key not in keys:
-            known = f"its parameters: {', '.join(keys)}" if keys else "it takes no parameters"
-            raise ArmSpecError(f"arm {spec!r}: unknown key {key!r} for arm {name!r}; {known}")
-        if key in choices:
-            raise ArmSpecError(f"arm {spec!r}: key {key!r} is given twice")
+    for key, text in parameter_items(f"arm {spec!r}", arm, body or "", "key=value").items():
         if not text.strip() or any(not part.strip() for part in text.split("|")):
             raise ArmSpecError(f"arm {spec!r}: key {key!r} has an empty value")
         choices[key] = [_value(spec, arm, key, part) for part in text.split("|")]

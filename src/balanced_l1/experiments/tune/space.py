@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, split_arm_list
+from balanced_l1.experiments.arm_specs import ArmSpec, ArmSpecError, parameter_items, split_arm_list
 from balanced_l1.experiments.arms import ARM_NAME_PATTERN, Arm, get_arm
 
 __all__ = ["MAX_SPACE_CHARS", "ArmSpace", "ParameterSpace", "SearchSpace", "default_space", "parse_space"]
@@ -174,19 +174,10 @@ def _parse_arm(item: str) -> ArmSpace:
     body = rest.rstrip()[:-1] if paren else ""
     if not body.strip():
         return _declared(arm)
-    keys = [p.name for p in arm.parameters]
-    parameters: dict[str, ParameterSpace] = {}
-    for part in split_arm_list(body):
-        key, sep, value = (s.strip() for s in part.partition("="))
-        if not sep or not value:
-            raise ArmSpecError(f"space {item!r}: expected key=low..high, key=a|b or key=value, got {part!r}")
-        if key not in keys:
-            known = f"its parameters: {', '.join(keys)}" if keys else "it takes no parameters"
-            raise ArmSpecError(f"space {item!r}: unknown key {key!r} for arm {name!r}; {known}")
-        if key in parameters:
-            raise ArmSpecError(f"space {item!r}: key {key!r} is given twice")
-        parameters[key] = _parse_parameter(item, arm, key, value)
-    return ArmSpace(name, tuple(parameters[k] for k in keys if k in parameters))
+    expected = "key=low..high, key=a|b or key=value"
+    given = parameter_items(f"space {item!r}", arm, body, expected, value_required=True)
+    parameters = {key: _parse_parameter(item, arm, key, value.strip()) for key, value in given.items()}
+    return ArmSpace(name, tuple(parameters[p.name] for p in arm.parameters if p.name in parameters))
 
 
 def _parse_parameter(item: str, arm: Arm, key: str, value: str) -> ParameterSpace:

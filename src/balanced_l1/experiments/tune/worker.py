@@ -27,6 +27,7 @@ from balanced_l1.experiments.output_folder.layout import LOG_NAME
 from balanced_l1.experiments.output_folder.lock import exclusive_out
 from balanced_l1.experiments.run.distributed import (
     DistContext,
+    barrier,
     gather_objects,
     setup_distributed,
     teardown_distributed,
@@ -138,11 +139,13 @@ def run_tune(
                 raise errors[0]
             worker = _Worker(config, settings, ctx, study, started, log)
             worker.work(splits, tc, baseline, space, grid)
-            if study is None:
-                return None
-            from balanced_l1.experiments.tune.outputs import write_outputs
+            results = None
+            if study is not None:
+                from balanced_l1.experiments.tune.outputs import write_outputs
 
-            return write_outputs(study, config, settings, baseline.name, log)
+                results = write_outputs(study, config, settings, baseline.name, log)
+        barrier(ctx)  # every rank leaves the process group together, once rank 0 has written the outputs
+        return results
     finally:
         teardown_distributed(ctx)
 
